@@ -1,0 +1,143 @@
+"""`ist-bench` command line: argument parsing only; the work lives in the packages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from ist_bench.errors import UsageError
+
+EPILOG = "Defaults follow the IST paper's Table 1 setting: batch 1, 1024 tokens, bf16, eager attention."
+
+
+def _case_args(p: argparse.ArgumentParser) -> None:
+    from ist_bench.methods import METHODS, MethodSpec
+    from ist_bench.runner.case import DTYPES, OPTIM_IMPLS, Case
+    from ist_bench.selection import POLICIES
+
+    c, m = Case(), MethodSpec()
+    p.add_argument("--model", default=c.model, help=f"zoo name (see `ist-bench models`) or a config.json path "
+                                                     f"(default {c.model})")
+    p.add_argument("--method", default=m.name, help=f"one of {', '.join(METHODS)} (default {m.name})")
+    p.add_argument("--select", default=c.select, help=f"layer selection policy: {', '.join(POLICIES)} "
+                                                      f"(default {c.select})")
+    p.add_argument("--layers", type=float, default=c.layers,
+                   help=f"fraction of layers a sparse policy trains per step (default {c.layers})")
+    p.add_argument("--backend", default=c.backend,
+                   help="sim | cpu | cuda | auto (default auto: cuda if a GPU is present, else sim)")
+    p.add_argument("--steps", type=int, default=c.steps, help=f"measured steps (default {c.steps})")
+    p.add_argument("--seq-len", type=int, default=c.seq_len, help=f"tokens per step (default {c.seq_len})")
+    p.add_argument("--dtype", default=c.dtype, help=f"weight dtype: {', '.join(DTYPES)} (default {c.dtype})")
+    p.add_argument("--seed", type=int, default=c.seed)
+    p.add_argument("--data", help="Alpaca-format JSON file (needs --tokenizer; else synthetic tokens)")
+    p.add_argument("--tokenizer", help="local tokenizer.json or a folder holding one")
+    p.add_argument("--data-mode", default=c.data_mode,
+                   help="pack: exactly --seq-len tokens per step; sample: one sample per step (default pack)")
+    p.add_argument("--optim", default=c.optim, help=f"AdamW kernel: {', '.join(OPTIM_IMPLS)} (default {c.optim})")
+    p.add_argument("--r", type=int, default=m.r, help=f"LoRA/DoRA rank (default {m.r})")
+    p.add_argument("--alpha", type=int, default=m.alpha, help=f"LoRA alpha (default {m.alpha})")
+    p.add_argument("--dropout", type=float, default=m.dropout, help=f"LoRA dropout (default {m.dropout})")
+    p.add_argument("--bottleneck", type=int, default=m.bottleneck,
+                   help=f"Series/Parallel adapter bottleneck (default {m.bottleneck})")
+
+
+def _case_from(args: argparse.Namespace):
+    from ist_bench.methods import MethodSpec
+    from ist_bench.runner.case import Case
+
+    method = MethodSpec(name=args.method, r=args.r, alpha=args.alpha, dropout=args.dropout,
+                        bottleneck=args.bottleneck)
+    return Case(model=args.model, method=method, select=args.select, layers=args.layers, backend=args.backend,
+                steps=args.steps, seq_len=args.seq_len, dtype=args.dtype, seed=args.seed, data=args.data,
+                tokenizer=args.tokenizer, data_mode=args.data_mode, optim=args.optim,
+                capacity=getattr(args, "capacity", None))
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from ist_bench.report.console import print_memory
+    from ist_bench.runner.case import measure_memory
+
+    case = _case_from(args).check()
+    row = measure_memory(case)
+    print_memory(row)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return 0 if row["status"] in ("ok", "oom") else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ist_bench import zoo
+    from ist_bench.report.console import console
+
+    table = Table(title="ist-bench model zoo (published configs, random weights)", title_justify="left")
+    for col in ("name", "family", "layers", "hidden", "params", "positions"):
+        table.add_column(col, justify="left" if col in ("name", "family") else "right")
+    for name in zoo.names():
+        cfg = zoo.load_config(name)
+        table.add_row(name, cfg.model_type, str(cfg.num_hidden_layers), str(cfg.hidden_size),
+                      f"{zoo.count_parameters(cfg) / 1e6:,.1f}M", str(zoo.max_positions(cfg) or "-"))
+    console.print(table)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from ist_bench.methods import METHODS
+    from ist_bench.report.console import console
+    from ist_bench.selection import POLICIES
+
+    console.print("[bold]methods[/] (what in a layer trains):")
+    for name, doc in METHODS.items():
+        console.print(f"  {name:10s} {doc}")
+    console.print("[bold]selection policies[/] (which layers train each step):")
+    for name, cls in POLICIES.items():
+        console.print(f"  {name:10s} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ist-bench", description="Memory and throughput profiling for PEFT "
+                                     "and layer-sparse tuning (IST) of LLMs.", epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("memory", help="memory breakdown of one controlled training step",
+                       description="Measure weights, activations, gradients, optimizer state and peak of "
+                                   "controlled training steps. " + EPILOG)
+    _case_args(p)
+    p.add_argument("--capacity", help="sim only: device memory to simulate an OOM against, e.g. 80GiB")
+    p.add_argument("--json", help="append the result row (bytes) to this JSONL file")
+    p.set_defaults(func=cmd_memory)
+
+    sub.add_parser("models", help="list the model zoo").set_defaults(func=cmd_models)
+    sub.add_parser("methods", help="list methods and selection policies").set_defaults(func=cmd_methods)
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    # peft still calls a transformers property that warns on every model; it is not the user's concern.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"ist-bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ist-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

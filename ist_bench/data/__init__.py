@@ -1,0 +1,123 @@
+"""Token batches for the controlled step: Alpaca prompts, or labelled synthetic tokens.
+
+With an Alpaca-format JSON file *and* a local tokenizer, samples are rendered with the
+Alpaca prompt template, tokenized, and either packed into exactly `seq_len` tokens per
+step (`pack`, the controlled default) or used one per step, truncated at `seq_len`
+(`sample`, the real-length setting). Without both, token ids are drawn deterministically
+from the vocabulary and every result says `data: synthetic`.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ist_bench.errors import UsageError, choice_error
+
+SAMPLE_FILE = resources.files("ist_bench.data") / "alpaca_sample.json"
+
+PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}"
+)
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n{output}"
+)
+MODES = ("pack", "sample")
+
+
+def render(sample: dict) -> str:
+    """One Alpaca sample as the training text (prompt plus response)."""
+    template = PROMPT_INPUT if sample.get("input") else PROMPT_NO_INPUT
+    return template.format(instruction=sample["instruction"], input=sample.get("input", ""),
+                           output=sample.get("output", ""))
+
+
+def load_samples(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"data file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"malformed Alpaca file {path}: {e}") from None
+    if not isinstance(data, list) or not data:
+        raise UsageError(f"malformed Alpaca file {path}: expected a non-empty JSON list of samples")
+    for i, s in enumerate(data):
+        if not isinstance(s, dict) or not isinstance(s.get("instruction"), str):
+            raise UsageError(f"malformed Alpaca file {path}: sample {i} has no 'instruction' string")
+    return data
+
+
+def load_tokenizer(path: str | Path):
+    """A local tokenizer: a `tokenizer.json` file or a directory holding one (never downloads)."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"tokenizer file not found: {file}")
+    try:
+        return PreTrainedTokenizerFast(tokenizer_file=str(file))
+    except Exception as e:  # tokenizers raises its own exception types
+        raise UsageError(f"cannot load tokenizer {file}: {e}") from None
+
+
+class TokenBatches:
+    """Batch 1 x seq_len token ids for step `i`, deterministic across runs."""
+
+    def __init__(self, seq_len: int, vocab_size: int, *, data: str | Path | None = None,
+                 tokenizer: str | Path | None = None, mode: str = "pack", seed: int = 0):
+        if mode not in MODES:
+            raise choice_error("data mode", mode, MODES)
+        if seq_len < 2:
+            raise UsageError(f"--seq-len must be >= 2, got {seq_len}")
+        if (data is None) != (tokenizer is None):
+            raise UsageError("--data and --tokenizer go together (give both, or neither for synthetic tokens)")
+        self.seq_len, self.vocab_size, self.mode, self.seed = seq_len, vocab_size, mode, seed
+        self.kind = "synthetic" if data is None else "alpaca"
+        self.samples: list[list[int]] = []
+        if data is not None:
+            tok = load_tokenizer(tokenizer)
+            eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+            self.samples = [tok(render(s), add_special_tokens=True)["input_ids"] + eos for s in load_samples(data)]
+            top = max(max(s) for s in self.samples)
+            if top >= vocab_size:
+                raise UsageError(f"tokenizer produces id {top}, beyond the model's vocabulary of {vocab_size}")
+            self._stream = [t for s in self.samples for t in s]
+
+    def describe(self) -> dict:
+        d = {"data": self.kind, "seq_len": self.seq_len}
+        if self.kind == "alpaca":
+            d.update(mode=self.mode, samples=len(self.samples))
+        return d
+
+    def ids(self, step: int) -> torch.Tensor:
+        """Token ids (1, T) on the CPU: T = seq_len except in `sample` mode (shorter samples)."""
+        if self.kind == "synthetic":
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            return torch.randint(0, self.vocab_size, (1, self.seq_len), generator=g)
+        if self.mode == "sample":
+            return torch.tensor([self.samples[step % len(self.samples)][: self.seq_len]])
+        start = (step * self.seq_len) % len(self._stream)
+        reps = (start + self.seq_len) // len(self._stream) + 1
+        return torch.tensor([(self._stream * reps)[start: start + self.seq_len]])
+
+
+def model_inputs(ids: torch.Tensor, device: torch.device | str) -> dict:
+    """Causal-LM inputs with an explicit mask and positions (transformers would otherwise
+    call `.item()` in its mask helpers, which a meta tensor cannot answer)."""
+    ids = ids.to(device)
+    n = ids.shape[1]
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "position_ids": torch.arange(n, device=device).unsqueeze(0),
+        "labels": ids,
+    }

@@ -1,0 +1,95 @@
+"""Live tensor bytes, counted per storage, the same way on cuda, cpu and meta tensors.
+
+The tracker is a `TorchDispatchMode`: every op's output storage on the tracked device
+is counted once (views share their base's storage) and un-counted when the storage is
+freed, through a weak reference on the storage object. Tensors that existed before the
+tracker (weights, optimizer state) are registered explicitly so their views are not
+counted twice and their bytes are part of the total.
+
+`live` is what a caching allocator would call "allocated", without its block rounding;
+`peak` is the largest `live` since the last `reset_peak()`. An optional `block` function
+(sim's allocator model) keeps a second count of rounded block bytes, and an optional
+`capacity` turns exceeding it into `SimulatedOOM` (what a GPU of that size would do).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class SimulatedOOM(MemoryError):
+    """A simulated step needed more than the capacity it was given."""
+
+
+class MemoryTracker(TorchDispatchMode):
+    def __init__(self, device_type: str, *, block: Callable[[int], int] | None = None,
+                 capacity: int | None = None):
+        super().__init__()
+        self.device_type = device_type
+        self.block = block or (lambda n: n)
+        self.capacity = capacity
+        self._storages: dict[int, tuple[weakref.ref, int, int]] = {}
+        self.live = self.peak = 0
+        self.live_blocks = self.peak_blocks = 0
+
+    # -- counting -------------------------------------------------------------------
+    def register(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Count tensors created outside the tracker (weights, inputs, optimizer state)."""
+        for t in tensors:
+            self._add(t)
+
+    def reset_peak(self) -> None:
+        self.peak, self.peak_blocks = self.live, self.live_blocks
+
+    def _add(self, t: torch.Tensor) -> None:
+        if not isinstance(t, torch.Tensor) or t.device.type != self.device_type or t.is_sparse:
+            return
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self._storages:
+            return
+        nbytes = storage.nbytes()
+        blocks = self.block(nbytes)
+        self._storages[key] = (weakref.ref(storage, self._freed(key)), nbytes, blocks)
+        self.live += nbytes
+        self.live_blocks += blocks
+        if self.live > self.peak:
+            self.peak = self.live
+        if self.live_blocks > self.peak_blocks:
+            self.peak_blocks = self.live_blocks
+        if self.capacity is not None and self.live_blocks > self.capacity:
+            raise SimulatedOOM(f"simulated out of memory: {self.live_blocks} bytes live > capacity {self.capacity}")
+
+    def _freed(self, key: int):
+        def callback(_ref, self_ref=weakref.ref(self)):
+            tracker = self_ref()
+            if tracker is None:
+                return
+            entry = tracker._storages.pop(key, None)
+            if entry is not None:
+                tracker.live -= entry[1]
+                tracker.live_blocks -= entry[2]
+        return callback
+
+    # -- the dispatch hook ----------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._add(t)
+        return out
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the unique storages behind `tensors` (shared/tied storages once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and not t.is_sparse:
+            st = t.untyped_storage()
+            seen[id(st)] = st.nbytes()
+    return sum(seen.values())

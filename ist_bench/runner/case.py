@@ -1,0 +1,199 @@
+"""One case = (model, method, selection policy, settings, backend); one result = one JSON row.
+
+`Case` is the single source of truth for defaults. `check()` validates everything that
+can be validated without building the model, so bad input fails in one line, before any
+work. `measure_memory(case)` runs the controlled step under the memory meter, in this
+process, and returns the result row; an OOM becomes `status: oom` with the peak reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ist_bench import zoo
+from ist_bench.data import TokenBatches
+from ist_bench.errors import UsageError, choice_error
+from ist_bench.measure import backends, env, sim
+from ist_bench.measure.memory import MemoryMeter, summarize
+from ist_bench.methods import MethodSpec, after_optimizer_step, apply_method, method_state
+from ist_bench.selection import LayerGate, make_policy, POLICIES
+from ist_bench.units import parse_bytes
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+OPTIM_IMPLS = ("fused", "foreach", "for-loop")
+
+
+@dataclass
+class Case:
+    model: str = "llama-7b"
+    method: MethodSpec = field(default_factory=MethodSpec)
+    select: str = "none"          # selection policy
+    layers: float = 0.25          # fraction of layers a sparse policy trains per step (N_u)
+    backend: str = "auto"
+    steps: int = 5
+    seq_len: int = 1024
+    dtype: str = "bf16"
+    seed: int = 0
+    data: str | None = None       # Alpaca-format JSON; with `tokenizer`, else synthetic tokens
+    tokenizer: str | None = None
+    data_mode: str = "pack"
+    optim: str = "fused"          # AdamW kernel: fused is transformers.Trainer's default on torch >= 2.8
+    lr: float = 1e-4
+    capacity: str | None = None   # sim only: device memory to simulate an OOM against, e.g. "80GiB"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Case:
+        d = dict(d)
+        method = d.pop("method", "lora")
+        method = MethodSpec(**method) if isinstance(method, dict) else method
+        method = method if isinstance(method, MethodSpec) else MethodSpec(name=method)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise choice_error("case field", sorted(unknown)[0], [f.name for f in dataclasses.fields(cls)])
+        return cls(method=method, **d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["method"] = self.method.settings()
+        return d
+
+    @property
+    def label(self) -> str:
+        sel = "" if self.select == "none" else f"+{self.select}({self.layers:g})"
+        return f"{self.model} {self.method.name}{sel} [{self.backend}]"
+
+    def check(self) -> Case:
+        """Validate and resolve (`auto` backend, AdaLoRA's total steps); raises UsageError."""
+        config = zoo.load_config(self.model)
+        if self.select not in POLICIES:
+            raise choice_error("selection policy", self.select, list(POLICIES))
+        if not 0 < self.layers <= 1:
+            raise UsageError(f"--layers must be a fraction in (0, 1], got {self.layers:g}")
+        if self.dtype not in DTYPES:
+            raise choice_error("dtype", self.dtype, list(DTYPES))
+        if self.optim not in OPTIM_IMPLS:
+            raise choice_error("optimizer implementation", self.optim, OPTIM_IMPLS)
+        if self.steps < 1:
+            raise UsageError(f"--steps must be >= 1, got {self.steps}")
+        limit = zoo.max_positions(config)
+        if limit is not None and self.seq_len > limit:
+            raise UsageError(f"--seq-len {self.seq_len} is longer than {self.model}'s {limit} positions")
+        zoo.family(config)  # the methods need to know where the projections are
+        backend = backends.resolve(self.backend)
+        if self.capacity is not None and backend != "sim":
+            raise UsageError("--capacity simulates an OOM on the sim backend only")
+        parse_bytes(self.capacity)
+        method = dataclasses.replace(self.method, total_steps=self.steps)
+        # Build the data source once here, so a missing or malformed file fails now.
+        TokenBatches(self.seq_len, config.vocab_size, data=self.data, tokenizer=self.tokenizer,
+                     mode=self.data_mode, seed=self.seed)
+        return dataclasses.replace(self, backend=backend, method=method)
+
+
+@dataclass
+class Built:
+    """Everything one run needs, built for a backend."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: TokenBatches
+    device: torch.device
+    policy: object
+    gate: LayerGate
+    info: dict
+
+
+def build(case: Case) -> Built:
+    config = zoo.load_config(case.model)
+    device = backends.device(case.backend)
+    model = zoo.build_model(config, dtype=DTYPES[case.dtype], device=device, seed=case.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    model = apply_method(model, case.method)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[case.optim]
+    optimizer = torch.optim.AdamW(trainable, lr=case.lr, **impl)
+    gate = LayerGate(model)  # after the optimizer: it must know every trainable parameter
+    policy = make_policy(case.select, len(gate.blocks), case.layers, case.seed)
+    batches = TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer,
+                           mode=case.data_mode, seed=case.seed)
+    info = {
+        "n_layers": len(gate.blocks),
+        "params": n_params,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "trainable_params_per_layer": sum(p.numel() for p in gate.blocks[0]),
+        "settings": {
+            "dtype": case.dtype,
+            "attn_implementation": model.config._attn_implementation,
+            "gradient_checkpointing": _checkpointing(model),
+            "use_cache": bool(model.config.use_cache),
+            "optimizer": f"AdamW({case.optim})",
+            "device": str(device),
+            **batches.describe(),
+        },
+    }
+    return Built(model, optimizer, batches, device, policy, gate, info)
+
+
+def measure_memory(case: Case) -> dict:
+    """Run `case.steps` controlled steps under the memory meter; returns the result row."""
+    from ist_bench.runner.step import run_steps
+
+    start = time.time()
+    row = {"kind": "memory", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None}
+    tracker = backends.tracker(case.backend, capacity=parse_bytes(case.capacity))
+    meter = None
+    try:
+        b = build(case)
+        row.update(b.info)
+        meter = MemoryMeter(tracker, list(b.model.parameters()), list(b.model.buffers()), b.optimizer,
+                            method_state=lambda: method_state(b.model, case.method),
+                            allocator=case.backend == "cuda",
+                            workspace_bytes=sim.CUBLAS_WORKSPACE_BYTES if case.backend == "sim" else 0)
+        actives = _ActiveLayers(b.gate)
+        with backends.step_context(case.backend), tracker:
+            run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, case.steps,
+                      meters=[actives, meter], after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
+        for r, active in zip(meter.steps, actives.by_step):
+            r["active_layers"] = active
+    except Exception as e:  # one case must never take the others down: its failure is its row
+        row["status"] = "oom" if backends.is_oom(e) else "error"
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        if row["status"] == "error":
+            row["traceback"] = traceback.format_exc(limit=8)
+        row["peak_reached"] = _peak_reached(case.backend, tracker)
+    if meter is not None:
+        row["memory"] = {"steps": meter.steps, "summary": summarize(meter.steps)}
+    row["provenance"] = env.provenance()
+    row["wall_s"] = round(time.time() - start, 3)
+    return row
+
+
+class _ActiveLayers:
+    """Records which blocks trained at each step (a meter that measures nothing)."""
+
+    def __init__(self, gate: LayerGate):
+        self.gate, self.by_step = gate, []
+
+    def mark(self, phase: str, step: int) -> None:
+        if phase == "start":
+            self.by_step.append(self.gate.active)
+
+
+def _peak_reached(backend: str, tracker) -> int:
+    if backend == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return tracker.peak_blocks if backend == "sim" else tracker.peak
+
+
+def _checkpointing(model: torch.nn.Module) -> bool:
+    base = getattr(model, "get_base_model", lambda: model)()
+    flag = getattr(base, "is_activation_checkpointing", None)
+    if flag is None:  # transformers < 5
+        flag = getattr(base, "is_gradient_checkpointing", False)
+    return bool(flag)

@@ -1,0 +1,25 @@
+"""Byte sizes: parse "80GiB" / "24GB" and print GiB."""
+
+from __future__ import annotations
+
+import re
+
+from ist_bench.errors import UsageError
+
+GiB = 1 << 30
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    if text is None or isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = (m.group(2) or "b").lower() if m else None
+    if not m or unit not in _UNITS:
+        raise UsageError(f"cannot read {text!r} as a size; write e.g. 80GiB, 24GB, 512MiB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def gib(n: float | None, digits: int = 2) -> str:
+    return "-" if n is None else f"{n / GiB:.{digits}f}"

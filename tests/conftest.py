@@ -1,0 +1,31 @@
+import contextlib
+
+import pytest
+import torch
+
+from ist_bench.measure import backends, sim
+from ist_bench.methods import MethodSpec
+from ist_bench.runner.case import Case, measure_memory
+
+
+def memory_row(model="tiny-llama", method="lora", backend="cpu", **kw):
+    """Measure a small case in-process and fail loudly if it did not finish."""
+    spec = kw.pop("spec", None) or MethodSpec(name=method)
+    case = Case(model=model, method=spec, backend=backend, seq_len=kw.pop("seq_len", 64),
+                steps=kw.pop("steps", 2), **kw).check()
+    row = measure_memory(case)
+    assert row["status"] == "ok", row.get("traceback") or row["error"]
+    return row
+
+
+@pytest.fixture
+def no_cuda_emulation(monkeypatch):
+    """sim without the CUDA kernel emulation: meta then takes exactly the CPU's kernels."""
+    def context(backend):
+        return sim.fused_adam_on_meta() if backend == "sim" else contextlib.nullcontext()
+    monkeypatch.setattr(backends, "step_context", context)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,172 @@
+"""The tracker is exact where exactness is computable: these tests compute the bytes independently."""
+
+import pytest
+import torch
+
+from ist_bench import zoo
+from ist_bench.measure.tracker import MemoryTracker, storage_bytes
+from tests.conftest import memory_row
+
+CATS = ("weights", "activations", "gradients", "optimizer", "method_state", "temporary", "peak")
+
+
+def test_tracker_counts_each_storage_once_and_uncounts_it_when_freed():
+    t = MemoryTracker("cpu")
+    with t:
+        a = torch.empty(1000)                   # 4000 B
+        v = a.view(10, 100)[2:]                 # a view: no new storage
+        b = a * 2                               # 4000 B more
+        assert (t.live, t.peak) == (8000, 8000)
+        del b
+        assert t.live == 4000
+        c = torch.empty(250, dtype=torch.float16)  # 500 B
+        assert (t.live, t.peak) == (4500, 8000)
+        t.reset_peak()
+        assert t.peak == 4500
+    del a, v, c
+    assert t.live == 0
+
+
+def test_tracker_does_not_count_views_of_registered_weights_again():
+    w = torch.nn.Parameter(torch.randn(64, 32))
+    t = MemoryTracker("cpu")
+    t.register([w])
+    with t:
+        y = torch.randn(8, 64) @ w              # w.t() views are not new storages
+    # weight + input (saved by mm for w's gradient) + output
+    assert t.live == 64 * 32 * 4 + 8 * 64 * 4 + 8 * 32 * 4
+    del y
+
+
+def test_storage_bytes_counts_tied_weights_once():
+    model = zoo.build_model(zoo.load_config("tiny-gpt2"), device="meta", dtype=torch.float32)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    unique = sum(p.numel() for p in model.parameters()) * 4
+    assert storage_bytes(list(model.parameters())) == unique
+
+
+@pytest.mark.parametrize("model,dtype", [("tiny-llama", "bf16"), ("tiny-llama", "fp32"), ("tiny-gpt2", "fp32")])
+@pytest.mark.parametrize("method,select", [("lora", "none"), ("series", "rst"), ("parallel", "none"),
+                                           ("full", "rst"), ("dora", "none"), ("adalora", "rst")])
+def test_sim_and_cpu_give_identical_bytes_in_every_category(no_cuda_emulation, model, dtype, method, select):
+    """With CUDA's kernels not emulated, meta takes the CPU's kernels: every byte must agree.
+
+    (GPT-2 in bf16 differs by design: the CPU's LayerNorm keeps its saved mean and rstd in bf16,
+    CUDA's and meta's in fp32; see test_sim_keeps_layernorm_statistics_in_fp32_as_cuda_does.)
+    """
+    rows = {b: memory_row(model, method, backend=b, select=select, steps=3, dtype=dtype) for b in ("sim", "cpu")}
+    for s_sim, s_cpu in zip(rows["sim"]["memory"]["steps"], rows["cpu"]["memory"]["steps"], strict=True):
+        assert {c: s_sim[c] for c in CATS} == {c: s_cpu[c] for c in CATS}
+        assert s_sim["active_layers"] == s_cpu["active_layers"]
+
+
+def _param_bytes(model_name, method):
+    """Weight bytes from parameter counts x dtype sizes (bf16 base, fp32 adapters)."""
+    from ist_bench.methods import MethodSpec, apply_method
+    net = zoo.build_model(zoo.load_config(model_name), device="meta", dtype=torch.bfloat16)
+    base = sum(p.numel() for p in net.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in net.buffers())
+    net = apply_method(net, MethodSpec(name=method))
+    adapter = sum(p.numel() for p in net.parameters()) - base
+    return base * 2 + adapter * 4 + buffers, adapter
+
+
+@pytest.mark.parametrize("backend", ["sim", "cpu"])
+def test_weights_equal_parameter_and_buffer_bytes(backend):
+    row = memory_row("tiny-llama", "lora", backend=backend)
+    expected, _ = _param_bytes("tiny-llama", "lora")
+    assert row["memory"]["steps"][0]["weights"] == expected
+
+
+def test_llama7b_lora_weights_are_12_76_gib_exactly():
+    row = memory_row("llama-7b", "lora", backend="sim", steps=1, seq_len=16)
+    expected, adapter = _param_bytes("llama-7b", "lora")
+    assert adapter == 56_098_816
+    assert row["memory"]["steps"][0]["weights"] == expected
+    assert expected / 2**30 == pytest.approx(12.76, abs=0.005)
+
+
+@pytest.mark.parametrize("backend", ["sim", "cpu"])
+@pytest.mark.parametrize("select", ["none", "rst"])
+def test_gradients_are_the_trainable_bytes_of_the_selected_layers(backend, select):
+    row = memory_row("tiny-llama", "lora", backend=backend, select=select, steps=4, layers=0.5)
+    per_layer = 32 * (64 + 64) + 2 * 32 * (64 + 32) + 32 * (64 + 176) + 32 * (176 + 64)  # q, k+v, up, down
+    for s in row["memory"]["steps"]:
+        n_active = 4 if select == "none" else 2
+        assert (s["active_layers"] is None) == (select == "none")
+        assert s["gradients"] == n_active * per_layer * 4
+
+
+@pytest.mark.parametrize("backend", ["sim", "cpu"])
+def test_adamw_state_is_two_fp32_moments_per_trained_parameter_plus_step_counters(backend):
+    row = memory_row("tiny-llama", "lora", backend=backend, select="rst", steps=5, layers=0.25)
+    per_layer_numel = 32 * (64 + 64) + 2 * 32 * (64 + 32) + 32 * (64 + 176) + 32 * (176 + 64)
+    per_layer_tensors = 2 * 5                     # lora_A and lora_B on 5 projections
+    seen: set[int] = set()
+    for s in row["memory"]["steps"]:
+        seen |= set(s["active_layers"])          # fused AdamW keeps state for every layer ever trained
+        expected = len(seen) * (2 * 4 * per_layer_numel + 4 * per_layer_tensors)
+        assert s["optimizer"] == expected
+    summary = row["memory"]["summary"]["optimizer"]
+    assert summary["first"] < summary["last"] or len(seen) == 1
+
+
+def test_activations_of_tiny_llama_match_the_derived_formula():
+    """Full fine-tuning, bf16, eager attention. Tensors alive at the end of forward, derived by
+    reading transformers' Llama code and torch's autograd formulas (T tokens, h hidden, H heads
+    of d, f MLP width, V vocab; the model repeats its 2 KV heads to 4, so k and v are copied):
+
+    per layer:
+      2 x RMSNorm: fp32 copy of the input (saved by pow and mul)      4Th
+                   rsqrt of the variance (saved by rsqrt and mul)        4T
+                   bf16 normalised input (saved by weight * x)           2Th
+                   its output (saved by the next linears)                2Th
+      rotated q (saved by q @ k^T)                                       2Th
+      repeated k and v (saved by the two attention matmuls)              2 x 2Th
+      softmax output, fp32 (saved by softmax) and its bf16 copy          4HT^2 + 2HT^2
+      attention output made contiguous (saved by o_proj)                 2Th
+      MLP: gate output (saved by SiLU), SiLU output and up output
+           (saved by their product), the product (saved by down_proj)    4 x 2Tf
+    once:
+      final RMSNorm as above                                             8Th + 4T
+      rotary cos and sin, bf16 (saved by q*cos, rotate_half(q)*sin)      2 x 2Td
+      log-softmax of the fp32 logits (saved by log_softmax)              4TV
+      labels padded by one, int64; the shifted labels nll_loss saves
+      are a view of it (a [1, T] slice of [1, T+1] is already contiguous)  8(T+1)
+      nll_loss's total weight and the loss, fp32 scalars                 4 + 4
+    The residual stream and the bf16 logits are not saved, so they are gone.
+    """
+    T, h, H, d, f, V, L = 128, 64, 4, 16, 176, 512, 4
+    per_layer = 2 * (4 * T * h + 4 * T + 2 * T * h + 2 * T * h) + 2 * T * h + 2 * 2 * T * h \
+        + 6 * H * T * T + 2 * T * h + 4 * 2 * T * f
+    expected = L * per_layer + (8 * T * h + 4 * T) + 2 * 2 * T * d + 4 * T * V + 8 * (T + 1) + 8
+    for backend in ("cpu", "sim"):
+        row = memory_row("tiny-llama", "full", backend=backend, seq_len=T, steps=1)
+        assert row["memory"]["steps"][0]["activations"] == expected, backend
+
+
+def test_sim_saves_cudas_one_byte_dropout_masks_instead_of_noise():
+    """CPU/meta dropout saves noise in the input's dtype; CUDA's fused kernel a bool mask.
+
+    LoRA applies dropout (p=0.05) to its fp32 copy of each adapted projection's input. Noise is
+    saved only where that input needs a gradient: in layer 0, q, k and v read the (frozen)
+    embeddings, so 4 layers x 5 sites - 3 sites save one. Each saves 4 bytes/element on the
+    CPU and 1 on CUDA: sim must come out 3 bytes/element lower than cpu.
+    """
+    T, h, f, L = 64, 64, 176, 4
+    elements = (L * 4 - 3) * T * h + L * T * f     # q, k, v, up read h features; down reads f
+    cpu = memory_row("tiny-llama", "lora", backend="cpu", seq_len=T, steps=1)["memory"]["steps"][0]
+    sim = memory_row("tiny-llama", "lora", backend="sim", seq_len=T, steps=1)["memory"]["steps"][0]
+    assert cpu["activations"] - sim["activations"] == 3 * elements
+
+
+def test_a_simulated_oom_is_a_result_row_with_the_peak_reached():
+    from ist_bench.methods import MethodSpec
+    from ist_bench.runner.case import Case, measure_memory
+    full = memory_row("tiny-llama", "full", backend="sim", steps=2)["memory"]["summary"]["run_peak_blocks"]
+    cap = full // 2
+    case = Case(model="tiny-llama", method=MethodSpec(name="full"), backend="sim", seq_len=64, steps=2,
+                capacity=f"{cap}B").check()
+    row = measure_memory(case)
+    assert row["status"] == "oom" and "capacity" in row["error"]
+    assert cap < row["peak_reached"] <= full

@@ -1,0 +1,90 @@
+import json
+
+import pytest
+from torch import nn
+
+from ist_bench import zoo
+from ist_bench.errors import UsageError
+
+PUBLISHED = {  # (layers, hidden, params) from the published model cards
+    "gpt2-small": (12, 768, 124.4e6),
+    "tinyllama-1.1b": (22, 2048, 1.100e9),
+    "llama-7b": (32, 4096, 6.738e9),
+    "llama-13b": (40, 5120, 13.016e9),
+    "llama3-8b": (32, 4096, 8.030e9),
+    "bloomz-7b1": (30, 4096, 7.069e9),
+}
+
+
+def test_zoo_has_the_papers_models_and_tiny_test_models():
+    names = zoo.names()
+    for name in ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "tinyllama-1.1b", "llama-7b", "llama-13b",
+                 "llama2-7b", "llama3-8b", "bloomz-7b1", "tiny-gpt2", "tiny-llama"]:
+        assert name in names
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_zoo_configs_match_published_sizes(name):
+    layers, hidden, params = PUBLISHED[name]
+    cfg = zoo.load_config(name)
+    assert (cfg.num_hidden_layers, cfg.hidden_size) == (layers, hidden)
+    assert zoo.count_parameters(cfg) == pytest.approx(params, rel=0.002)
+
+
+def test_llama7b_parameter_count_equals_the_formula():
+    h, f, L, V = 4096, 11008, 32, 32000
+    per_layer = 4 * h * h + 3 * h * f + 2 * h  # q,k,v,o + gate,up,down + two RMSNorm weights
+    assert zoo.count_parameters(zoo.load_config("llama-7b")) == L * per_layer + 2 * V * h + h
+
+
+@pytest.mark.parametrize("model_type,extra", [
+    ("gpt2", {"n_layer": 3, "n_embd": 32, "n_head": 2}),
+    ("llama", {"num_hidden_layers": 3, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}),
+    ("mistral", {"num_hidden_layers": 3, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                 "num_key_value_heads": 2}),
+    ("qwen2", {"num_hidden_layers": 3, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+               "num_key_value_heads": 2}),
+    ("opt", {"num_hidden_layers": 3, "hidden_size": 32, "ffn_dim": 64, "num_attention_heads": 2,
+             "word_embed_proj_dim": 32}),
+    ("bloom", {"n_layer": 3, "hidden_size": 32, "n_head": 2}),
+    ("gptj", {"n_layer": 3, "n_embd": 32, "n_head": 2, "rotary_dim": 8}),
+])
+def test_layer_locator_finds_blocks_of_each_family(tmp_path, model_type, extra):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": model_type, "vocab_size": 64, **extra}))
+    model = zoo.build_model(zoo.load_config(str(path)), device="meta")
+    layers = zoo.locate_layers(model)
+    assert isinstance(layers, nn.ModuleList) and len(layers) == 3
+    assert all(type(b).__name__.endswith(("Block", "Layer", "DecoderLayer")) for b in layers)
+
+
+def test_layer_locator_finds_blocks_through_peft_wrapping():
+    from ist_bench.methods import MethodSpec, apply_method
+
+    model = zoo.build_model(zoo.load_config("tiny-llama"), device="meta")
+    wrapped = apply_method(model, MethodSpec(name="lora"))
+    assert len(zoo.locate_layers(wrapped)) == 4
+
+
+def test_layer_locator_says_when_it_cannot_find_blocks():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.ModuleList([nn.Linear(2, 2), nn.ReLU()])
+    with pytest.raises(UsageError, match="cannot locate the transformer blocks"):
+        zoo.locate_layers(Odd())
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(UsageError, match="unknown model 'llama-70b'; valid: .*llama-7b"):
+        zoo.load_config("llama-70b")
+
+
+def test_malformed_config_is_a_usage_error(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    with pytest.raises(UsageError, match="malformed config file"):
+        zoo.load_config(str(bad))
+    bad.write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(UsageError, match="no 'model_type'"):
+        zoo.load_config(str(bad))
