@@ -63,11 +63,85 @@ def cmd_memory(args: argparse.Namespace) -> int:
     case = _case_from(args).check()
     row = measure_memory(case)
     print_memory(row)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    _append_json(args.json, [row])
     return 0 if row["status"] in ("ok", "oom") else 1
+
+
+CPU_TIME_MAX_PARAMS = 400e6  # above this a CPU step takes minutes: refuse rather than hang
+
+
+def cmd_time(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ist_bench import zoo
+    from ist_bench.report.console import print_compare, print_time
+    from ist_bench.runner.case import measure_time
+    from ist_bench.runner.isolate import run_isolated
+
+    case = _case_from(args)
+    if case.backend == "auto":
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError("timing needs a GPU (none is visible); for the tiny and GPT-2 models use --backend cpu")
+    case = case.check()
+    if case.backend == "sim":
+        raise UsageError("timing needs real compute: use --backend cuda, or cpu for small models")
+    params = zoo.count_parameters(zoo.load_config(case.model))
+    if case.backend == "cpu" and params > CPU_TIME_MAX_PARAMS:
+        raise UsageError(f"{case.model} has {params / 1e9:.1f}B parameters: too big to time on the CPU "
+                         f"(limit {CPU_TIME_MAX_PARAMS / 1e6:.0f}M); use --backend cuda")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    rows = []
+    if args.compare_select:
+        names = [n.strip() for n in args.compare_select.split(",") if n.strip()]
+        if len(names) != 2:
+            raise UsageError(f"--compare-select takes two policies, A,B; got {args.compare_select!r}")
+        variants = [dataclasses.replace(case, select=n).check() for n in names]
+        jobs = [{"kind": "time", "case": v.to_dict(), "warmup": args.warmup}
+                for _ in range(args.rounds) for v in variants]   # A B A B ...: drift hits both
+        rows = list(run_isolated(jobs))
+        print_compare(rows, names)
+    else:
+        rows = [measure_time(case, warmup=args.warmup)]
+        print_time(rows[0])
+    _append_json(args.json, rows)
+    return 0 if all(r["status"] in ("ok", "oom") for r in rows) else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ist_bench.report.console import print_suite_progress
+    from ist_bench.runner.isolate import run_isolated
+    from ist_bench.runner.suite import jobs, load_suite
+
+    suite = load_suite(args.suite, backend=args.backend)
+    out = Path(args.out or f"results/{suite.name}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.jobs > 1 and any(c.backend == "cuda" for c in suite.cases):
+        raise UsageError("--jobs > 1 would share the GPU between cases; use it for sim suites only")
+    rows = run_isolated(jobs(suite), timeout_s=args.timeout, parallel=args.jobs)
+    failed = print_suite_progress(suite, rows, out)
+    return 1 if failed else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ist_bench.report.validation import validation_report
+    from ist_bench.runner.suite import read_rows
+
+    text = validation_report(read_rows(args.results))
+    if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md).write_text(text)
+    print(text)
+    return 0
+
+
+def _append_json(path: str | None, rows: list[dict]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -97,7 +171,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         console.print(f"  {name:10s} {doc}")
     console.print("[bold]selection policies[/] (which layers train each step):")
     for name, cls in POLICIES.items():
-        console.print(f"  {name:10s} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        console.print(f"  {name:10s} {cls.description}")
     return 0
 
 
@@ -110,9 +184,39 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Measure weights, activations, gradients, optimizer state and peak of "
                                    "controlled training steps. " + EPILOG)
     _case_args(p)
-    p.add_argument("--capacity", help="sim only: device memory to simulate an OOM against, e.g. 80GiB")
+    p.add_argument("--capacity", help="memory to run against, e.g. 80GiB: sim simulates the OOM, cuda caps "
+                                      "its allocator")
     p.add_argument("--json", help="append the result row (bytes) to this JSONL file")
     p.set_defaults(func=cmd_memory)
+
+    p = sub.add_parser("time", help="per-phase time of controlled training steps (GPU; CPU for small models)",
+                       description="Time forward, backward and optimizer step with CUDA events (host clock on "
+                                   "CPU), after uncounted warm-up steps; no memory tracker runs. " + EPILOG)
+    _case_args(p)
+    p.set_defaults(steps=100)
+    p.add_argument("--warmup", type=int, default=10, help="uncounted warm-up steps (default 10)")
+    p.add_argument("--compare-select", metavar="A,B",
+                   help="A/B-compare two selection policies, alternating A B A B in fresh processes")
+    p.add_argument("--rounds", type=int, default=3, help="A/B rounds with --compare-select (default 3)")
+    p.add_argument("--json", help="append the result row(s) to this JSONL file")
+    p.set_defaults(func=cmd_time)
+
+    p = sub.add_parser("run", help="run a suite (YAML grid), each case in its own process",
+                       description="Run every case of a suite in a fresh process; rows are appended to the "
+                                   "JSONL output as they finish. An OOM or a crash is a row, not an abort.")
+    p.add_argument("suite", help="suite YAML, e.g. suites/table1.yaml")
+    p.add_argument("--out", help="JSONL to append rows to (default results/<suite name>.jsonl)")
+    p.add_argument("--backend", help="run every case on this backend instead of the suite's")
+    p.add_argument("--jobs", type=int, default=1, help="cases at once (sim/cpu suites only; default 1)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a case is killed (default none)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="sim vs cuda, cell by cell, from a suite's results",
+                       description="Compare sim with cuda for every case measured on both: peak allocated, "
+                                   "each category, and the gap in %%.")
+    p.add_argument("results", help="JSONL with cuda and sim rows of the same cases")
+    p.add_argument("--md", help="also write the markdown here")
+    p.set_defaults(func=cmd_validate)
 
     sub.add_parser("models", help="list the model zoo").set_defaults(func=cmd_models)
     sub.add_parser("methods", help="list methods and selection policies").set_defaults(func=cmd_methods)

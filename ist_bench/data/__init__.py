@@ -84,9 +84,10 @@ class TokenBatches:
         self.kind = "synthetic" if data is None else "alpaca"
         self.samples: list[list[int]] = []
         if data is not None:
+            samples = load_samples(data)
             tok = load_tokenizer(tokenizer)
             eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-            self.samples = [tok(render(s), add_special_tokens=True)["input_ids"] + eos for s in load_samples(data)]
+            self.samples = [tok(render(s), add_special_tokens=True)["input_ids"] + eos for s in samples]
             top = max(max(s) for s in self.samples)
             if top >= vocab_size:
                 raise UsageError(f"tokenizer produces id {top}, beyond the model's vocabulary of {vocab_size}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch
 
 
 def _git_commit() -> str | None:
+    if os.environ.get("IST_BENCH_GIT_COMMIT"):  # a copy of the tree without .git (a lent GPU box)
+        return os.environ["IST_BENCH_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)

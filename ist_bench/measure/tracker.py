@@ -66,7 +66,9 @@ class MemoryTracker(TorchDispatchMode):
             raise SimulatedOOM(f"simulated out of memory: {self.live_blocks} bytes live > capacity {self.capacity}")
 
     def _freed(self, key: int):
-        def callback(_ref, self_ref=weakref.ref(self)):
+        self_ref = weakref.ref(self)  # the callback must not keep the tracker alive
+
+        def callback(_ref):
             tracker = self_ref()
             if tracker is None:
                 return

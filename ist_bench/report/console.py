@@ -62,3 +62,82 @@ def print_memory(row: dict) -> None:
         if row["backend"] == "sim":
             console.print("sim: meta tensors, exact tensor bytes; allocator effects are modelled, not measured.",
                           style="dim")
+
+
+def _title(case: dict) -> str:
+    sel = "" if case["select"] == "none" else f" + {case['select']} ({case['layers']:g})"
+    return f"{case['model']} · {case['method']['name']}{sel}"
+
+
+def print_time(row: dict) -> None:
+    if row["status"] != "ok":
+        console.print(f"[bold red]{row['status'].upper()}[/] {row['error']}")
+        return
+    t = row["time"]
+    table = Table(title=f"{_title(row['case'])} · backend {row['backend']} · "
+                        f"{t['phases_ms']['step']['n']} steps after {row['warmup']} warm-up", title_justify="left")
+    for col in ("ms", "median", "p10", "p90", "min", "max"):
+        table.add_column(col, justify="left" if col == "ms" else "right")
+    for phase, s in t["phases_ms"].items():
+        table.add_row(phase, *(f"{s[k]:.1f}" for k in ("median", "p10", "p90", "min", "max")))
+    console.print(table)
+    console.print(f"{t['tokens_per_s']:,.0f} tokens/s · {t['s_per_100_iter']:.2f} s per 100 iterations "
+                  f"(all overheads) · step p90/p10 = {t['p90_over_p10']:.3f}")
+    prov = row.get("provenance", {})
+    console.print(" · ".join(f"{k}={prov[k]}" for k in ("gpu", "driver", "torch", "transformers", "peft")
+                             if prov.get(k)), style="dim")
+
+
+def print_compare(rows: list[dict], names: list[str]) -> None:
+    """A/B table: per variant medians over rounds; B/A step-time ratio per round with its spread."""
+    import statistics
+
+    by = {n: [r for r in rows if r["case"]["select"] == n] for n in names}
+    bad = [r for r in rows if r["status"] != "ok"]
+    for r in bad:
+        console.print(f"[bold red]{r['status'].upper()}[/] {_title(r['case'])}: {r['error']}")
+    if bad:
+        return
+    table = Table(title=f"A/B: {_title(rows[0]['case'])} · select {names[0]} vs {names[1]} · "
+                        f"{len(by[names[0]])} rounds, alternating", title_justify="left")
+    table.add_column("median ms")
+    for n in names:
+        table.add_column(n, justify="right")
+    for phase in ("forward", "backward", "optimizer", "step"):
+        table.add_row(phase, *(f"{statistics.median(r['time']['phases_ms'][phase]['median'] for r in by[n]):.1f}"
+                               for n in names))
+    table.add_row("s / 100 iter", *(f"{statistics.median(r['time']['s_per_100_iter'] for r in by[n]):.2f}"
+                                    for n in names))
+    console.print(table)
+    ratios = [b["time"]["phases_ms"]["step"]["median"] / a["time"]["phases_ms"]["step"]["median"]
+              for a, b in zip(by[names[0]], by[names[1]], strict=True)]
+    console.print(f"step time {names[1]}/{names[0]}: [bold]{statistics.median(ratios):.3f}[/] "
+                  f"(min {min(ratios):.3f}, max {max(ratios):.3f} over {len(ratios)} rounds)")
+
+
+def print_suite_progress(suite, rows, out) -> int:
+    """Consume result rows as they arrive: append each to `out`, show progress; return failures."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    failed = 0
+    summary = Table(title=f"suite {suite.name} → {out}", title_justify="left")
+    for col in ("case", "backend", "status", "peak GiB", "step ms"):
+        summary.add_column(col, justify="left" if col in ("case", "backend", "status") else "right")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task(f"{suite.name}: {len(suite.cases)} cases", total=len(suite.cases))
+        with open(out, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                progress.advance(task)
+                failed += row["status"] not in ("ok", "oom")
+                s = row.get("memory", {}).get("summary", {})
+                peak = s.get("run_allocated_peak", s.get("run_allocated_peak_est", row.get("peak_reached")))
+                step = row.get("time", {}).get("phases_ms", {}).get("step", {}).get("median")
+                summary.add_row(_title(row["case"]), row.get("backend") or "-", row["status"], gib(peak),
+                                "-" if step is None else f"{step:.1f}")
+    console.print(summary)
+    return failed

@@ -8,6 +8,7 @@ process, and returns the result row; an OOM becomes `status: oom` with the peak 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import traceback
@@ -19,9 +20,11 @@ from ist_bench import zoo
 from ist_bench.data import TokenBatches
 from ist_bench.errors import UsageError, choice_error
 from ist_bench.measure import backends, env, sim
+from ist_bench.measure.cuda import NvmlPoller
 from ist_bench.measure.memory import MemoryMeter, summarize
+from ist_bench.measure.timing import Timer, spread
 from ist_bench.methods import MethodSpec, after_optimizer_step, apply_method, method_state
-from ist_bench.selection import LayerGate, make_policy, POLICIES
+from ist_bench.selection import POLICIES, LayerGate, make_policy
 from ist_bench.units import parse_bytes
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -44,7 +47,7 @@ class Case:
     data_mode: str = "pack"
     optim: str = "fused"          # AdamW kernel: fused is transformers.Trainer's default on torch >= 2.8
     lr: float = 1e-4
-    capacity: str | None = None   # sim only: device memory to simulate an OOM against, e.g. "80GiB"
+    capacity: str | None = None   # sim: memory to simulate an OOM against; cuda: cap the allocator ("24GiB")
 
     @classmethod
     def from_dict(cls, d: dict) -> Case:
@@ -85,8 +88,8 @@ class Case:
             raise UsageError(f"--seq-len {self.seq_len} is longer than {self.model}'s {limit} positions")
         zoo.family(config)  # the methods need to know where the projections are
         backend = backends.resolve(self.backend)
-        if self.capacity is not None and backend != "sim":
-            raise UsageError("--capacity simulates an OOM on the sim backend only")
+        if self.capacity is not None and backend == "cpu":
+            raise UsageError("--capacity applies to the sim and cuda backends only")
         parse_bytes(self.capacity)
         method = dataclasses.replace(self.method, total_steps=self.steps)
         # Build the data source once here, so a missing or malformed file fails now.
@@ -148,18 +151,21 @@ def measure_memory(case: Case) -> dict:
     row = {"kind": "memory", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None}
     tracker = backends.tracker(case.backend, capacity=parse_bytes(case.capacity))
     meter = None
+    nvml = _cuda_setup(case) if case.backend == "cuda" else contextlib.nullcontext()
     try:
-        b = build(case)
-        row.update(b.info)
-        meter = MemoryMeter(tracker, list(b.model.parameters()), list(b.model.buffers()), b.optimizer,
-                            method_state=lambda: method_state(b.model, case.method),
-                            allocator=case.backend == "cuda",
-                            workspace_bytes=sim.CUBLAS_WORKSPACE_BYTES if case.backend == "sim" else 0)
-        actives = _ActiveLayers(b.gate)
-        with backends.step_context(case.backend), tracker:
-            run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, case.steps,
-                      meters=[actives, meter], after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
-        for r, active in zip(meter.steps, actives.by_step):
+        with nvml:
+            b = build(case)
+            row.update(b.info)
+            meter = MemoryMeter(tracker, list(b.model.parameters()), list(b.model.buffers()), b.optimizer,
+                                method_state=lambda: method_state(b.model, case.method),
+                                allocator=case.backend == "cuda",
+                                workspace_bytes=sim.CUBLAS_WORKSPACE_BYTES if case.backend == "sim" else 0)
+            actives = _ActiveLayers(b.gate)
+            with backends.step_context(case.backend), tracker:
+                run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, case.steps,
+                          meters=[actives, meter],
+                          after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
+        for r, active in zip(meter.steps, actives.by_step, strict=False):
             r["active_layers"] = active
     except Exception as e:  # one case must never take the others down: its failure is its row
         row["status"] = "oom" if backends.is_oom(e) else "error"
@@ -169,6 +175,8 @@ def measure_memory(case: Case) -> dict:
         row["peak_reached"] = _peak_reached(case.backend, tracker)
     if meter is not None:
         row["memory"] = {"steps": meter.steps, "summary": summarize(meter.steps)}
+    if case.backend == "cuda":
+        row["nvml"] = nvml.result()
     row["provenance"] = env.provenance()
     row["wall_s"] = round(time.time() - start, 3)
     return row
@@ -183,6 +191,69 @@ class _ActiveLayers:
     def mark(self, phase: str, step: int) -> None:
         if phase == "start":
             self.by_step.append(self.gate.active)
+
+
+def _cuda_setup(case: Case) -> NvmlPoller:
+    """Create the CUDA context, cap the allocator if asked, and return an NVML poller whose
+    baseline is the context alone (taken before the model exists)."""
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    cap = parse_bytes(case.capacity)
+    if cap is not None:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
+    torch.cuda.reset_peak_memory_stats()
+    return NvmlPoller()
+
+
+def measure_time(case: Case, warmup: int = 10) -> dict:
+    """Time `case.steps` controlled steps after `warmup` uncounted ones (no tracker anywhere)."""
+    from ist_bench.runner.step import run_steps
+
+    start = time.time()
+    row = {"kind": "time", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None,
+           "warmup": warmup}
+    try:
+        if case.backend == "sim":
+            raise UsageError("timing needs real compute: use --backend cuda (or cpu for small models)")
+        b = build(case)
+        row.update(b.info)
+        cuda = case.backend == "cuda"
+        after = lambda s: after_optimizer_step(b.model, case.method, s)  # noqa: E731
+        run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, warmup, after_optimizer=after)
+        timer = Timer(cuda)
+        _sync(cuda)
+        t0 = time.perf_counter()
+        run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, case.steps, meters=[timer],
+                  after_optimizer=after, first_step=warmup)
+        _sync(cuda)
+        wall = time.perf_counter() - t0
+        phases = timer.phase_ms()
+        step = spread(phases["step"])
+        row["time"] = {
+            "phases_ms": {k: spread(v) for k, v in phases.items()},
+            "steps_ms": phases["step"],
+            "tokens_per_s": case.seq_len / (step["median"] / 1e3),
+            "s_per_100_iter": wall / case.steps * 100,   # every overhead of the loop included
+            "p90_over_p10": step["p90"] / step["p10"],
+        }
+    except UsageError:
+        raise
+    except Exception as e:  # an OOM or a crash in timing is a row too
+        row["status"] = "oom" if backends.is_oom(e) else "error"
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        if row["status"] == "error":
+            row["traceback"] = traceback.format_exc(limit=8)
+    row["provenance"] = env.provenance()
+    row["wall_s"] = round(time.time() - start, 3)
+    return row
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
 
 
 def _peak_reached(backend: str, tracker) -> int:

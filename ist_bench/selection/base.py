@@ -18,6 +18,7 @@ class SelectionPolicy:
     """Base class: subclasses set `name` and implement `select`."""
 
     name = "none"
+    description = "no selection: every layer the method adapted trains at every step"
 
     def __init__(self, n_layers: int, fraction: float = 0.25, seed: int = 0):
         if not 0 < fraction <= 1:

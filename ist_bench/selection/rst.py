@@ -13,6 +13,7 @@ from ist_bench.selection.base import SelectionPolicy
 
 class RST(SelectionPolicy):
     name = "rst"
+    description = "random sparse tuning: N_u = --layers x L random layers, re-drawn every step"
 
     def select(self, step: int) -> list[int]:
         rng = np.random.default_rng(self.seed + step)

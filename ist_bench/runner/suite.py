@@ -1,0 +1,84 @@
+"""A suite: a YAML grid of cases run one process each, rows appended to JSONL as they finish.
+
+    name: table1
+    kind: memory            # or time
+    defaults: {steps: 3}    # any Case field
+    grid:                   # the cross product of these lists
+      model: [gpt2-small, llama-7b]
+      method: [lora, series]
+      select: [none, rst]
+      backend: [cuda, sim]
+
+Every case is validated before the first one runs. A finished row is written (and
+flushed) at once, so a later failure never loses it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ist_bench.errors import UsageError
+from ist_bench.runner.case import Case
+
+
+@dataclass
+class Suite:
+    name: str
+    kind: str
+    cases: list[Case]
+    warmup: int = 10
+
+
+def load_suite(path: str | Path, backend: str | None = None) -> Suite:
+    """Read and validate a suite; `backend` overrides every case's backend."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"suite file not found: {path}")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"malformed suite {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("grid", {}), dict):
+        raise UsageError(f"malformed suite {path}: expected keys name, kind, defaults, grid")
+    kind = spec.get("kind", "memory")
+    if kind not in ("memory", "time"):
+        raise UsageError(f"unknown suite kind {kind!r}; valid: memory, time")
+    defaults, grid = dict(spec.get("defaults") or {}), spec.get("grid") or {}
+    keys = list(grid)
+    values = [v if isinstance(v, list) else [v] for v in grid.values()]
+    cases, seen = [], set()
+    for combo in itertools.product(*values):
+        d = {**defaults, **dict(zip(keys, combo, strict=True))}
+        if backend:
+            d["backend"] = backend
+        case = Case.from_dict(d).check()
+        key = json.dumps(case.to_dict(), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            cases.append(case)
+    if not cases:
+        raise UsageError(f"suite {path} has no cases")
+    return Suite(spec.get("name", path.stem), kind, cases, int(spec.get("warmup", 10)))
+
+
+def jobs(suite: Suite) -> list[dict]:
+    return [{"kind": suite.kind, "case": c.to_dict(), "warmup": suite.warmup} for c in suite.cases]
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"results file not found: {path}")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UsageError(f"{path}:{i} is not a JSON row") from None
+    return rows

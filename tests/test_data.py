@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import torch
+
+from ist_bench.data import PROMPT_NO_INPUT, SAMPLE_FILE, TokenBatches, load_samples, render
+from ist_bench.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    """A small BPE tokenizer trained here on our sample file (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"])
+    tok.train_from_iterator([render(s) for s in load_samples(SAMPLE_FILE)], trainer)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def test_render_uses_the_alpaca_template():
+    with_input = render({"instruction": "Translate.", "input": "Hallo", "output": "Hello"})
+    assert with_input.startswith("Below is an instruction that describes a task, paired with an input")
+    assert "### Instruction:\nTranslate.\n\n### Input:\nHallo\n\n### Response:\nHello" in with_input
+    no_input = render({"instruction": "Say hi.", "input": "", "output": "Hi"})
+    assert no_input == PROMPT_NO_INPUT.format(instruction="Say hi.", output="Hi")
+    assert "### Input:" not in no_input
+
+
+def test_shipped_sample_file_is_valid_alpaca():
+    samples = load_samples(SAMPLE_FILE)
+    assert len(samples) >= 20
+    assert all({"instruction", "input", "output"} <= set(s) for s in samples)
+
+
+def test_pack_mode_gives_exactly_seq_len_real_tokens(tokenizer_file):
+    from transformers import PreTrainedTokenizerFast
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+    batches = TokenBatches(256, 300, data=SAMPLE_FILE, tokenizer=tokenizer_file)
+    ids = batches.ids(0)
+    assert ids.shape == (1, 256) and batches.kind == "alpaca"
+    # the packed stream starts with the first rendered sample, token for token
+    first = tok(render(load_samples(SAMPLE_FILE)[0]))["input_ids"]
+    assert ids[0, : len(first)].tolist() == first
+    assert batches.ids(1).shape == (1, 256) and not torch.equal(batches.ids(1), ids)
+    # a step past the end of the stream wraps around and still fills seq_len
+    assert batches.ids(10_000).shape == (1, 256)
+
+
+def test_sample_mode_uses_one_sample_per_step_truncated(tokenizer_file):
+    batches = TokenBatches(32, 300, data=SAMPLE_FILE, tokenizer=tokenizer_file, mode="sample")
+    lengths = {batches.ids(i).shape[1] for i in range(24)}
+    assert max(lengths) == 32 and min(lengths) < 32 or lengths == {32}
+    long = TokenBatches(4096, 300, data=SAMPLE_FILE, tokenizer=tokenizer_file, mode="sample")
+    assert all(long.ids(i).shape[1] < 4096 for i in range(24))  # real lengths, shorter than the limit
+    assert long.describe() == {"data": "alpaca", "seq_len": 4096, "mode": "sample", "samples": 24}
+
+
+def test_synthetic_tokens_are_deterministic_and_labelled():
+    a, b = TokenBatches(128, 1000, seed=3), TokenBatches(128, 1000, seed=3)
+    assert torch.equal(a.ids(5), b.ids(5)) and not torch.equal(a.ids(5), a.ids(6))
+    assert a.ids(0).max() < 1000 and a.describe() == {"data": "synthetic", "seq_len": 128}
+
+
+def test_data_errors_are_usage_errors(tmp_path, tokenizer_file):
+    with pytest.raises(UsageError, match="data file not found"):
+        TokenBatches(64, 300, data=tmp_path / "missing.json", tokenizer=tokenizer_file)
+    with pytest.raises(UsageError, match="--data and --tokenizer go together"):
+        TokenBatches(64, 300, data=SAMPLE_FILE)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"output": "no instruction"}]))
+    with pytest.raises(UsageError, match="sample 0 has no 'instruction'"):
+        TokenBatches(64, 300, data=bad, tokenizer=tokenizer_file)
+    with pytest.raises(UsageError, match="beyond the model's vocabulary of 100"):
+        TokenBatches(64, 100, data=SAMPLE_FILE, tokenizer=tokenizer_file)
+    with pytest.raises(UsageError, match="unknown data mode 'chunk'"):
+        TokenBatches(64, 300, mode="chunk")
+
+
+def test_memory_on_alpaca_data_is_recorded_as_alpaca(tokenizer_file):
+    from tests.conftest import memory_row
+    row = memory_row("tiny-llama", "lora", backend="sim", data=str(SAMPLE_FILE), tokenizer=str(tokenizer_file))
+    assert row["settings"]["data"] == "alpaca"
