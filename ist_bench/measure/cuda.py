@@ -87,3 +87,53 @@ def cublas_workspace_bytes() -> dict:
     grads = a.grad.untyped_storage().nbytes() + b.grad.untyped_storage().nbytes()
     backward = torch.cuda.memory_allocated() - before_bwd - grads
     return {"forward": forward, "backward": backward, "total": forward + backward}
+
+
+class ClockPoller:
+    """Samples the GPU's SM clock and its clock-event (throttle) reasons while steps are timed,
+    so a slow stretch can be told apart from a slow kernel. Sampling is sparse (100 ms)."""
+
+    _REASONS = {0x1: "idle", 0x2: "app_clocks", 0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x20: "sw_thermal",
+                0x40: "hw_thermal", 0x80: "hw_power_brake"}
+
+    def __init__(self, device_index: int = 0, interval_s: float = 0.1):
+        self.device_index, self.interval_s = device_index, interval_s
+        self.clocks: list[int] = []
+        self.reasons: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ClockPoller:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
+        except Exception:  # no NVML: no clock record
+            return self
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._nvml.nvmlShutdown()
+
+    def _run(self) -> None:
+        nvml = self._nvml
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.clocks.append(nvml.nvmlDeviceGetClockInfo(self._handle, nvml.NVML_CLOCK_SM))
+                mask = nvml.nvmlDeviceGetCurrentClocksEventReasons(self._handle)
+                self.reasons |= {name for bit, name in self._REASONS.items() if mask & bit}
+            except Exception:  # a missing query on this driver: keep what we have
+                return
+
+    def result(self) -> dict:
+        if not self.clocks:
+            return {}
+        s = sorted(self.clocks)
+        return {"sm_clock_mhz": {"min": s[0], "median": s[len(s) // 2], "max": s[-1], "n": len(s)},
+                "clock_event_reasons": sorted(self.reasons)}

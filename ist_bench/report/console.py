@@ -83,6 +83,11 @@ def print_time(row: dict) -> None:
     console.print(table)
     console.print(f"{t['tokens_per_s']:,.0f} tokens/s · {t['s_per_100_iter']:.2f} s per 100 iterations "
                   f"(all overheads) · step p90/p10 = {t['p90_over_p10']:.3f}")
+    clocks = t.get("gpu_clocks") or {}
+    if clocks:
+        c = clocks["sm_clock_mhz"]
+        console.print(f"SM clock during timing: {c['min']}-{c['max']} MHz (median {c['median']}); clock events: "
+                      f"{', '.join(clocks['clock_event_reasons']) or 'none'}", style="dim")
     prov = row.get("provenance", {})
     console.print(" · ".join(f"{k}={prov[k]}" for k in ("gpu", "driver", "torch", "transformers", "peft")
                              if prov.get(k)), style="dim")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ from ist_bench import zoo
 from ist_bench.data import TokenBatches
 from ist_bench.errors import UsageError, choice_error
 from ist_bench.measure import backends, env, sim
-from ist_bench.measure.cuda import NvmlPoller
+from ist_bench.measure.cuda import ClockPoller, NvmlPoller
 from ist_bench.measure.memory import MemoryMeter, summarize
 from ist_bench.measure.timing import Timer, spread
 from ist_bench.methods import MethodSpec, after_optimizer_step, apply_method, method_state
@@ -224,12 +225,19 @@ def measure_time(case: Case, warmup: int = 10) -> dict:
         after = lambda s: after_optimizer_step(b.model, case.method, s)  # noqa: E731
         run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, warmup, after_optimizer=after)
         timer = Timer(cuda)
+        clocks = ClockPoller() if cuda else contextlib.nullcontext()
         _sync(cuda)
-        t0 = time.perf_counter()
-        run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, case.steps, meters=[timer],
-                  after_optimizer=after, first_step=warmup)
-        _sync(cuda)
-        wall = time.perf_counter() - t0
+        gc.collect()
+        gc.disable()  # a full collection of a process holding transformers takes tens of ms
+        try:
+            with clocks:
+                t0 = time.perf_counter()
+                run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, case.steps,
+                          meters=[timer], after_optimizer=after, first_step=warmup)
+                _sync(cuda)
+                wall = time.perf_counter() - t0
+        finally:
+            gc.enable()
         phases = timer.phase_ms()
         step = spread(phases["step"])
         row["time"] = {
@@ -239,6 +247,8 @@ def measure_time(case: Case, warmup: int = 10) -> dict:
             "s_per_100_iter": wall / case.steps * 100,   # every overhead of the loop included
             "p90_over_p10": step["p90"] / step["p10"],
         }
+        if cuda:
+            row["time"]["gpu_clocks"] = clocks.result()
     except UsageError:
         raise
     except Exception as e:  # an OOM or a crash in timing is a row too

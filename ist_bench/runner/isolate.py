@@ -83,15 +83,17 @@ def run_isolated(jobs: Iterable[dict], *, timeout_s: float | None = None, parall
             for fut in as_completed([pool.submit(one, j) for j in jobs]):
                 yield fut.result()
         return
+    # Timed cases get the machine alone: a worker importing torch beside them would steal CPU.
+    prefetch = all(j.get("kind") == "memory" for j in jobs)
     nxt = Worker() if jobs else None
     try:
         for i, job in enumerate(jobs):
-            cur = nxt
+            cur = nxt or Worker()
             nxt = None
             try:
                 # Start the next worker only now: it imports while this one runs, but gets its
                 # case (and touches the GPU) only after this one has exited.
-                nxt = Worker() if i + 1 < len(jobs) else None
+                nxt = Worker() if prefetch and i + 1 < len(jobs) else None
                 yield cur.run(job, timeout_s)
             finally:
                 cur.close()
