@@ -6,6 +6,7 @@ with the memory tracker on (the tracker's Python hook per op would dominate the 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -22,7 +23,9 @@ class Timer:
 
     def mark(self, phase: str, step: int) -> None:
         if phase == "start":
-            self._marks.append({})
+            self._marks.append({"cpu_start": time.process_time()})
+        elif phase == "end":
+            self._marks[-1]["cpu_end"] = time.process_time()
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -38,7 +41,18 @@ class Timer:
         for m in self._marks:
             for name, a, b in PHASES:
                 out[name].append(m[a].elapsed_time(m[b]) if self.cuda else (m[b] - m[a]) * 1e3)
+        out["host_cpu"] = [(m["cpu_end"] - m["cpu_start"]) * 1e3 for m in self._marks]
         return out
+
+
+def host_steal_s() -> float | None:
+    """CPU time the hypervisor gave to others (all CPUs, /proc/stat 'steal'), in seconds."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def spread(values: list[float]) -> dict:

@@ -83,6 +83,11 @@ def print_time(row: dict) -> None:
     console.print(table)
     console.print(f"{t['tokens_per_s']:,.0f} tokens/s · {t['s_per_100_iter']:.2f} s per 100 iterations "
                   f"(all overheads) · step p90/p10 = {t['p90_over_p10']:.3f}")
+    if t.get("host_cpu_ms"):
+        import statistics
+        cpu = t["host_cpu_ms"]
+        console.print(f"host CPU per step: median {statistics.median(cpu):.1f} ms (min {min(cpu):.1f}, max "
+                      f"{max(cpu):.1f}); hypervisor steal during timing: {t.get('host_steal_s')} s", style="dim")
     clocks = t.get("gpu_clocks") or {}
     if clocks:
         c = clocks["sm_clock_mhz"]

@@ -23,7 +23,7 @@ from ist_bench.errors import UsageError, choice_error
 from ist_bench.measure import backends, env, sim
 from ist_bench.measure.cuda import ClockPoller, NvmlPoller
 from ist_bench.measure.memory import MemoryMeter, summarize
-from ist_bench.measure.timing import Timer, spread
+from ist_bench.measure.timing import Timer, host_steal_s, spread
 from ist_bench.methods import MethodSpec, after_optimizer_step, apply_method, method_state
 from ist_bench.selection import POLICIES, LayerGate, make_policy
 from ist_bench.units import parse_bytes
@@ -231,18 +231,23 @@ def measure_time(case: Case, warmup: int = 10) -> dict:
         gc.disable()  # a full collection of a process holding transformers takes tens of ms
         try:
             with clocks:
+                steal0 = host_steal_s()
                 t0 = time.perf_counter()
                 run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, case.steps,
                           meters=[timer], after_optimizer=after, first_step=warmup)
                 _sync(cuda)
                 wall = time.perf_counter() - t0
+                steal = host_steal_s()
         finally:
             gc.enable()
         phases = timer.phase_ms()
+        host_cpu = phases.pop("host_cpu")
         step = spread(phases["step"])
         row["time"] = {
             "phases_ms": {k: spread(v) for k, v in phases.items()},
             "steps_ms": phases["step"],
+            "host_cpu_ms": host_cpu,          # this process's CPU time per step (all threads)
+            "host_steal_s": None if steal is None or steal0 is None else steal - steal0,
             "tokens_per_s": case.seq_len / (step["median"] / 1e3),
             "s_per_100_iter": wall / case.steps * 100,   # every overhead of the loop included
             "p90_over_p10": step["p90"] / step["p10"],
