@@ -35,6 +35,7 @@ def provenance() -> dict:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "host": platform.node(),
+        "pid": os.getpid(),
         "cpu": platform.processor() or platform.machine(),
         "git_commit": _git_commit(),
     }

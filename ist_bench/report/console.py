@@ -8,6 +8,7 @@ from rich.table import Table
 from ist_bench.units import gib
 
 console = Console()
+NOISY = 1.05  # step-time p90/p10 above which a timing run is flagged
 
 _ROWS = [
     ("weights", "weights (params + buffers)"),
@@ -15,10 +16,9 @@ _ROWS = [
     ("gradients", "gradients"),
     ("optimizer", "optimizer state"),
     ("method_state", "method state (AdaLoRA EMAs)"),
-    ("temporary", "temporary / other"),
-    ("peak", "peak (live tensors)"),
-    ("peak_blocks", "peak (in CUDA allocator blocks)"),
-    ("allocated_peak_est", "peak allocated, estimated"),
+    ("temporary", "temporary / other (peak - the above)"),
+    ("peak", "peak, live tensors"),
+    ("allocated_peak_est", "peak allocated, estimated (allocator model)"),
     ("allocated_peak", "peak allocated (max_memory_allocated)"),
     ("reserved_peak", "peak reserved (max_memory_reserved)"),
 ]
@@ -52,16 +52,21 @@ def print_memory(row: dict) -> None:
     if "memory" in row and row["memory"]["steps"]:
         console.print(memory_table(row))
         s = row["memory"]["summary"]
-        console.print(f"run peak: [bold]{gib(s['run_peak'])} GiB[/]  ·  optimizer state first step "
+        decisive = s.get("run_allocated_peak", s.get("run_allocated_peak_est", s["run_peak"]))
+        console.print(f"run peak allocated: [bold]{gib(decisive)} GiB[/]  ·  optimizer state first step "
                       f"{gib(s['optimizer']['first'])} GiB, last {gib(s['optimizer']['last'])} GiB")
+        if row.get("nvml", {}).get("nvml_peak"):
+            n = row["nvml"]
+            console.print(f"NVML {n['nvml_source']} memory: peak {gib(n['nvml_peak'])} GiB, of which CUDA context "
+                          f"and start-up {gib(n['nvml_baseline'])} GiB", style="dim")
     if "settings" in row:
         st = row["settings"]
         info = (f"params {row['params'] / 1e6:,.1f}M · trainable {row['trainable_params'] / 1e6:,.2f}M · "
                 f"{row['n_layers']} layers · " + " · ".join(f"{k}={v}" for k, v in st.items()))
         console.print(info, style="dim")
         if row["backend"] == "sim":
-            console.print("sim: meta tensors, exact tensor bytes; allocator effects are modelled, not measured.",
-                          style="dim")
+            console.print("sim: meta tensors, exact tensor bytes; allocator block rounding and the cuBLAS "
+                          "workspaces are modelled (Hopper), not measured.", style="dim")
 
 
 def _title(case: dict) -> str:
@@ -83,6 +88,9 @@ def print_time(row: dict) -> None:
     console.print(table)
     console.print(f"{t['tokens_per_s']:,.0f} tokens/s · {t['s_per_100_iter']:.2f} s per 100 iterations "
                   f"(all overheads) · step p90/p10 = {t['p90_over_p10']:.3f}")
+    if t["p90_over_p10"] > NOISY:
+        console.print(f"[yellow]noisy: p90/p10 = {t['p90_over_p10']:.2f} > {NOISY}; compare with the A/B mode "
+                      f"(--compare-select) rather than across runs[/]")
     if t.get("host_cpu_ms"):
         import statistics
         cpu = t["host_cpu_ms"]

@@ -41,6 +41,8 @@ def validation_frame(rows: list[dict]) -> pd.DataFrame:
             rec["tensor peak gap %"] = _gap(ss["run_peak"], cs["run_peak"])
             for cat in CATEGORIES:
                 rec[f"{cat} gap %"] = _gap(ss[cat]["max"], cs[cat]["max"])
+            if "activations_allocated" in cs:
+                rec["act. vs allocator gap %"] = _gap(ss["activations"]["max"], cs["activations_allocated"]["max"])
             rec["cuda reserved"] = cs["run_reserved_peak"] / GiB
             rec["nvml peak"] = (cuda.get("nvml", {}).get("nvml_peak") or 0) / GiB
         elif cuda["status"] == "oom":
@@ -55,8 +57,14 @@ def validation_report(rows: list[dict]) -> str:
     df = validation_frame(rows)
     if df.empty:
         return "no case was measured on both cuda and sim\n"
-    gpu = next((r["provenance"].get("gpu") for r, _ in pair_rows(rows) if r.get("provenance")), "GPU")
-    lines = [f"## sim vs cuda on {gpu}", "",
+    prov = next((r["provenance"] for r, _ in pair_rows(rows) if r.get("provenance")), {})
+    gpu = prov.get("gpu", "GPU")
+    versions = ", ".join(f"{k} {prov[k]}" for k in ("torch", "transformers", "peft", "driver", "git_commit")
+                         if prov.get(k))
+    gaps = df["gap %"].dropna().abs()
+    lines = [f"## sim vs cuda on {gpu}", "", f"cuda rows: {versions}.", "",
+             f"{len(df)} cells; largest |gap| of sim's estimated peak to max_memory_allocated: "
+             f"{gaps.max():.2f}% (mean |gap| {gaps.mean():.2f}%).", "",
              "GiB; gap % = (sim - cuda) / cuda. `sim peak est` = tensor bytes in modelled allocator blocks "
              "plus the measured cuBLAS workspace; `tensor peak gap` compares the tracker's tensor-level peak "
              "on both backends; category gaps compare the maximum over steps.", "",

@@ -1,0 +1,73 @@
+"""Each case runs in its own process; a failing case is a row and the others still finish."""
+
+import json
+
+import pytest
+
+from ist_bench.methods import MethodSpec
+from ist_bench.runner.case import Case
+from ist_bench.runner.isolate import run_isolated
+from ist_bench.runner.suite import jobs, load_suite, read_rows
+
+
+def _job(**fault):
+    case = Case(model="tiny-llama", method=MethodSpec(name="lora"), backend="sim", seq_len=32, steps=1).check()
+    return {"kind": "memory", "case": case.to_dict(), **fault}
+
+
+def test_raising_killed_hanging_and_oom_cases_become_rows_while_the_others_complete():
+    oom = _job()
+    oom["case"]["capacity"] = "64KB"
+    jobs_ = [_job(), _job(fault="raise"), _job(fault="kill"), oom, _job(fault="hang"), _job()]
+    rows = list(run_isolated(jobs_, timeout_s=45))
+    assert [r["status"] for r in rows] == ["ok", "crashed", "killed", "oom", "timeout", "ok"]
+    assert "injected failure" in rows[1]["log_tail"]
+    assert rows[2]["error"] == "worker killed by signal 9"
+    assert "capacity" in rows[3]["error"] and rows[3]["peak_reached"] > 64_000
+    assert rows[4]["error"].startswith("no result within 45")
+    assert rows[0]["memory"]["steps"] and rows[5]["memory"]["steps"]
+    assert all(r["case"]["model"] == "tiny-llama" for r in rows)
+
+
+def test_each_case_gets_a_fresh_process():
+    rows = list(run_isolated([_job(), _job()]))
+    pids = [r["provenance"]["pid"] for r in rows]
+    assert len(set(pids)) == 2
+
+
+def test_suite_grid_expands_validates_and_keeps_finished_rows(tmp_path):
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text("name: t\nkind: memory\ndefaults: {steps: 1, seq_len: 32}\n"
+                          "grid:\n  model: [tiny-llama]\n  method: [lora, series]\n  select: [none, rst]\n"
+                          "  backend: [sim]\n")
+    suite = load_suite(suite_file)
+    assert [(c.method.name, c.select) for c in suite.cases] == [("lora", "none"), ("lora", "rst"),
+                                                                ("series", "none"), ("series", "rst")]
+    from ist_bench.report.console import print_suite_progress
+    out = tmp_path / "out.jsonl"
+    bad = jobs(suite)
+    bad[1]["fault"] = "kill"
+    failed = print_suite_progress(suite, run_isolated(bad, parallel=2), out)
+    rows = read_rows(out)
+    assert failed == 1 and len(rows) == 4
+    assert sorted(r["status"] for r in rows) == ["killed", "ok", "ok", "ok"]
+
+
+def test_bad_suites_fail_before_any_case_runs(tmp_path):
+    from ist_bench.errors import UsageError
+    f = tmp_path / "s.yaml"
+    f.write_text("grid:\n  model: [tiny-llama, llama-70b]\n")
+    with pytest.raises(UsageError, match="unknown model 'llama-70b'"):
+        load_suite(f)
+    f.write_text("grid: [1, 2")
+    with pytest.raises(UsageError, match="malformed suite"):
+        load_suite(f)
+    f.write_text(json.dumps({"grid": {"model": ["tiny-llama"], "colour": ["red"]}}))
+    with pytest.raises(UsageError, match="unknown case field 'colour'"):
+        load_suite(f)
+
+
+def test_shipped_suites_are_valid():
+    for name in ("smoke", "table1", "table13"):
+        suite = load_suite(f"suites/{name}.yaml", backend="cpu")
+        assert suite.cases
