@@ -10,3 +10,17 @@ class UsageError(ValueError):
 def choice_error(what: str, value: object, valid) -> UsageError:
     """`unknown model 'llama-70b'; valid: gpt2-small, llama-7b, ...`"""
     return UsageError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
+
+
+def read_json(path, what: str):
+    """Parse a JSON file the user gave us; a missing or malformed one is a UsageError."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"malformed {what} {path}: {e}") from None

@@ -9,13 +9,12 @@ from the vocabulary and every result says `data: synthetic`.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from ist_bench.errors import UsageError, choice_error
+from ist_bench.errors import UsageError, choice_error, read_json
 
 SAMPLE_FILE = resources.files("ist_bench.data") / "alpaca_sample.json"
 
@@ -40,13 +39,7 @@ def render(sample: dict) -> str:
 
 
 def load_samples(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"data file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"malformed Alpaca file {path}: {e}") from None
+    data = read_json(path, "data file")
     if not isinstance(data, list) or not data:
         raise UsageError(f"malformed Alpaca file {path}: expected a non-empty JSON list of samples")
     for i, s in enumerate(data):

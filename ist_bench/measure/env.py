@@ -8,6 +8,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+import psutil
 import torch
 
 
@@ -37,6 +38,8 @@ def provenance() -> dict:
         "host": platform.node(),
         "pid": os.getpid(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_count": psutil.cpu_count(logical=True),
+        "ram": psutil.virtual_memory().total,
         "git_commit": _git_commit(),
     }
     if torch.cuda.is_available():

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ist_bench.errors import UsageError, choice_error
+from ist_bench.errors import UsageError, choice_error, read_json
 
 _CONFIGS = resources.files("ist_bench.zoo") / "configs"
 
@@ -63,12 +63,7 @@ def load_config(name_or_path: str):
         raw = json.loads((_CONFIGS / f"{name_or_path}.json").read_text())
     elif path.suffix == ".json" or path.is_dir() or path.exists():
         file = path / "config.json" if path.is_dir() else path
-        if not file.is_file():
-            raise UsageError(f"model config file not found: {file}")
-        try:
-            raw = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UsageError(f"malformed config file {file}: {e}") from None
+        raw = read_json(file, "config file")
         if not isinstance(raw, dict) or "model_type" not in raw:
             raise UsageError(f"malformed config file {file}: no 'model_type' key")
     else:

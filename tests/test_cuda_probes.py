@@ -1,0 +1,58 @@
+"""The NVML samplers, against a stand-in pynvml (CI has no GPU; the real one ran on the H200)."""
+
+import os
+import sys
+import time
+import types
+
+import pytest
+
+from ist_bench.measure.cuda import ClockPoller, NvmlPoller
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    nvml = types.ModuleType("pynvml")
+    nvml.NVMLError = type("NVMLError", (Exception,), {})
+    nvml.nvmlInit = nvml.nvmlShutdown = lambda: None
+    nvml.nvmlDeviceGetHandleByIndex = lambda i: "gpu0"
+    nvml.memory = iter(range(1000, 10**9, 1000))
+    nvml.nvmlDeviceGetComputeRunningProcesses = lambda h: [
+        types.SimpleNamespace(pid=1, usedGpuMemory=5), types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=next(nvml.memory))]
+    nvml.NVML_CLOCK_SM = 0
+    nvml.nvmlDeviceGetClockInfo = lambda h, kind: 1980
+    nvml.nvmlDeviceGetCurrentClocksEventReasons = lambda h: 0x4 | 0x40
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    return nvml
+
+
+def test_nvml_poller_keeps_the_first_sample_as_baseline_and_the_largest_as_peak(fake_nvml):
+    with NvmlPoller() as poller:
+        time.sleep(0.05)
+    r = poller.result()
+    assert r["nvml_baseline"] == 1000 and r["nvml_peak"] > 2000 and r["nvml_source"] == "process"
+
+
+def test_nvml_poller_falls_back_to_device_memory_when_processes_are_hidden(fake_nvml):
+    def hidden(h):
+        raise fake_nvml.NVMLError("not supported")
+    fake_nvml.nvmlDeviceGetComputeRunningProcesses = hidden
+    fake_nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=7 * 2**30)
+    with NvmlPoller() as poller:
+        pass
+    assert poller.result() == {"nvml_baseline": 7 * 2**30, "nvml_peak": 7 * 2**30, "nvml_source": "device"}
+
+
+def test_clock_poller_names_the_clock_event_reasons(fake_nvml):
+    with ClockPoller() as clocks:
+        time.sleep(0.25)
+    r = clocks.result()
+    assert r["sm_clock_mhz"]["min"] == r["sm_clock_mhz"]["max"] == 1980
+    assert r["clock_event_reasons"] == ["hw_thermal", "sw_power_cap"]
+
+
+def test_samplers_record_nothing_without_nvml(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    with NvmlPoller() as poller, ClockPoller() as clocks:
+        pass
+    assert poller.result()["nvml_peak"] is None and clocks.result() == {}
