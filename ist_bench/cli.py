@@ -92,6 +92,8 @@ def cmd_time(args: argparse.Namespace) -> int:
                          f"(limit {CPU_TIME_MAX_PARAMS / 1e6:.0f}M); use --backend cuda")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
     rows = []
     if args.compare_select:
         names = [n.strip() for n in args.compare_select.split(",") if n.strip()]
@@ -114,6 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ist_bench.runner.isolate import run_isolated
     from ist_bench.runner.suite import jobs, load_suite
 
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     suite = load_suite(args.suite, backend=args.backend)
     out = Path(args.out or f"results/{suite.name}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -66,11 +66,6 @@ class Case:
         d["method"] = self.method.settings()
         return d
 
-    @property
-    def label(self) -> str:
-        sel = "" if self.select == "none" else f"+{self.select}({self.layers:g})"
-        return f"{self.model} {self.method.name}{sel} [{self.backend}]"
-
     def check(self) -> Case:
         """Validate and resolve (`auto` backend, AdaLoRA's total steps); raises UsageError."""
         config = zoo.load_config(self.model)
@@ -169,10 +164,7 @@ def measure_memory(case: Case) -> dict:
         for r, active in zip(meter.steps, actives.by_step, strict=False):
             r["active_layers"] = active
     except Exception as e:  # one case must never take the others down: its failure is its row
-        row["status"] = "oom" if backends.is_oom(e) else "error"
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
-        if row["status"] == "error":
-            row["traceback"] = traceback.format_exc(limit=8)
+        _record_failure(row, e)
         row["peak_reached"] = _peak_reached(case.backend, tracker)
     if meter is not None:
         row["memory"] = {"steps": meter.steps, "summary": summarize(meter.steps)}
@@ -213,12 +205,12 @@ def measure_time(case: Case, warmup: int = 10) -> dict:
     """Time `case.steps` controlled steps after `warmup` uncounted ones (no tracker anywhere)."""
     from ist_bench.runner.step import run_steps
 
+    if case.backend == "sim":
+        raise UsageError("timing needs real compute: use --backend cuda (or cpu for small models)")
     start = time.time()
     row = {"kind": "time", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None,
            "warmup": warmup}
     try:
-        if case.backend == "sim":
-            raise UsageError("timing needs real compute: use --backend cuda (or cpu for small models)")
         b = build(case)
         row.update(b.info)
         cuda = case.backend == "cuda"
@@ -254,16 +246,18 @@ def measure_time(case: Case, warmup: int = 10) -> dict:
         }
         if cuda:
             row["time"]["gpu_clocks"] = clocks.result()
-    except UsageError:
-        raise
     except Exception as e:  # an OOM or a crash in timing is a row too
-        row["status"] = "oom" if backends.is_oom(e) else "error"
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
-        if row["status"] == "error":
-            row["traceback"] = traceback.format_exc(limit=8)
+        _record_failure(row, e)
     row["provenance"] = env.provenance()
     row["wall_s"] = round(time.time() - start, 3)
     return row
+
+
+def _record_failure(row: dict, e: BaseException) -> None:
+    row["status"] = "oom" if backends.is_oom(e) else "error"
+    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+    if row["status"] == "error":
+        row["traceback"] = traceback.format_exc(limit=8)
 
 
 def _sync(cuda: bool) -> None:
