@@ -13,7 +13,7 @@ from ist_bench.errors import UsageError
 EPILOG = "Defaults follow the IST paper's Table 1 setting: batch 1, 1024 tokens, bf16, eager attention."
 
 
-def _case_args(p: argparse.ArgumentParser) -> None:
+def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
     from ist_bench.methods import METHODS, MethodSpec
     from ist_bench.runner.case import DTYPES, OPTIM_IMPLS, Case
     from ist_bench.selection import POLICIES
@@ -28,7 +28,8 @@ def _case_args(p: argparse.ArgumentParser) -> None:
                    help=f"fraction of layers a sparse policy trains per step (default {c.layers})")
     p.add_argument("--backend", default=c.backend,
                    help="sim | cpu | cuda | auto (default auto: cuda if a GPU is present, else sim)")
-    p.add_argument("--steps", type=int, default=c.steps, help=f"measured steps (default {c.steps})")
+    steps = steps or c.steps
+    p.add_argument("--steps", type=int, default=steps, help=f"measured steps (default {steps})")
     p.add_argument("--seq-len", type=int, default=c.seq_len, help=f"tokens per step (default {c.seq_len})")
     p.add_argument("--dtype", default=c.dtype, help=f"weight dtype: {', '.join(DTYPES)} (default {c.dtype})")
     p.add_argument("--seed", type=int, default=c.seed)
@@ -61,6 +62,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from ist_bench.runner.case import measure_memory
 
     case = _case_from(args).check()
+    _check_writable(args.json)
     row = measure_memory(case)
     print_memory(row)
     _append_json(args.json, [row])
@@ -84,6 +86,7 @@ def cmd_time(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise UsageError("timing needs a GPU (none is visible); for the tiny and GPT-2 models use --backend cpu")
     case = case.check()
+    _check_writable(args.json)
     if case.backend == "sim":
         raise UsageError("timing needs real compute: use --backend cuda, or cpu for small models")
     params = zoo.count_parameters(zoo.load_config(case.model))
@@ -97,8 +100,8 @@ def cmd_time(args: argparse.Namespace) -> int:
     rows = []
     if args.compare_select:
         names = [n.strip() for n in args.compare_select.split(",") if n.strip()]
-        if len(names) != 2:
-            raise UsageError(f"--compare-select takes two policies, A,B; got {args.compare_select!r}")
+        if len(names) != 2 or names[0] == names[1]:
+            raise UsageError(f"--compare-select takes two different policies, A,B; got {args.compare_select!r}")
         variants = [dataclasses.replace(case, select=n).check() for n in names]
         jobs = [{"kind": "time", "case": v.to_dict(), "warmup": args.warmup}
                 for _ in range(args.rounds) for v in variants]   # A B A B ...: drift hits both
@@ -118,9 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     suite = load_suite(args.suite, backend=args.backend)
     out = Path(args.out or f"results/{suite.name}.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(str(out))
     if args.jobs > 1 and any(c.backend == "cuda" for c in suite.cases):
         raise UsageError("--jobs > 1 would share the GPU between cases; use it for sim suites only")
     rows = run_isolated(jobs(suite), timeout_s=args.timeout, parallel=args.jobs)
@@ -132,12 +137,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ist_bench.report.validation import validation_report
     from ist_bench.runner.suite import read_rows
 
+    _check_writable(args.md)
     text = validation_report(read_rows(args.results))
     if args.md:
-        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.md).write_text(text)
     print(text)
     return 0
+
+
+def _check_writable(path: str | None) -> None:
+    """Fail before the work, not after it, on an output path we cannot append to."""
+    if not path:
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write results to {path}: {e.strerror or e}") from None
 
 
 def _append_json(path: str | None, rows: list[dict]) -> None:
@@ -196,8 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("time", help="per-phase time of controlled training steps (GPU; CPU for small models)",
                        description="Time forward, backward and optimizer step with CUDA events (host clock on "
                                    "CPU), after uncounted warm-up steps; no memory tracker runs. " + EPILOG)
-    _case_args(p)
-    p.set_defaults(steps=100)
+    _case_args(p, steps=100)
     p.add_argument("--warmup", type=int, default=10, help="uncounted warm-up steps (default 10)")
     p.add_argument("--compare-select", metavar="A,B",
                    help="A/B-compare two selection policies, alternating A B A B in fresh processes")

@@ -11,11 +11,12 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
-def parse_bytes(text: str | int | None) -> int | None:
-    if text is None or isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    unit = (m.group(2) or "b").lower() if m else None
+def parse_bytes(text: str | None) -> int | None:
+    """'80GiB' -> bytes. A unit is required: a bare 80 would silently mean 80 bytes."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]+)\s*", str(text))
+    unit = m.group(2).lower() if m else None
     if not m or unit not in _UNITS:
         raise UsageError(f"cannot read {text!r} as a size; write e.g. 80GiB, 24GB, 512MiB")
     return int(float(m.group(1)) * _UNITS[unit])

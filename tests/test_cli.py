@@ -67,3 +67,65 @@ def test_the_installed_command_runs_without_traceback_on_bad_input():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("ist-bench: error:")
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["time", "--backend", "cpu", "--model", "tiny-llama", "--rounds", "0", "--compare-select", "none,rst"],
+     "--rounds must be >= 1"),
+    (["run", "suites/smoke.yaml", "--timeout", "-1"], "--timeout must be > 0 seconds, got -1"),
+    (["run", "suites/smoke.yaml", "--jobs", "0"], "--jobs must be >= 1"),
+    (["memory", "--capacity", "80"], "cannot read '80' as a size"),
+])
+def test_bad_run_options_are_one_line_errors(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_results_path_that_cannot_be_written_fails_before_measuring(tmp_path, capsys):
+    assert main(["memory", "--model", "tiny-llama", "--json", str(tmp_path)]) == 2
+    assert f"cannot write results to {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"model_type": "llama", "hidden_size": 30, "num_attention_heads": 4}, "cannot build a config of model_type 'llama'"),
+    ({"model_type": "llama", "vocab_size": "abc"}, "cannot build a config of model_type 'llama'"),
+])
+def test_config_json_with_bad_values_is_one_line(tmp_path, capsys, config, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert main(["memory", "--model", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("grid: {layers: [abc]}", "layers must be float, got 'abc'"),
+    ("grid: {steps: ['3']}", "steps must be int, got '3'"),
+    ("grid: {seq_len: [64.5]}", "seq_len must be int, got 64.5"),
+    ("grid: {seed: [null]}", "seed must be int, got None"),
+    ("grid: {model: [[a]]}", "model must be str, got ['a']"),
+    ("grid: {method: [{name: lora, rank: 4}]}", "unknown method field 'rank'"),
+    ("grid: {method: [{name: lora, r: four}]}", "r must be int, got 'four'"),
+    ("grid: {capacity: [80]}", "capacity must be str or null, got 80"),
+    ("defaults: [1, 2]\ngrid: {}", "'defaults' must be a mapping"),
+    ("warmup: abc\ngrid: {}", "'warmup' must be an integer >= 0"),
+])
+def test_suite_values_of_the_wrong_type_are_one_line_errors(tmp_path, capsys, yaml_text, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml_text)
+    assert main(["run", str(path), "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_validate_reports_malformed_and_unpaired_results(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("[1]\n")
+    assert main(["validate", str(bad)]) == 2
+    assert "is not an ist-bench result row" in capsys.readouterr().err
+    only_errors = tmp_path / "err.jsonl"
+    case = {"model": "m", "method": {"name": "lora"}, "select": "none", "layers": 0.25}
+    only_errors.write_text("\n".join(json.dumps({"kind": "memory", "backend": b, "status": "error", "case": case})
+                                     for b in ("cuda", "sim")) + "\n")
+    assert main(["validate", str(only_errors)]) == 0
+    assert "none finished on both backends" in capsys.readouterr().out

@@ -50,11 +50,14 @@ def test_pack_mode_gives_exactly_seq_len_real_tokens(tokenizer_file):
 
 
 def test_sample_mode_uses_one_sample_per_step_truncated(tokenizer_file):
-    batches = TokenBatches(32, 300, data=SAMPLE_FILE, tokenizer=tokenizer_file, mode="sample")
-    lengths = {batches.ids(i).shape[1] for i in range(24)}
-    assert max(lengths) == 32 and min(lengths) < 32 or lengths == {32}
+    from transformers import PreTrainedTokenizerFast
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+    real = [len(tok(render(s))["input_ids"]) + 1 for s in load_samples(SAMPLE_FILE)]  # + EOS
     long = TokenBatches(4096, 300, data=SAMPLE_FILE, tokenizer=tokenizer_file, mode="sample")
-    assert all(long.ids(i).shape[1] < 4096 for i in range(24))  # real lengths, shorter than the limit
+    assert [long.ids(i).shape[1] for i in range(24)] == real      # one whole sample per step
+    limit = sorted(real)[len(real) // 2]                           # truncates about half of them
+    cut = TokenBatches(limit, 300, data=SAMPLE_FILE, tokenizer=tokenizer_file, mode="sample")
+    assert [cut.ids(i).shape[1] for i in range(24)] == [min(n, limit) for n in real]
     assert long.describe() == {"data": "alpaca", "seq_len": 4096, "mode": "sample", "samples": 24}
 
 

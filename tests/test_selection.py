@@ -18,7 +18,9 @@ def test_rst_draws_n_u_distinct_layers_reproducibly():
 
 
 def test_fraction_is_validated_and_rounded():
-    assert RST(40, 0.25).n_active == 10 and RST(30, 0.25).n_active == 8 and RST(4, 0.01).n_active == 1
+    # the paper's N_u = 25% of L: 32 -> 8, 40 -> 10, 28 -> 7, 30 -> 8 (7.5 rounds up); halves round up
+    assert [RST(L, 0.25).n_active for L in (32, 40, 28, 30, 22, 10)] == [8, 10, 7, 8, 6, 3]
+    assert RST(4, 0.01).n_active == 1
     for bad in (0, -0.5, 1.5):
         with pytest.raises(UsageError, match="--layers must be a fraction in"):
             RST(32, bad)

@@ -14,17 +14,21 @@ def test_spread_reports_median_and_deciles():
     assert s["p10"] == pytest.approx(10.9) and s["p90"] == pytest.approx(90.1)
 
 
-def test_timer_phases_add_up_to_the_step():
+def test_timer_attributes_time_to_the_phase_it_was_spent_in():
     import time
     t = Timer(cuda=False)
     for step in range(3):
-        for phase in ("start", "forward", "backward", "optimizer", "end"):
-            t.mark(phase, step)
-            time.sleep(0.002)
+        t.mark("start", step)
+        time.sleep(0.010)                      # "forward"
+        t.mark("forward", step)
+        time.sleep(0.030)                      # "backward"
+        t.mark("backward", step)
+        t.mark("optimizer", step)
+        t.mark("end", step)
     ms = t.phase_ms()
     for i in range(3):
-        assert ms["forward"][i] + ms["backward"][i] + ms["optimizer"][i] <= ms["step"][i]
-        assert ms["step"][i] >= 4 * 2
+        assert 10 <= ms["forward"][i] < 25 and 30 <= ms["backward"][i] < 45 and ms["optimizer"][i] < 5
+        assert ms["step"][i] >= 40
 
 
 def test_cpu_timing_counts_steps_after_warmup_and_never_tracks_memory():
@@ -34,9 +38,16 @@ def test_cpu_timing_counts_steps_after_warmup_and_never_tracks_memory():
     assert row["status"] == "ok" and "memory" not in row
     assert len(t["steps_ms"]) == 12 and t["phases_ms"]["step"]["n"] == 12
     assert t["phases_ms"]["step"]["median"] == pytest.approx(statistics.median(t["steps_ms"]))
-    assert t["tokens_per_s"] == pytest.approx(32 / (t["phases_ms"]["step"]["median"] / 1e3))
-    # s/100 iter is the wall time of the loop, so it includes what the phases leave out
-    assert t["s_per_100_iter"] * 10 >= sum(t["steps_ms"]) / 12 * 100 / 100 * 0.99
+    # the loop's wall time (s/100 iter) includes what the timed phases leave out, so the
+    # throughput over the phases is at least the throughput over the wall clock
+    assert t["s_per_100_iter"] / 100 * 1e3 >= statistics.mean(t["steps_ms"])
+    assert t["tokens_per_s"] >= 32 * 100 / t["s_per_100_iter"]
+
+
+def test_adalora_timing_schedule_spans_warmup_and_timed_steps():
+    case = Case(model="tiny-llama", method=MethodSpec(name="adalora"), backend="cpu", seq_len=16, steps=3).check()
+    row = measure_time(case, warmup=2)
+    assert row["status"] == "ok" and row["case"]["method"]["total_steps"] == 5
 
 
 def test_time_refuses_models_too_big_for_the_cpu_and_sim(capsys):
@@ -44,6 +55,8 @@ def test_time_refuses_models_too_big_for_the_cpu_and_sim(capsys):
     assert "too big to time on the CPU" in capsys.readouterr().err
     assert main(["time", "--model", "tiny-llama", "--backend", "sim"]) == 2
     assert "timing needs real compute" in capsys.readouterr().err
+    assert main(["time", "--model", "tiny-llama", "--backend", "cpu", "--compare-select", "rst,rst"]) == 2
+    assert "two different policies" in capsys.readouterr().err
 
 
 def test_ab_compare_alternates_policies_in_fresh_processes(tmp_path, capsys):

@@ -163,10 +163,37 @@ def test_sim_saves_cudas_one_byte_dropout_masks_instead_of_noise():
 def test_a_simulated_oom_is_a_result_row_with_the_peak_reached():
     from ist_bench.methods import MethodSpec
     from ist_bench.runner.case import Case, measure_memory
-    full = memory_row("tiny-llama", "full", backend="sim", steps=2)["memory"]["summary"]["run_peak_blocks"]
-    cap = full // 2
+    from ist_bench.measure.sim import CUBLAS_WORKSPACE_BYTES
+    full = memory_row("tiny-llama", "full", backend="sim", steps=2)["memory"]["summary"]["run_allocated_peak_est"]
+    cap = full - (full - CUBLAS_WORKSPACE_BYTES) // 2   # half of the tensors fit beside the workspace
     case = Case(model="tiny-llama", method=MethodSpec(name="full"), backend="sim", seq_len=64, steps=2,
                 capacity=f"{cap}B").check()
     row = measure_memory(case)
     assert row["status"] == "oom" and "capacity" in row["error"]
     assert cap < row["peak_reached"] <= full
+
+
+@pytest.mark.parametrize("request_bytes,block", [
+    (1, 512), (512, 512), (513, 1024),                     # the small pool rounds to 512 B
+    (2**20 + 1, 2**20 + 512),                              # > 1 MiB: still 512 B rounding (split from 20 MiB)
+    (9 * 2**20, 9 * 2**20),
+    (10 * 2**20, 10 * 2**20),                              # >= 10 MiB: own segment, rounded to 2 MiB
+    (int(19.5 * 2**20), 20 * 2**20),                       # 0.5 MiB left: too little to split off
+    (int(20.5 * 2**20), int(20.5 * 2**20)),                # 1.5 MiB left: split, the block is the request
+    (21 * 2**20, 22 * 2**20),                              # exactly 1 MiB left: not split
+])
+def test_allocator_model_follows_the_caching_allocators_rules(request_bytes, block):
+    from ist_bench.measure.sim import cuda_block_bytes
+    assert cuda_block_bytes(request_bytes) == block
+
+
+def test_sim_capacity_counts_the_estimate_not_just_the_tensors():
+    from ist_bench.methods import MethodSpec
+    from ist_bench.runner.case import Case, measure_memory
+    est = memory_row("tiny-llama", "lora", backend="sim")["memory"]["summary"]["run_allocated_peak_est"]
+
+    def status(cap):
+        case = Case(model="tiny-llama", method=MethodSpec(name="lora"), backend="sim", seq_len=64, steps=2,
+                    capacity=f"{cap}B").check()
+        return measure_memory(case)["status"]
+    assert status(est) == "ok" and status(est - 1) == "oom"

@@ -9,6 +9,7 @@ from the vocabulary and every result says `data: synthetic`.
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +30,7 @@ PROMPT_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:\n{output}"
 )
 MODES = ("pack", "sample")
+_EOS_NAMES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>")  # Llama/Mistral, GPT-2, Llama 3, Gemma
 
 
 def render(sample: dict) -> str:
@@ -57,9 +59,28 @@ def load_tokenizer(path: str | Path):
     if not file.is_file():
         raise UsageError(f"tokenizer file not found: {file}")
     try:
-        return PreTrainedTokenizerFast(tokenizer_file=str(file))
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(file))
     except Exception as e:  # tokenizers raises its own exception types
         raise UsageError(f"cannot load tokenizer {file}: {e}") from None
+    if tok.eos_token is None:  # a bare tokenizer.json does not say which token ends a sample
+        vocab = tok.get_vocab()
+        tok.eos_token = next((t for t in _EOS_NAMES if t in vocab), None)
+    return tok
+
+
+def _mtime(path) -> float:
+    p = Path(path)
+    return p.stat().st_mtime if p.exists() else 0.0
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenized(data: str, tokenizer: str, data_mtime: float, tok_mtime: float) -> tuple[tuple[int, ...], ...]:
+    """Each sample rendered and tokenized, with EOS; cached per process (a case validates its
+    data before it builds, and both would otherwise tokenize the whole file)."""
+    samples = load_samples(data)
+    tok = load_tokenizer(tokenizer)
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    return tuple(tuple(tok(render(s), add_special_tokens=True)["input_ids"] + eos) for s in samples)
 
 
 class TokenBatches:
@@ -75,16 +96,13 @@ class TokenBatches:
             raise UsageError("--data and --tokenizer go together (give both, or neither for synthetic tokens)")
         self.seq_len, self.vocab_size, self.mode, self.seed = seq_len, vocab_size, mode, seed
         self.kind = "synthetic" if data is None else "alpaca"
-        self.samples: list[list[int]] = []
+        self.samples: tuple[tuple[int, ...], ...] = ()
         if data is not None:
-            samples = load_samples(data)
-            tok = load_tokenizer(tokenizer)
-            eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-            self.samples = [tok(render(s), add_special_tokens=True)["input_ids"] + eos for s in samples]
+            self.samples = _tokenized(str(data), str(tokenizer), _mtime(data), _mtime(tokenizer))
             top = max(max(s) for s in self.samples)
             if top >= vocab_size:
                 raise UsageError(f"tokenizer produces id {top}, beyond the model's vocabulary of {vocab_size}")
-            self._stream = [t for s in self.samples for t in s]
+            self._stream = torch.tensor([t for s in self.samples for t in s])
 
     def describe(self) -> dict:
         d = {"data": self.kind, "seq_len": self.seq_len}
@@ -99,9 +117,8 @@ class TokenBatches:
             return torch.randint(0, self.vocab_size, (1, self.seq_len), generator=g)
         if self.mode == "sample":
             return torch.tensor([self.samples[step % len(self.samples)][: self.seq_len]])
-        start = (step * self.seq_len) % len(self._stream)
-        reps = (start + self.seq_len) // len(self._stream) + 1
-        return torch.tensor([(self._stream * reps)[start: start + self.seq_len]])
+        positions = torch.arange(step * self.seq_len, (step + 1) * self.seq_len) % len(self._stream)
+        return self._stream[positions].unsqueeze(0)  # the packed stream, wrapping around
 
 
 def model_inputs(ids: torch.Tensor, device: torch.device | str) -> dict:

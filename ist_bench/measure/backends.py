@@ -45,14 +45,20 @@ def step_context(backend: str) -> contextlib.AbstractContextManager:
 
 
 def tracker(backend: str, capacity: int | None = None) -> MemoryTracker:
-    """A tracker for the backend's device; sim and cuda also count modelled CUDA blocks."""
+    """A tracker for the backend's device; sim and cuda also count modelled CUDA blocks.
+
+    On sim, `capacity` is what the allocator may hand out in all: the cuBLAS workspaces that
+    sim adds to its estimate come out of it too.
+    """
     block = None if backend == "cpu" else sim.cuda_block_bytes
-    return MemoryTracker(device(backend).type, block=block, capacity=capacity if backend == "sim" else None)
+    if backend != "sim" or capacity is None:
+        return MemoryTracker(device(backend).type, block=block)
+    return MemoryTracker("meta", block=block, capacity=capacity - sim.CUBLAS_WORKSPACE_BYTES)
 
 
 def is_oom(exc: BaseException) -> bool:
     """Out of memory on any backend (the simulated one included)."""
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
     text = str(exc)
     return "out of memory" in text.lower() or "can't allocate memory" in text

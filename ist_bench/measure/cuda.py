@@ -23,7 +23,7 @@ class _NvmlSampler:
             import pynvml
 
             pynvml.nvmlInit()
-            self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
+            self._nvml, self._handle = pynvml, _handle_of_torch_device(pynvml, self.device_index)
         except Exception:  # pynvml raises NVMLError subclasses, or is missing
             return self
         self._tick()
@@ -44,6 +44,18 @@ class _NvmlSampler:
 
     def _tick(self) -> None:
         raise NotImplementedError
+
+
+def _handle_of_torch_device(nvml, index: int):
+    """NVML's handle for torch's CUDA device `index`: NVML numbers cards in PCI order and ignores
+    CUDA_VISIBLE_DEVICES, so match by UUID; fall back to the same index."""
+    try:
+        import torch
+
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+        return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    except Exception:  # older torch without .uuid, or no CUDA: the index is right on one-GPU boxes
+        return nvml.nvmlDeviceGetHandleByIndex(index)
 
 
 class NvmlPoller(_NvmlSampler):
@@ -83,8 +95,8 @@ class ClockPoller(_NvmlSampler):
     """The SM clock and its clock-event (throttle) reasons while steps are timed, every
     100 ms, so a slow stretch can be told apart from a slow kernel."""
 
-    _REASONS = {0x1: "idle", 0x2: "app_clocks", 0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x20: "sw_thermal",
-                0x40: "hw_thermal", 0x80: "hw_power_brake"}
+    _REASONS = {0x1: "idle", 0x2: "app_clocks", 0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x10: "sync_boost",
+                0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "hw_power_brake", 0x100: "display_clock"}
 
     def __init__(self, device_index: int = 0):
         super().__init__(device_index)

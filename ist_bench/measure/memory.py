@@ -27,10 +27,10 @@ CATEGORIES = ("weights", "activations", "gradients", "optimizer", "method_state"
 class MemoryMeter:
     def __init__(self, tracker: MemoryTracker, params: list[torch.Tensor], buffers: list[torch.Tensor],
                  optimizer: torch.optim.Optimizer, method_state: Callable[[], list[torch.Tensor]] = list,
-                 allocator: bool = False, workspace_bytes: int = 0):
+                 allocator: bool = False, workspace_bytes: int | None = None):
         self.tracker, self.params, self.optimizer, self.method_state = tracker, params, optimizer, method_state
         self.allocator = allocator  # read torch.cuda's allocator statistics too
-        self.workspace_bytes = workspace_bytes  # modelled allocator extra (sim only)
+        self.workspace_bytes = workspace_bytes  # sim: estimate the allocated peak with this extra
         self.weights = storage_bytes(params + buffers)
         tracker.register(params + buffers)
         self.steps: list[dict] = []
@@ -46,6 +46,7 @@ class MemoryMeter:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 self._alloc_before = torch.cuda.memory_allocated()
+                self._retries_before = torch.cuda.memory_stats().get("num_alloc_retries", 0)
         elif phase == "forward":
             self._row["activations"] = t.live - self._row["live_before"]
             if self.allocator:
@@ -66,8 +67,8 @@ class MemoryMeter:
                 stats = torch.cuda.memory_stats()
                 r["allocated_peak"] = torch.cuda.max_memory_allocated()
                 r["reserved_peak"] = torch.cuda.max_memory_reserved()
-                r["alloc_retries"] = stats.get("num_alloc_retries", 0)
-            else:
+                r["alloc_retries"] = stats.get("num_alloc_retries", 0) - self._retries_before
+            elif self.workspace_bytes is not None:
                 r["allocated_peak_est"] = t.peak_blocks + self.workspace_bytes
             self.steps.append(r)
 

@@ -68,7 +68,7 @@ def cuda_block_bytes(nbytes: int) -> int:
     if nbytes == 0:
         return 0
     size = max(512, -(-nbytes // 512) * 512)
-    if size <= MiB or size < 10 * MiB:  # small pool, or split from a 20 MiB segment
+    if size < 10 * MiB:  # small pool (2 MiB segments) or split from a 20 MiB segment
         return size
     segment = -(-size // (2 * MiB)) * (2 * MiB)
     return segment if segment - size <= MiB else size

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 GiB = 1 << 30
 CATEGORIES = ("weights", "activations", "gradients", "optimizer")
 
 
-def _key(row: dict) -> tuple:
-    c = row["case"]
-    return (c["model"], c["method"]["name"], c["select"], c.get("seq_len"), c.get("dtype"))
+def _key(row: dict) -> str:
+    """Everything that defines the case except the backend (and its sim-only capacity)."""
+    case = {k: v for k, v in row["case"].items() if k not in ("backend", "capacity")}
+    return json.dumps(case, sort_keys=True)
 
 
 def pair_rows(rows: list[dict]) -> list[tuple[dict, dict]]:
@@ -30,8 +33,9 @@ def _gap(sim: float, cuda: float) -> float:
 def validation_frame(rows: list[dict]) -> pd.DataFrame:
     records = []
     for cuda, sim in pair_rows(rows):
-        model, method, select, *_ = _key(cuda)
-        rec = {"model": model, "method": method if select == "none" else f"{method}+{select}",
+        c = cuda["case"]
+        method, select = c["method"]["name"], c["select"]
+        rec = {"model": c["model"], "method": method if select == "none" else f"{method}+{select}({c['layers']:g})",
                "cuda status": cuda["status"], "sim status": sim["status"]}
         if cuda["status"] == "ok" and sim["status"] == "ok":
             cs, ss = cuda["memory"]["summary"], sim["memory"]["summary"]
@@ -42,7 +46,9 @@ def validation_frame(rows: list[dict]) -> pd.DataFrame:
             for cat in CATEGORIES:
                 rec[f"{cat} gap %"] = _gap(ss[cat]["max"], cs[cat]["max"])
             if "activations_allocated" in cs:
-                rec["act. vs allocator gap %"] = _gap(ss["activations"]["max"], cs["activations_allocated"]["max"])
+                # steady state (median step): the first forward also takes cuBLAS's workspace
+                rec["act. vs allocator gap %"] = _gap(ss["activations"]["median"],
+                                                      cs["activations_allocated"]["median"])
             rec["cuda reserved"] = cs["run_reserved_peak"] / GiB
             rec["nvml peak"] = (cuda.get("nvml", {}).get("nvml_peak") or 0) / GiB
         elif cuda["status"] == "oom":
@@ -61,10 +67,11 @@ def validation_report(rows: list[dict]) -> str:
     gpu = prov.get("gpu", "GPU")
     versions = ", ".join(f"{k} {prov[k]}" for k in ("torch", "transformers", "peft", "driver", "git_commit")
                          if prov.get(k))
-    gaps = df["gap %"].dropna().abs()
+    gaps = df["gap %"].dropna().abs() if "gap %" in df else pd.Series(dtype=float)
     lines = [f"## sim vs cuda on {gpu}", "", f"cuda rows: {versions}.", "",
-             f"{len(df)} cells; largest |gap| of sim's estimated peak to max_memory_allocated: "
-             f"{gaps.max():.2f}% (mean |gap| {gaps.mean():.2f}%).", "",
+             f"{len(df)} cells, {len(gaps)} measured on both; largest |gap| of sim's estimated peak to "
+             f"max_memory_allocated: {gaps.max():.2f}% (mean |gap| {gaps.mean():.2f}%)." if len(gaps) else
+             f"{len(df)} cells; none finished on both backends.", "",
              "GiB; gap % = (sim - cuda) / cuda. `sim peak est` = tensor bytes in modelled allocator blocks "
              "plus the measured cuBLAS workspace; `tensor peak gap` compares the tracker's tensor-level peak "
              "on both backends; category gaps compare the maximum over steps.", "",

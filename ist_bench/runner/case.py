@@ -52,13 +52,23 @@ class Case:
 
     @classmethod
     def from_dict(cls, d: dict) -> Case:
+        """A case from a suite's or a result row's dict; wrong names or types are UsageErrors."""
         d = dict(d)
         method = d.pop("method", "lora")
-        method = MethodSpec(**method) if isinstance(method, dict) else method
-        method = method if isinstance(method, MethodSpec) else MethodSpec(name=method)
+        if isinstance(method, dict):
+            fields = [f.name for f in dataclasses.fields(MethodSpec)]
+            if set(method) - set(fields):
+                raise choice_error("method field", sorted(set(method) - set(fields))[0], fields)
+            _check_types(method, {f.name: f.type for f in dataclasses.fields(MethodSpec)})
+            method = MethodSpec(**method)
+        elif isinstance(method, str):
+            method = MethodSpec(name=method)
+        elif not isinstance(method, MethodSpec):
+            raise UsageError(f"method must be a name or a mapping, got {method!r}")
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise choice_error("case field", sorted(unknown)[0], [f.name for f in dataclasses.fields(cls)])
+        _check_types(d, {f.name: f.type for f in dataclasses.fields(cls)})
         return cls(method=method, **d)
 
     def to_dict(self) -> dict:
@@ -82,7 +92,8 @@ class Case:
         limit = zoo.max_positions(config)
         if limit is not None and self.seq_len > limit:
             raise UsageError(f"--seq-len {self.seq_len} is longer than {self.model}'s {limit} positions")
-        zoo.family(config)  # the methods need to know where the projections are
+        if self.method.name != "full":
+            zoo.family(config)  # adapters need to know where the projections are
         backend = backends.resolve(self.backend)
         if self.capacity is not None and backend == "cpu":
             raise UsageError("--capacity applies to the sim and cuda backends only")
@@ -92,6 +103,16 @@ class Case:
         TokenBatches(self.seq_len, config.vocab_size, data=self.data, tokenizer=self.tokenizer,
                      mode=self.data_mode, seed=self.seed)
         return dataclasses.replace(self, backend=backend, method=method)
+
+
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "str | None": (str, type(None))}
+
+
+def _check_types(d: dict, annotations: dict) -> None:
+    for key, value in d.items():
+        allowed = _TYPES.get(str(annotations.get(key)))
+        if allowed and (not isinstance(value, allowed) or isinstance(value, bool)):
+            raise UsageError(f"{key} must be {str(annotations[key]).replace(' | None', ' or null')}, got {value!r}")
 
 
 @dataclass
@@ -155,7 +176,7 @@ def measure_memory(case: Case) -> dict:
             meter = MemoryMeter(tracker, list(b.model.parameters()), list(b.model.buffers()), b.optimizer,
                                 method_state=lambda: method_state(b.model, case.method),
                                 allocator=case.backend == "cuda",
-                                workspace_bytes=sim.CUBLAS_WORKSPACE_BYTES if case.backend == "sim" else 0)
+                                workspace_bytes=sim.CUBLAS_WORKSPACE_BYTES if case.backend == "sim" else None)
             actives = _ActiveLayers(b.gate)
             with backends.step_context(case.backend), tracker:
                 run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, case.steps,
@@ -207,6 +228,8 @@ def measure_time(case: Case, warmup: int = 10) -> dict:
 
     if case.backend == "sim":
         raise UsageError("timing needs real compute: use --backend cuda (or cpu for small models)")
+    # AdaLoRA's budget schedule must span every step this run takes, warm-up included.
+    case = dataclasses.replace(case, method=dataclasses.replace(case.method, total_steps=warmup + case.steps))
     start = time.time()
     row = {"kind": "time", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None,
            "warmup": warmup}
@@ -234,13 +257,14 @@ def measure_time(case: Case, warmup: int = 10) -> dict:
             gc.enable()
         phases = timer.phase_ms()
         host_cpu = phases.pop("host_cpu")
+        tokens = sum(b.batches.ids(s).shape[1] for s in range(warmup, warmup + case.steps))
         step = spread(phases["step"])
         row["time"] = {
             "phases_ms": {k: spread(v) for k, v in phases.items()},
             "steps_ms": phases["step"],
             "host_cpu_ms": host_cpu,          # this process's CPU time per step (all threads)
             "host_steal_s": None if steal is None or steal0 is None else steal - steal0,
-            "tokens_per_s": case.seq_len / (step["median"] / 1e3),
+            "tokens_per_s": tokens / (sum(phases["step"]) / 1e3),
             "s_per_100_iter": wall / case.steps * 100,   # every overhead of the loop included
             "p90_over_p10": step["p90"] / step["p10"],
         }
@@ -268,7 +292,7 @@ def _sync(cuda: bool) -> None:
 def _peak_reached(backend: str, tracker) -> int:
     if backend == "cuda":
         return torch.cuda.max_memory_allocated()
-    return tracker.peak_blocks if backend == "sim" else tracker.peak
+    return tracker.peak_blocks + sim.CUBLAS_WORKSPACE_BYTES if backend == "sim" else tracker.peak
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:

@@ -48,7 +48,12 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     kind = spec.get("kind", "memory")
     if kind not in ("memory", "time"):
         raise UsageError(f"unknown suite kind {kind!r}; valid: memory, time")
-    defaults, grid = dict(spec.get("defaults") or {}), spec.get("grid") or {}
+    defaults, grid = spec.get("defaults") or {}, spec.get("grid") or {}
+    if not isinstance(defaults, dict):
+        raise UsageError(f"malformed suite {path}: 'defaults' must be a mapping of case fields")
+    warmup = spec.get("warmup", 10)
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise UsageError(f"malformed suite {path}: 'warmup' must be an integer >= 0, got {warmup!r}")
     keys = list(grid)
     values = [v if isinstance(v, list) else [v] for v in grid.values()]
     cases, seen = [], set()
@@ -63,7 +68,7 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
             cases.append(case)
     if not cases:
         raise UsageError(f"suite {path} has no cases")
-    return Suite(spec.get("name", path.stem), kind, cases, int(spec.get("warmup", 10)))
+    return Suite(str(spec.get("name", path.stem)), kind, cases, warmup)
 
 
 def jobs(suite: Suite) -> list[dict]:
@@ -78,7 +83,10 @@ def read_rows(path: str | Path) -> list[dict]:
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
-                raise UsageError(f"{path}:{i} is not a JSON row") from None
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("case"), dict):
+                raise UsageError(f"{path}:{i} is not an ist-bench result row")
+            rows.append(row)
     return rows

@@ -8,6 +8,8 @@ embeddings and head, say) keep what the method gave them.
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from ist_bench.errors import UsageError
@@ -27,8 +29,8 @@ class SelectionPolicy:
 
     @property
     def n_active(self) -> int:
-        """Layers trained per step: round(fraction x L), at least one."""
-        return max(1, round(self.fraction * self.n_layers))
+        """Layers trained per step: fraction x L rounded half up (30 x 25% -> 8), at least one."""
+        return max(1, math.floor(self.fraction * self.n_layers + 0.5))
 
     def select(self, step: int) -> list[int] | None:
         """Indices of the blocks that train at optimizer step `step`; None means all."""

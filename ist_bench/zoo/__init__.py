@@ -72,8 +72,9 @@ def load_config(name_or_path: str):
     model_type = raw.pop("model_type")
     try:
         return AutoConfig.for_model(model_type, **raw)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot build a config of model_type {model_type!r}: {e}") from None
+    except Exception as e:  # transformers 5 validates with huggingface_hub's own error types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot build a config of model_type {model_type!r}: {first}") from None
 
 
 def max_positions(config) -> int | None:
