@@ -161,9 +161,9 @@ def test_sim_saves_cudas_one_byte_dropout_masks_instead_of_noise():
 
 
 def test_a_simulated_oom_is_a_result_row_with_the_peak_reached():
+    from ist_bench.measure.sim import CUBLAS_WORKSPACE_BYTES
     from ist_bench.methods import MethodSpec
     from ist_bench.runner.case import Case, measure_memory
-    from ist_bench.measure.sim import CUBLAS_WORKSPACE_BYTES
     full = memory_row("tiny-llama", "full", backend="sim", steps=2)["memory"]["summary"]["run_allocated_peak_est"]
     cap = full - (full - CUBLAS_WORKSPACE_BYTES) // 2   # half of the tensors fit beside the workspace
     case = Case(model="tiny-llama", method=MethodSpec(name="full"), backend="sim", seq_len=64, steps=2,
