@@ -53,7 +53,7 @@ def tracker(backend: str, capacity: int | None = None) -> MemoryTracker:
     block = None if backend == "cpu" else sim.cuda_block_bytes
     if backend != "sim" or capacity is None:
         return MemoryTracker(device(backend).type, block=block)
-    return MemoryTracker("meta", block=block, capacity=capacity - sim.CUBLAS_WORKSPACE_BYTES)
+    return MemoryTracker("meta", block=block, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES)
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -9,7 +9,8 @@ counted twice and their bytes are part of the total.
 `live` is what a caching allocator would call "allocated", without its block rounding;
 `peak` is the largest `live` since the last `reset_peak()`. An optional `block` function
 (sim's allocator model) keeps a second count of rounded block bytes, and an optional
-`capacity` turns exceeding it into `SimulatedOOM` (what a GPU of that size would do).
+`capacity` turns exceeding it (with `outside` bytes, e.g. modelled workspaces, added) into
+`SimulatedOOM`: what a GPU of that size would do.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ class SimulatedOOM(MemoryError):
 
 class MemoryTracker(TorchDispatchMode):
     def __init__(self, device_type: str, *, block: Callable[[int], int] | None = None,
-                 capacity: int | None = None):
+                 capacity: int | None = None, outside: int = 0):
         super().__init__()
         self.device_type = device_type
         self.block = block or (lambda n: n)
-        self.capacity = capacity
+        self.capacity, self.outside = capacity, outside  # `outside`: bytes taken besides tensors
         self._storages: dict[int, tuple[weakref.ref, int, int]] = {}
         self.live = self.peak = 0
         self.live_blocks = self.peak_blocks = 0
@@ -62,8 +63,9 @@ class MemoryTracker(TorchDispatchMode):
             self.peak = self.live
         if self.live_blocks > self.peak_blocks:
             self.peak_blocks = self.live_blocks
-        if self.capacity is not None and self.live_blocks > self.capacity:
-            raise SimulatedOOM(f"simulated out of memory: {self.live_blocks} bytes live > capacity {self.capacity}")
+        if self.capacity is not None and self.live_blocks + self.outside > self.capacity:
+            raise SimulatedOOM(f"simulated out of memory: {self.live_blocks + self.outside} bytes needed "
+                               f"({self.outside} of them workspace) > capacity {self.capacity}")
 
     def _freed(self, key: int):
         self_ref = weakref.ref(self)  # the callback must not keep the tracker alive
