@@ -158,8 +158,8 @@ def _check_writable(path: str | None) -> None:
 
 
 def _append_json(path: str | None, rows: list[dict]) -> None:
+    """Append rows to a path `_check_writable` has already vetted (and whose folder it made)."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")

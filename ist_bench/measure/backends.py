@@ -47,13 +47,12 @@ def step_context(backend: str) -> contextlib.AbstractContextManager:
 def tracker(backend: str, capacity: int | None = None) -> MemoryTracker:
     """A tracker for the backend's device; sim and cuda also count modelled CUDA blocks.
 
-    On sim, `capacity` is what the allocator may hand out in all: the cuBLAS workspaces that
-    sim adds to its estimate come out of it too.
+    On sim the tracker also holds the modelled cuBLAS workspaces (`outside`), so its estimate
+    and its `capacity` check (what the allocator may hand out in all) both include them.
     """
-    block = None if backend == "cpu" else sim.cuda_block_bytes
-    if backend != "sim" or capacity is None:
-        return MemoryTracker(device(backend).type, block=block)
-    return MemoryTracker("meta", block=block, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES)
+    if backend != "sim":
+        return MemoryTracker(device(backend).type, block=None if backend == "cpu" else sim.cuda_block_bytes)
+    return MemoryTracker("meta", block=sim.cuda_block_bytes, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES)
 
 
 def is_oom(exc: BaseException) -> bool:

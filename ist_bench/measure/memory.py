@@ -27,10 +27,10 @@ CATEGORIES = ("weights", "activations", "gradients", "optimizer", "method_state"
 class MemoryMeter:
     def __init__(self, tracker: MemoryTracker, params: list[torch.Tensor], buffers: list[torch.Tensor],
                  optimizer: torch.optim.Optimizer, method_state: Callable[[], list[torch.Tensor]] = list,
-                 allocator: bool = False, workspace_bytes: int | None = None):
+                 allocator: bool = False, estimate: bool = False):
         self.tracker, self.params, self.optimizer, self.method_state = tracker, params, optimizer, method_state
         self.allocator = allocator  # read torch.cuda's allocator statistics too
-        self.workspace_bytes = workspace_bytes  # sim: estimate the allocated peak with this extra
+        self.estimate = estimate  # sim: report the tracker's modelled allocated peak
         self.weights = storage_bytes(params + buffers)
         tracker.register(params + buffers)
         self.steps: list[dict] = []
@@ -68,8 +68,8 @@ class MemoryMeter:
                 r["allocated_peak"] = torch.cuda.max_memory_allocated()
                 r["reserved_peak"] = torch.cuda.max_memory_reserved()
                 r["alloc_retries"] = stats.get("num_alloc_retries", 0) - self._retries_before
-            elif self.workspace_bytes is not None:
-                r["allocated_peak_est"] = t.peak_blocks + self.workspace_bytes
+            elif self.estimate:
+                r["allocated_peak_est"] = t.peak_estimate
             self.steps.append(r)
 
     def _optimizer_tensors(self) -> list[torch.Tensor]:

@@ -44,6 +44,11 @@ class MemoryTracker(TorchDispatchMode):
         for t in tensors:
             self._add(t)
 
+    @property
+    def peak_estimate(self) -> int:
+        """Peak in allocator blocks plus the bytes taken besides tensors: the modelled allocated peak."""
+        return self.peak_blocks + self.outside
+
     def reset_peak(self) -> None:
         self.peak, self.peak_blocks = self.live, self.live_blocks
 

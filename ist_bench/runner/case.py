@@ -20,7 +20,7 @@ import torch
 from ist_bench import zoo
 from ist_bench.data import TokenBatches
 from ist_bench.errors import UsageError, choice_error
-from ist_bench.measure import backends, env, sim
+from ist_bench.measure import backends, env
 from ist_bench.measure.cuda import ClockPoller, NvmlPoller
 from ist_bench.measure.memory import MemoryMeter, summarize
 from ist_bench.measure.timing import Timer, host_steal_s, spread
@@ -176,7 +176,7 @@ def measure_memory(case: Case) -> dict:
             meter = MemoryMeter(tracker, list(b.model.parameters()), list(b.model.buffers()), b.optimizer,
                                 method_state=lambda: method_state(b.model, case.method),
                                 allocator=case.backend == "cuda",
-                                workspace_bytes=sim.CUBLAS_WORKSPACE_BYTES if case.backend == "sim" else None)
+                                estimate=case.backend == "sim")
             actives = _ActiveLayers(b.gate)
             with backends.step_context(case.backend), tracker:
                 run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, b.gate, case.steps,
@@ -292,7 +292,7 @@ def _sync(cuda: bool) -> None:
 def _peak_reached(backend: str, tracker) -> int:
     if backend == "cuda":
         return torch.cuda.max_memory_allocated()
-    return tracker.peak_blocks + sim.CUBLAS_WORKSPACE_BYTES if backend == "sim" else tracker.peak
+    return tracker.peak_estimate if backend == "sim" else tracker.peak
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:
