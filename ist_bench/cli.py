@@ -16,16 +16,18 @@ EPILOG = "Defaults follow the IST paper's Table 1 setting: batch 1, 1024 tokens,
 def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
     from ist_bench.methods import METHODS, MethodSpec
     from ist_bench.runner.case import DTYPES, OPTIM_IMPLS, Case
-    from ist_bench.selection import POLICIES
+    from ist_bench.selection import OPTIMIZER_STATES, POLICIES
 
     c, m = Case(), MethodSpec()
     p.add_argument("--model", default=c.model, help=f"zoo name (see `ist-bench models`) or a config.json path "
                                                      f"(default {c.model})")
     p.add_argument("--method", default=m.name, help=f"one of {', '.join(METHODS)} (default {m.name})")
     p.add_argument("--select", default=c.select, help=f"layer selection policy: {', '.join(POLICIES)} "
-                                                      f"(default {c.select})")
-    p.add_argument("--layers", type=float, default=c.layers,
-                   help=f"fraction of layers a sparse policy trains per step (default {c.layers})")
+                                                      f"(default {c.select}; `ist-bench methods` lists their options)")
+    p.add_argument("--select-opt", metavar="K=V,...", default="",
+                   help="policy options, e.g. layers=0.25 (rst, ist), beta=0.5,mu=100 (ist), gamma=2 (lisa)")
+    p.add_argument("--optimizer-state", default=c.optimizer_state,
+                   help=f"a deselected layer's AdamW state: {' | '.join(OPTIMIZER_STATES)} (default {c.optimizer_state})")
     p.add_argument("--backend", default=c.backend,
                    help="sim | cpu | cuda | auto (default auto: cuda if a GPU is present, else sim)")
     steps = steps or c.steps
@@ -48,10 +50,12 @@ def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
 def _case_from(args: argparse.Namespace):
     from ist_bench.methods import MethodSpec
     from ist_bench.runner.case import Case
+    from ist_bench.selection import parse_options
 
     method = MethodSpec(name=args.method, r=args.r, alpha=args.alpha, dropout=args.dropout,
                         bottleneck=args.bottleneck)
-    return Case(model=args.model, method=method, select=args.select, layers=args.layers, backend=args.backend,
+    return Case(model=args.model, method=method, select=args.select, select_opts=parse_options(args.select_opt),
+                optimizer_state=args.optimizer_state, backend=args.backend,
                 steps=args.steps, seq_len=args.seq_len, dtype=args.dtype, seed=args.seed, data=args.data,
                 tokenizer=args.tokenizer, data_mode=args.data_mode, optim=args.optim,
                 capacity=getattr(args, "capacity", None))
@@ -85,7 +89,19 @@ def cmd_time(args: argparse.Namespace) -> int:
         import torch
         if not torch.cuda.is_available():
             raise UsageError("timing needs a GPU (none is visible); for the tiny and GPT-2 models use --backend cpu")
-    case = case.check()
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
+    variants = [case]
+    if args.compare_select:
+        names = [n.strip() for n in args.compare_select.split(",") if n.strip()]
+        if len(names) != 2 or names[0] == names[1]:
+            raise UsageError(f"--compare-select takes two different policies, A,B; got {args.compare_select!r}")
+        variants = [dataclasses.replace(case, select=n, select_opts=_options_for(n, case.select_opts, names))
+                    for n in names]
+    variants = [v.check() for v in variants]
+    case = variants[0]
     _check_writable(args.json)
     if case.backend == "sim":
         raise UsageError("timing needs real compute: use --backend cuda, or cpu for small models")
@@ -93,16 +109,7 @@ def cmd_time(args: argparse.Namespace) -> int:
     if case.backend == "cpu" and params > CPU_TIME_MAX_PARAMS:
         raise UsageError(f"{case.model} has {params / 1e9:.1f}B parameters: too big to time on the CPU "
                          f"(limit {CPU_TIME_MAX_PARAMS / 1e6:.0f}M); use --backend cuda")
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.rounds < 1:
-        raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
-    rows = []
     if args.compare_select:
-        names = [n.strip() for n in args.compare_select.split(",") if n.strip()]
-        if len(names) != 2 or names[0] == names[1]:
-            raise UsageError(f"--compare-select takes two different policies, A,B; got {args.compare_select!r}")
-        variants = [dataclasses.replace(case, select=n).check() for n in names]
         jobs = [{"kind": "time", "case": v.to_dict(), "warmup": args.warmup}
                 for _ in range(args.rounds) for v in variants]   # A B A B ...: drift hits both
         rows = list(run_isolated(jobs))
@@ -112,6 +119,21 @@ def cmd_time(args: argparse.Namespace) -> int:
         print_time(rows[0])
     _append_json(args.json, rows)
     return 0 if all(r["status"] in ("ok", "oom") for r in rows) else 1
+
+
+def _options_for(name: str, options: dict, names: list[str]) -> dict:
+    """The --select-opt options that policy `name` takes (an A/B run may set options of one side);
+    an option neither side takes is an error."""
+    import dataclasses
+
+    from ist_bench.selection import POLICIES
+
+    def fields(n):
+        return {f.name for f in dataclasses.fields(POLICIES[n].Settings)} if n in POLICIES else set()
+    unknown = [k for k in options if not any(k in fields(n) for n in names)]
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r} for --select {' or '.join(names)}")
+    return {k: v for k, v in options.items() if k in fields(name)}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -183,16 +205,28 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from rich.table import Table
+
     from ist_bench.methods import METHODS
     from ist_bench.report.console import console
     from ist_bench.selection import POLICIES
 
-    console.print("[bold]methods[/] (what in a layer trains):")
-    for name, doc in METHODS.items():
-        console.print(f"  {name:10s} {doc}")
-    console.print("[bold]selection policies[/] (which layers train each step):")
+    methods = Table(title="methods: what in a layer trains (--method)", title_justify="left", box=None)
+    methods.add_column("name", style="bold", no_wrap=True)
+    methods.add_column("")
+    for name, method in METHODS.items():
+        methods.add_row(name, method.description)
+    console.print(methods)
+    policies = Table(title="selection policies: which layers train each step (--select; --select-opt K=V)",
+                     title_justify="left", box=None)
+    policies.add_column("name", style="bold", no_wrap=True)
+    policies.add_column("")
     for name, cls in POLICIES.items():
-        console.print(f"  {name:10s} {cls.description}")
+        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Settings))
+        policies.add_row(name, cls.description + (f"\n[dim]options: {opts}[/]" if opts else ""))
+    console.print(policies)
     return 0
 
 

@@ -24,3 +24,27 @@ def parse_bytes(text: str | None) -> int | None:
 
 def gib(n: float | None, digits: int = 2) -> str:
     return "-" if n is None else f"{n / GiB:.{digits}f}"
+
+
+def unit_for(values) -> tuple[str, int]:
+    """One unit for a column of byte counts, chosen by the largest: a tiny model's numbers are not
+    a column of 0.00 GiB."""
+    top = max((abs(v) for v in values if v is not None), default=0)
+    for name, size in (("GiB", GiB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if top >= size:
+            return name, size
+    return "B", 1
+
+
+def in_unit(n: float | None, size: int) -> str:
+    if n is None:
+        return ""
+    return f"{n / size:.2f}" if size >= GiB else f"{n / size:.1f}" if size > 1 else f"{n:.0f}"
+
+
+def human(n: float | None) -> str:
+    """A byte count in its own unit: 27.64 GiB, 512.0 KiB."""
+    if n is None:
+        return "-"
+    name, size = unit_for([n])
+    return f"{in_unit(n, size)} {name}"

@@ -3,6 +3,7 @@ import contextlib
 import pytest
 import torch
 
+from ist_bench.data import SAMPLE_FILE, load_samples, render
 from ist_bench.measure import backends, sim
 from ist_bench.methods import MethodSpec
 from ist_bench.runner.case import Case, measure_memory
@@ -29,3 +30,16 @@ def no_cuda_emulation(monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory):
+    """A small BPE tokenizer trained here on our sample file (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"])
+    tok.train_from_iterator([render(s) for s in load_samples(SAMPLE_FILE)], trainer)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tok.save(str(path))
+    return path

@@ -10,19 +10,41 @@ from ist_bench.cli import main
 @pytest.mark.parametrize("argv,message", [
     (["memory", "--model", "llama-70b"], "unknown model 'llama-70b'; valid: bloomz-7b1, gpt2-large"),
     (["memory", "--method", "prefix"], "unknown method 'prefix'; valid: full, lora, dora, adalora, series, parallel"),
-    (["memory", "--select", "ist9"], "unknown selection policy 'ist9'; valid: none, rst"),
-    (["memory", "--select", "rst", "--layers", "0"], "--layers must be a fraction in (0, 1], got 0"),
-    (["memory", "--select", "rst", "--layers", "1.5"], "--layers must be a fraction in (0, 1], got 1.5"),
+    (["memory", "--select", "ist9"], "unknown selection policy 'ist9'; valid: none, rst, ist, ist-code, lisa, ila, lift"),
+    (["memory", "--select", "rst", "--select-opt", "layers=0"], "--select rst: layers must be in (0, 1], got 0"),
+    (["memory", "--select", "rst", "--select-opt", "layers=1.5"], "--select rst: layers must be in (0, 1], got 1.5"),
     (["memory", "--model", "gpt2-small", "--seq-len", "2048"], "--seq-len 2048 is longer than gpt2-small's 1024 positions"),
     (["memory", "--model", "tiny-llama", "--data", "nope.json", "--tokenizer", "nope.json"], "data file not found: nope.json"),
     (["memory", "--backend", "tpu"], "unknown backend 'tpu'; valid: auto, sim, cpu, cuda"),
     (["memory", "--dtype", "int8"], "unknown dtype 'int8'; valid: bf16, fp16, fp32"),
     (["memory", "--capacity", "lots"], "cannot read 'lots' as a size"),
+    (["memory", "--select", "ist", "--select-opt", "layers=0"], "--select ist: layers must be in (0, 1], got 0"),
+    (["memory", "--select", "ist", "--select-opt", "candidates=1.5"], "--select ist: candidates must be in (0, 1]"),
+    (["memory", "--select", "ist", "--select-opt", "beta=2"], "--select ist: beta must be in [0, 1], got 2"),
+    (["memory", "--select", "ist", "--select-opt", "interval=0"], "--select ist: interval must be >= 1, got 0"),
+    (["memory", "--select", "ist", "--select-opt", "tau=3"], "unknown option for --select ist 'tau'; valid: layers,"),
+    (["memory", "--select", "ist", "--select-opt", "beta"], "--select-opt takes key=value pairs"),
+    (["memory", "--select", "ist", "--method", "full"], "--select ist scales each layer's PEFT output and --method full"),
+    (["memory", "--optimizer-state", "wipe"], "unknown optimizer-state policy 'wipe'; valid: keep, reset"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_a_model_whose_layers_cannot_be_located_is_one_line(tmp_path, capsys):
+    """Jamba mixes attention and Mamba blocks in one list: neither a known family nor one kind of block."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "jamba", "num_hidden_layers": 4, "hidden_size": 64,
+                               "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+                               "vocab_size": 100, "attn_layer_period": 2, "attn_layer_offset": 1,
+                               "expert_layer_period": 100, "num_experts": 1}))
+    assert main(["memory", "--model", str(cfg), "--method", "full", "--select", "rst"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot locate the transformer blocks of JambaForCausalLM" in err and err.count("\n") == 1
+    assert main(["memory", "--model", str(cfg), "--method", "lora"]) == 2
+    assert "unknown model family 'jamba'" in capsys.readouterr().err
 
 
 def test_malformed_config_json_is_one_line(tmp_path, capsys):
@@ -49,7 +71,7 @@ def test_memory_prints_a_table_and_writes_the_json_row(tmp_path, capsys):
                   "attn_implementation=eager", "gradient_checkpointing=False"):
         assert label in text
     row = json.loads(out.read_text())
-    assert row["status"] == "ok" and row["backend"] == "sim" and len(row["memory"]["steps"]) == 3
+    assert row["status"] == "ok" and row["backend"] == "sim" and len(row["memory"]["steps"]) == 3 + 1  # + the steady step
     assert row["case"]["method"] == {"name": "series", "bottleneck": 256}
 
 
@@ -63,7 +85,7 @@ def test_models_and_methods_list_what_exists(capsys):
 
 
 def test_the_installed_command_runs_without_traceback_on_bad_input():
-    proc = subprocess.run([sys.executable, "-m", "ist_bench.cli", "memory", "--layers", "0", "--select", "rst"],
+    proc = subprocess.run([sys.executable, "-m", "ist_bench.cli", "memory", "--select-opt", "layers=0", "--select", "rst"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("ist-bench: error:")
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
@@ -99,7 +121,9 @@ def test_config_json_with_bad_values_is_one_line(tmp_path, capsys, config, messa
 
 
 @pytest.mark.parametrize("yaml_text,message", [
-    ("grid: {layers: [abc]}", "layers must be float, got 'abc'"),
+    ("grid: {select: [{name: rst, layers: abc}]}", "--select rst: layers must be float, got 'abc'"),
+    ("grid: {select: [{layers: 0.5}]}", "a select mapping needs a policy name"),
+    ("grid: {select_opts: [[1]]}", "select_opts must be dict, got [1]"),
     ("grid: {steps: ['3']}", "steps must be int, got '3'"),
     ("grid: {seq_len: [64.5]}", "seq_len must be int, got 64.5"),
     ("grid: {seed: [null]}", "seed must be int, got None"),
@@ -124,7 +148,7 @@ def test_validate_reports_malformed_and_unpaired_results(tmp_path, capsys):
     assert main(["validate", str(bad)]) == 2
     assert "is not an ist-bench result row" in capsys.readouterr().err
     only_errors = tmp_path / "err.jsonl"
-    case = {"model": "m", "method": {"name": "lora"}, "select": "none", "layers": 0.25}
+    case = {"model": "m", "method": {"name": "lora"}, "select": "none"}
     only_errors.write_text("\n".join(json.dumps({"kind": "memory", "backend": b, "status": "error", "case": case})
                                      for b in ("cuda", "sim")) + "\n")
     assert main(["validate", str(only_errors)]) == 0

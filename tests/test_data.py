@@ -7,19 +7,6 @@ from ist_bench.data import PROMPT_NO_INPUT, SAMPLE_FILE, TokenBatches, load_samp
 from ist_bench.errors import UsageError
 
 
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory):
-    """A small BPE tokenizer trained here on our sample file (no download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"])
-    tok.train_from_iterator([render(s) for s in load_samples(SAMPLE_FILE)], trainer)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
-
-
 def test_render_uses_the_alpaca_template():
     with_input = render({"instruction": "Translate.", "input": "Hallo", "output": "Hello"})
     assert with_input.startswith("Below is an instruction that describes a task, paired with an input")

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from ist_bench import zoo
+from ist_bench.measure.sim import CUBLAS_WORKSPACE_BYTES
 from ist_bench.measure.tracker import MemoryTracker, storage_bytes
 from tests.conftest import memory_row
 
-CATS = ("weights", "activations", "gradients", "optimizer", "method_state", "temporary", "peak")
+CATS = ("weights", "activations", "gradients", "optimizer", "method_state", "peak")
+AT_PEAK_TENSORS = ("weights", "activations", "gradients", "optimizer", "method_state", "temporary")
 
 
 def test_tracker_counts_each_storage_once_and_uncounts_it_when_freed():
@@ -57,6 +59,7 @@ def test_sim_and_cpu_give_identical_bytes_in_every_category(no_cuda_emulation, m
     rows = {b: memory_row(model, method, backend=b, select=select, steps=3, dtype=dtype) for b in ("sim", "cpu")}
     for s_sim, s_cpu in zip(rows["sim"]["memory"]["steps"], rows["cpu"]["memory"]["steps"], strict=True):
         assert {c: s_sim[c] for c in CATS} == {c: s_cpu[c] for c in CATS}
+        assert {c: s_sim["at_peak"][c] for c in AT_PEAK_TENSORS} == {c: s_cpu["at_peak"][c] for c in AT_PEAK_TENSORS}
         assert s_sim["active_layers"] == s_cpu["active_layers"]
 
 
@@ -89,7 +92,8 @@ def test_llama7b_lora_weights_are_12_76_gib_exactly():
 @pytest.mark.parametrize("backend", ["sim", "cpu"])
 @pytest.mark.parametrize("select", ["none", "rst"])
 def test_gradients_are_the_trainable_bytes_of_the_selected_layers(backend, select):
-    row = memory_row("tiny-llama", "lora", backend=backend, select=select, steps=4, layers=0.5)
+    row = memory_row("tiny-llama", "lora", backend=backend, select=select, steps=4,
+                     select_opts={"layers": 0.5} if select == "rst" else {})
     per_layer = 32 * (64 + 64) + 2 * 32 * (64 + 32) + 32 * (64 + 176) + 32 * (176 + 64)  # q, k+v, up, down
     for s in row["memory"]["steps"]:
         n_active = 4 if select == "none" else 2
@@ -99,16 +103,19 @@ def test_gradients_are_the_trainable_bytes_of_the_selected_layers(backend, selec
 
 @pytest.mark.parametrize("backend", ["sim", "cpu"])
 def test_adamw_state_is_two_fp32_moments_per_trained_parameter_plus_step_counters(backend):
-    row = memory_row("tiny-llama", "lora", backend=backend, select="rst", steps=5, layers=0.25)
+    row = memory_row("tiny-llama", "lora", backend=backend, select="rst", steps=5, select_opts={"layers": 0.25})
     per_layer_numel = 32 * (64 + 64) + 2 * 32 * (64 + 32) + 32 * (64 + 176) + 32 * (176 + 64)
     per_layer_tensors = 2 * 5                     # lora_A and lora_B on 5 projections
+    per_layer = 2 * 4 * per_layer_numel + 4 * per_layer_tensors
     seen: set[int] = set()
-    for s in row["memory"]["steps"]:
+    *drawn, steady = row["memory"]["steps"]
+    for s in drawn:
         seen |= set(s["active_layers"])          # fused AdamW keeps state for every layer ever trained
-        expected = len(seen) * (2 * 4 * per_layer_numel + 4 * per_layer_tensors)
-        assert s["optimizer"] == expected
+        assert s["optimizer"] == len(seen) * per_layer
+    # the steady step: with `keep`, every layer that can be drawn holds its moments, however few steps ran
+    assert steady["phase"] == "steady" and steady["optimizer"] == 4 * per_layer
     summary = row["memory"]["summary"]["optimizer"]
-    assert summary["first"] < summary["last"] or len(seen) == 1
+    assert summary["first"] == per_layer and summary["steady"] == 4 * per_layer
 
 
 def test_activations_of_tiny_llama_match_the_derived_formula():
@@ -197,3 +204,79 @@ def test_sim_capacity_counts_the_estimate_not_just_the_tensors():
                     capacity=f"{cap}B").check()
         return measure_memory(case)["status"]
     assert status(est) == "ok" and status(est - 1) == "oom"
+
+
+# -- the measurement protocol: first step, drawn steps, a steady state that does not depend on --steps
+def test_steady_state_figures_do_not_depend_on_the_number_of_steps():
+    rows = [memory_row("tiny-llama", "lora", backend="sim", select="ist", steps=n, seq_len=64) for n in (2, 12)]
+    short, long = (r["memory"]["steps"][-1] for r in rows)
+    assert short["phase"] == long["phase"] == "steady"
+    skip = {"step", "phase"}
+    assert {k: v for k, v in short.items() if k not in skip} == {k: v for k, v in long.items() if k not in skip}
+    assert short["importance_peak"] > 0                      # the steady step includes an importance round
+
+
+def test_the_worst_draw_bounds_every_drawn_step():
+    row = memory_row("tiny-llama", "full", backend="sim", select="rst", steps=16, seq_len=64,
+                     select_opts={"layers": 0.5})
+    *drawn, steady = row["memory"]["steps"]
+    assert steady["active_layers"] == [0, 3]
+    for key in ("activations", "gradients", "optimizer", "peak", "allocated_peak_est"):
+        assert steady[key] >= max(s[key] for s in drawn), key
+    # with `reset` only the active layers hold state at the steady step
+    reset = memory_row("tiny-llama", "full", backend="sim", select="rst", steps=3, seq_len=64,
+                       select_opts={"layers": 0.5}, optimizer_state="reset")["memory"]["steps"][-1]
+    assert reset["optimizer"] < steady["optimizer"]
+
+
+@pytest.mark.parametrize("method,select", [("full", "none"), ("lora", "ist"), ("dora", "rst"), ("adalora", "none"),
+                                           ("series", "lisa"), ("parallel", "ist-code"), ("full", "lift")])
+def test_the_breakdown_at_the_peak_sums_to_the_peak_exactly(method, select):
+    sim = memory_row("tiny-llama", method, backend="sim", select=select, steps=3, seq_len=64)
+    for s in sim["memory"]["steps"]:
+        assert sum(s["at_peak"].values()) == s["allocated_peak_est"]
+        assert s["at_peak"]["workspace"] == CUBLAS_WORKSPACE_BYTES and s["at_peak"]["temporary"] >= 0
+    cpu = memory_row("tiny-llama", method, backend="cpu", select=select, steps=3, seq_len=64)
+    for s in cpu["memory"]["steps"]:
+        assert sum(s["at_peak"].values()) == s["peak"] and s["at_peak"]["rounding"] == 0
+
+
+def test_at_the_peak_of_full_finetuning_every_category_is_what_was_live():
+    """Full FT, first step, sim: the peak comes in backward (the weights' gradients appear while the
+    activations are still live); the old 'peak minus categories' went negative here."""
+    row = memory_row("tiny-llama", "full", backend="sim", steps=1, seq_len=64)
+    first, steady = row["memory"]["steps"]
+    assert first["at_peak"]["weights"] == first["weights"]
+    assert 0 < first["at_peak"]["activations"] <= first["activations"]
+    assert steady["at_peak"]["optimizer"] == steady["optimizer"]      # AdamW state lives throughout
+    assert list(steady["top_activations"])[0].startswith("model.layers.*.")
+
+
+def test_adalora_budget_masking_changes_no_memory_figure(monkeypatch):
+    """sim skips AdaLoRA's masking (it needs values); on the CPU it runs: every figure must agree."""
+    from peft.tuners.adalora.layer import RankAllocator
+    calls = []
+    original = RankAllocator.mask_to_budget
+
+    def counting(self, model, budget):
+        calls.append(budget)
+        return original(self, model, budget)
+    monkeypatch.setattr(RankAllocator, "mask_to_budget", counting)
+    masked = memory_row("tiny-llama", "adalora", backend="cpu", steps=4, seq_len=64)
+    assert calls                                                      # the masking really ran
+    monkeypatch.setattr(RankAllocator, "mask_to_budget", lambda self, model, budget: None)
+    plain = memory_row("tiny-llama", "adalora", backend="cpu", steps=4, seq_len=64)
+    keys = CATS + ("at_peak", "top_activations")
+    for a, b in zip(masked["memory"]["steps"], plain["memory"]["steps"], strict=True):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+
+
+def test_selection_history_and_settings_are_in_the_row():
+    row = memory_row("tiny-llama", "lora", backend="sim", select="ist", steps=2, seq_len=64,
+                     select_opts={"beta": 0.5, "mu": 100})
+    sel = row["selection"]
+    assert sel["policy"] == {"name": "ist", "layers": 0.25, "candidates": 0.5, "beta": 0.5, "interval": 10,
+                             "n_candidates": 3, "mu": 100.0, "eval_batch": 1, "seed": 0, "optimizer_state": "keep"}
+    assert [h["step"] for h in sel["history"]] == [0, 1, 2]
+    assert all(len(h["importance"]) == 4 for h in sel["history"]) and len(sel["rounds"]) == 1
+    assert row["settings"]["optimizer_state"] == "keep"

@@ -120,6 +120,16 @@ class TokenBatches:
         positions = torch.arange(step * self.seq_len, (step + 1) * self.seq_len) % len(self._stream)
         return self._stream[positions].unsqueeze(0)  # the packed stream, wrapping around
 
+    def heldout(self, n: int) -> torch.Tensor:
+        """Token ids (n, seq_len) for IST's importance forwards: synthetic draws from a stream no
+        training step uses, or the last n x seq_len tokens of the packed Alpaca stream."""
+        if self.kind == "synthetic":
+            g = torch.Generator().manual_seed((self.seed + 1) * 2**40 + 7)
+            return torch.randint(0, self.vocab_size, (n, self.seq_len), generator=g)
+        end = len(self._stream)
+        positions = torch.arange(end - n * self.seq_len, end) % end
+        return self._stream[positions].view(n, self.seq_len)
+
 
 def model_inputs(ids: torch.Tensor, device: torch.device | str) -> dict:
     """Causal-LM inputs with an explicit mask and positions (transformers would otherwise
@@ -129,6 +139,6 @@ def model_inputs(ids: torch.Tensor, device: torch.device | str) -> dict:
     return {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
-        "position_ids": torch.arange(n, device=device).unsqueeze(0),
+        "position_ids": torch.arange(n, device=device).expand(ids.shape[0], n),
         "labels": ids,
     }

@@ -1,76 +1,157 @@
-"""Files one step's bytes under the categories of MEASUREMENT.md.
+"""Files one step's bytes under the categories of docs/measurement.md.
 
+End-of-phase figures (what each phase leaves behind):
 - weights: all parameters and buffers (unique storages), once the model is built.
 - activations: live bytes at the end of forward minus live bytes before it.
 - gradients: bytes of every `.grad` after backward.
 - optimizer: bytes of every tensor in `optimizer.state` after `step()`.
 - method_state: tensors a method keeps outside the optimizer (AdaLoRA's importance EMAs).
-- temporary: peak minus the sum above. It can be negative: activations are freed during
-  backward while gradients and optimizer state appear, so the categories need not coexist.
-- peak: the largest live total during the step.
+- peak: the largest live total during the step (tensors), `peak_blocks` in allocator blocks.
 
-The meter only sees tensors and, on cuda, the allocator; it never knows what model it measures.
+At the peak (`at_peak`): the storages live at the moment of the step's peak, each filed under
+the category it belongs to (a weight, a gradient, optimizer or method state, an activation
+saved by this step's forward, else a temporary), plus the allocator's rounding of their blocks
+and, on sim, the modelled cuBLAS workspaces. These sum to the peak exactly: to `peak_blocks` plus
+the workspace on sim (the estimated allocated peak), to `peak` on the CPU. `top_activations`
+names the modules (one entry per kind of block child, summed over layers) whose forward
+created the activations live at the peak.
+
+An importance phase (IST's held-out forwards, before the step) has its own peak: `importance_*`.
+The meter only sees tensors, module names and, on cuda, the allocator; it never knows what
+model or method it measures.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
+from collections import Counter
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from ist_bench.measure.tracker import MemoryTracker, storage_bytes
 
-CATEGORIES = ("weights", "activations", "gradients", "optimizer", "method_state", "temporary", "peak")
+CATEGORIES = ("weights", "activations", "gradients", "optimizer", "method_state")
+AT_PEAK = CATEGORIES + ("temporary", "rounding", "workspace")
+TOP_MODULES = 5
 
 
 class MemoryMeter:
-    def __init__(self, tracker: MemoryTracker, params: list[torch.Tensor], buffers: list[torch.Tensor],
-                 optimizer: torch.optim.Optimizer, method_state: Callable[[], list[torch.Tensor]] = list,
-                 allocator: bool = False, estimate: bool = False):
-        self.tracker, self.params, self.optimizer, self.method_state = tracker, params, optimizer, method_state
+    def __init__(self, tracker: MemoryTracker, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 method_state: Callable[[], list[torch.Tensor]] = list, allocator: bool = False,
+                 estimate: bool = False):
+        self.tracker, self.optimizer, self.method_state = tracker, optimizer, method_state
+        self.params = list(model.parameters())
+        weights = self.params + list(model.buffers())
         self.allocator = allocator  # read torch.cuda's allocator statistics too
         self.estimate = estimate  # sim: report the tracker's modelled allocated peak
-        self.weights = storage_bytes(params + buffers)
-        tracker.register(params + buffers)
+        self.weights = storage_bytes(weights)
+        tracker.register(weights)
+        self._weight_serials = {tracker.serial(t) for t in weights}
+        self._names = {m: _short(n) for n, m in model.named_modules()}
+        self._stack: list[str] = []
+        self._hooks: list = []
         self.steps: list[dict] = []
         self._row: dict = {}
+        self._pending: dict = {}
+        self._serials: dict[str, set[int]] = {}
+
+    # Module hooks tag each new storage with the module whose forward made it.
+    def __enter__(self) -> MemoryMeter:
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        def enter(module, args):
+            self._stack.append(self._names.get(module, "?"))
+            self.tracker.tag = self._stack[-1]
+
+        def leave(module, args, out):
+            if self._stack:
+                self._stack.pop()
+            self.tracker.tag = self._stack[-1] if self._stack else None
+        self._hooks = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self.tracker.tag = None
 
     def mark(self, phase: str, step: int) -> None:
         t = self.tracker
-        if phase == "start":
+        if phase in ("start", "importance_start"):
+            self._stack.clear()
             t.register(self._state_tensors())
             t.reset_peak()
-            self._row = {"step": step, "weights": self.weights, "live_before": t.live}
-            if self.allocator:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                self._alloc_before = torch.cuda.memory_allocated()
-                self._retries_before = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+            self._allocator_reset()
+            if phase == "start":
+                self._row = {"step": step, "weights": self.weights, "live_before": t.live, **self._pending}
+                self._pending, self._start_clock = {}, t.clock
+                self._serials = {"optimizer": self._serials_of(self._optimizer_tensors()),
+                                 "method_state": self._serials_of(self.method_state())}
+        elif phase == "importance":
+            self._pending = {"importance_peak": t.peak, "importance_peak_blocks": t.peak_blocks,
+                             **self._allocator_peaks("importance_")}
+            if self.estimate:
+                self._pending["importance_allocated_peak_est"] = t.peak_estimate
         elif phase == "forward":
             self._row["activations"] = t.live - self._row["live_before"]
+            self._serials["activations"] = {s for s, e in t.log.items() if e.born > self._start_clock and e.died is None}
             if self.allocator:
                 torch.cuda.synchronize()
                 self._row["activations_allocated"] = torch.cuda.memory_allocated() - self._alloc_before
         elif phase == "backward":
-            self._row["gradients"] = storage_bytes(p.grad for p in self.params if p.grad is not None)
+            grads = [p.grad for p in self.params if p.grad is not None]
+            self._row["gradients"] = storage_bytes(grads)
+            self._serials["gradients"] = self._serials_of(grads)
         elif phase == "optimizer":
-            self._row["optimizer"] = storage_bytes(self._optimizer_tensors())
-            self._row["method_state"] = storage_bytes(self.method_state())
+            opt, state = self._optimizer_tensors(), self.method_state()
+            self._row["optimizer"] = storage_bytes(opt)
+            self._row["method_state"] = storage_bytes(state)
+            self._serials["optimizer"] |= self._serials_of(opt)
+            self._serials["method_state"] |= self._serials_of(state)
         elif phase == "end":
             r = self._row
-            r["peak"] = t.peak
-            r["temporary"] = t.peak - sum(r[c] for c in CATEGORIES[:-2])
-            r["peak_blocks"] = t.peak_blocks
-            if self.allocator:
-                torch.cuda.synchronize()
-                stats = torch.cuda.memory_stats()
-                r["allocated_peak"] = torch.cuda.max_memory_allocated()
-                r["reserved_peak"] = torch.cuda.max_memory_reserved()
-                r["alloc_retries"] = stats.get("num_alloc_retries", 0) - self._retries_before
-            elif self.estimate:
+            r["peak"], r["peak_blocks"] = t.peak, t.peak_blocks
+            r["at_peak"], r["top_activations"] = self._at_peak()
+            r.update(self._allocator_peaks(""))
+            if self.estimate:
                 r["allocated_peak_est"] = t.peak_estimate
             self.steps.append(r)
+
+    def _at_peak(self) -> tuple[dict, dict]:
+        t = self.tracker
+        out = dict.fromkeys(AT_PEAK, 0)
+        top: Counter = Counter()
+        for serial, e in t.alive_at(t.peak_moment).items():
+            cat = "weights" if serial in self._weight_serials else next(
+                (c for c in ("gradients", "optimizer", "method_state", "activations")
+                 if serial in self._serials.get(c, ())), "temporary")
+            out[cat] += e.nbytes
+            out["rounding"] += e.blocks - e.nbytes
+            if cat == "activations":
+                top[_group(e.tag)] += e.nbytes
+        out["workspace"] = t.outside if self.estimate else 0
+        return out, dict(top.most_common(TOP_MODULES))
+
+    def _allocator_reset(self) -> None:
+        if self.allocator:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._alloc_before = torch.cuda.memory_allocated()
+            self._retries_before = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+
+    def _allocator_peaks(self, prefix: str) -> dict:
+        if not self.allocator:
+            return {}
+        torch.cuda.synchronize()
+        return {f"{prefix}allocated_peak": torch.cuda.max_memory_allocated(),
+                f"{prefix}reserved_peak": torch.cuda.max_memory_reserved(),
+                f"{prefix}alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0) - self._retries_before}
+
+    def _serials_of(self, tensors) -> set[int]:
+        return {s for s in (self.tracker.serial(x) for x in tensors) if s is not None}
 
     def _optimizer_tensors(self) -> list[torch.Tensor]:
         return [v for state in self.optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
@@ -80,18 +161,38 @@ class MemoryMeter:
         return grads + self._optimizer_tensors() + list(self.method_state())
 
 
+def _short(name: str) -> str:
+    """A module path without peft's wrapper prefix."""
+    return re.sub(r"^base_model\.model\.?", "", name)
+
+
+def _group(tag: str | None) -> str:
+    """`model.layers.3.mlp.up_proj.lora_A.default` -> `model.layers.*.mlp` (the block's child, over layers)."""
+    if tag is None:
+        return "(outside any module)"
+    if tag == "":
+        return "(model: logits and loss)"
+    m = re.match(r"(.*?)\.\d+(?:\.([^.]+))?", tag)
+    return f"{m.group(1)}.*" + (f".{m.group(2)}" if m.group(2) else "") if m else tag
+
+
 def summarize(steps: list[dict]) -> dict:
-    """first / min / median / max of each per-step field over the steps, plus the run's peak."""
+    """first / steady / min / median / max / last of each per-step figure, plus the run's peaks.
+
+    `steady` is the run's last step when it is the steady-state step (`phase: steady`)."""
     if not steps:
         return {}
-    keys = [k for k in steps[0] if k not in ("step", "active_layers") and isinstance(steps[0][k], int)]
+    keys = [k for k in steps[0] if k not in ("step",) and isinstance(steps[0][k], int) and not isinstance(steps[0][k], bool)]
+    keys += [k for k in steps[-1] if k.startswith("importance_") and k not in keys]
     out = {}
     for k in keys:
         vals = [s[k] for s in steps if k in s]
         out[k] = {"first": vals[0], "min": min(vals), "median": statistics.median_low(vals), "max": max(vals),
                   "last": vals[-1]}
-    out["run_peak"] = out["peak"]["max"]
-    for k in ("peak_blocks", "allocated_peak", "allocated_peak_est", "reserved_peak"):
-        if k in out:
-            out[f"run_{k}"] = out[k]["max"]
+        if steps[-1].get("phase") == "steady" and k in steps[-1]:
+            out[k]["steady"] = steps[-1][k]
+    for k in ("peak", "peak_blocks", "allocated_peak", "allocated_peak_est", "reserved_peak"):
+        vals = [s[k] for s in steps if k in s] + [s[f"importance_{k}"] for s in steps if f"importance_{k}" in s]
+        if vals:
+            out[f"run_{k}"] = max(vals)
     return out

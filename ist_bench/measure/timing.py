@@ -14,33 +14,47 @@ import torch
 
 PHASES = (("forward", "start", "forward"), ("backward", "forward", "backward"),
           ("optimizer", "backward", "optimizer"), ("step", "start", "end"))
+ROUND = ("importance", "importance_start", "importance")   # only on steps with an importance round
 
 
 class Timer:
     def __init__(self, cuda: bool):
         self.cuda = cuda
         self._marks: list[dict] = []
+        self._pending: dict = {}
 
     def mark(self, phase: str, step: int) -> None:
+        now = self._now()
+        if phase.startswith("importance"):
+            self._pending[phase] = now
+            return
         if phase == "start":
-            self._marks.append({"cpu_start": time.process_time()})
+            self._marks.append({"cpu_start": time.process_time(), **self._pending})
+            self._pending = {}
         elif phase == "end":
             self._marks[-1]["cpu_end"] = time.process_time()
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self._marks[-1][phase] = event
-        else:
-            self._marks[-1][phase] = time.perf_counter()
+        self._marks[-1][phase] = now
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _ms(self, a, b) -> float:
+        return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
 
     def phase_ms(self) -> dict[str, list[float]]:
-        """Milliseconds of each phase at each step (synchronizes once, at the end)."""
+        """Milliseconds of each phase at each step (synchronizes once, at the end); `importance`
+        holds one entry per importance round."""
         if self.cuda:
             torch.cuda.synchronize()
-        out: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
+        out: dict[str, list[float]] = {name: [] for name, _, _ in PHASES + (ROUND,)}
         for m in self._marks:
-            for name, a, b in PHASES:
-                out[name].append(m[a].elapsed_time(m[b]) if self.cuda else (m[b] - m[a]) * 1e3)
+            for name, a, b in PHASES + (ROUND,):
+                if a in m:
+                    out[name].append(self._ms(m[a], m[b]))
         out["host_cpu"] = [(m["cpu_end"] - m["cpu_start"]) * 1e3 for m in self._marks]
         return out
 

@@ -1,28 +1,29 @@
 """Methods decide *what inside a layer* is trainable (selection policies decide *which layers*).
 
-`apply_method(model, spec)` returns the model to train (a PeftModel for the peft methods)
-with exactly the method's parameters requiring grad. Paper defaults: LoRA r=32, alpha=64,
-dropout 0.05 on q,k,v,up,down; Series/Parallel bottleneck 256 on the MLP.
+Each method is one small class (base.py) registered here by name: full.py, lora.py (peft's
+LoRA, DoRA, AdaLoRA), bottleneck.py (our Series and Parallel adapters). `apply_method(model,
+spec)` returns the model to train (a PeftModel for the peft methods) with exactly the
+method's parameters requiring grad. Paper defaults: LoRA r=32, alpha=64, dropout 0.05 on
+q,k,v,up,down; Series/Parallel bottleneck 256 on the MLP.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from ist_bench.errors import UsageError, choice_error
-from ist_bench.methods import bottleneck, peft_methods
+from ist_bench.methods import bottleneck, lora
+from ist_bench.methods.base import Method
+from ist_bench.methods.bottleneck import Parallel, Series
+from ist_bench.methods.full import Full
+from ist_bench.methods.lora import AdaLora, Dora, Lora
 
-METHODS = {
-    "full": "full fine-tuning: every parameter trains",
-    "lora": "LoRA (peft) on q,k,v,up,down",
-    "dora": "DoRA (peft, use_dora=True) on q,k,v,up,down",
-    "adalora": "AdaLoRA (peft) on q,k,v,up,down, with its rank allocation after each step",
-    "series": "Series bottleneck adapter around the MLP's up (input) and down (output) projections",
-    "parallel": "Parallel bottleneck adapter beside the MLP's up and gate projections",
-}
+METHODS: dict[str, Method] = {m.name: m for m in (Full(), Lora(), Dora(), AdaLora(), Series(), Parallel())}
 
 
 @dataclass
@@ -45,38 +46,55 @@ class MethodSpec:
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
 
+    @property
+    def method(self) -> Method:
+        return METHODS[self.name]
+
     def settings(self) -> dict:
         """The knobs that matter for this method (recorded in each result)."""
-        keys = {"full": [], "lora": ["r", "alpha", "dropout"], "dora": ["r", "alpha", "dropout"],
-                "adalora": ["adalora_init_r", "adalora_target_r", "alpha", "dropout", "total_steps"],
-                "series": ["bottleneck"], "parallel": ["bottleneck"]}[self.name]
         d = asdict(self)
-        return {"name": self.name, **{k: d[k] for k in keys}}
+        return {"name": self.name, **{k: d[k] for k in self.method.knobs}}
 
 
 def apply_method(model: nn.Module, spec: MethodSpec) -> nn.Module:
-    if spec.name == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    if spec.name in ("lora", "dora"):
-        return peft_methods.lora(model, spec.r, spec.alpha, spec.dropout, use_dora=spec.name == "dora")
-    if spec.name == "adalora":
-        return peft_methods.adalora(model, spec.adalora_init_r, spec.adalora_target_r, spec.alpha,
-                                    spec.dropout, spec.total_steps)
-    return getattr(bottleneck, spec.name)(model, spec.bottleneck)
+    return spec.method.apply(model, spec)
 
 
 def after_optimizer_step(model: nn.Module, spec: MethodSpec, step: int) -> None:
-    """Per-step work a method needs besides the optimizer (AdaLoRA's budget allocation)."""
-    if spec.name == "adalora":
-        model.base_model.update_and_allocate(step)
+    spec.method.after_optimizer_step(model, step)
 
 
 def method_state(model: nn.Module, spec: MethodSpec) -> list[torch.Tensor]:
-    """Tensors a method keeps across steps outside the optimizer (counted as `method_state`)."""
-    return peft_methods.adalora_state(model) if spec.name == "adalora" else []
+    return spec.method.state(model)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+_SCALERS = (lora.scale_output, bottleneck.scale_output)
+
+
+@contextlib.contextmanager
+def scaled_adapters(blocks: Iterable[nn.Module], factor: float) -> Iterator[int]:
+    """Scale the PEFT output of every adapter inside `blocks` by `factor` (IST's suppression:
+    a layer's output becomes m(x) + factor * a(x)); restore the exact values on exit, also
+    when the body raises. Yields how many adapter modules were scaled."""
+    undo = []
+    try:
+        for block in blocks:
+            for module in block.modules():
+                for scaler in _SCALERS:
+                    restore = scaler(module, factor)
+                    if restore is not None:
+                        undo.append(restore)
+        yield len(undo)
+    finally:
+        for restore in reversed(undo):
+            restore()
+
+
+def has_adapters(block: nn.Module) -> bool:
+    """Whether a block holds a module whose PEFT output can be scaled."""
+    with scaled_adapters([block], 1.0) as n:
+        return n > 0

@@ -7,16 +7,18 @@ Follows the setup of the IST paper's public code (after LLM-Adapters):
   its output (linear(x) + a(x)).
 - a(x) = up(tanh(down(x.float()))).to(x.dtype) * scaling, no biases, fp32 weights,
   down Kaiming-uniform, up zero-initialised: the model's output is unchanged at start.
-`scaling` is what IST's response suppression multiplies.
+`scaling` is what IST's response suppression multiplies (`scale_output`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from ist_bench.methods.base import Method
 from ist_bench.zoo import family, locate_layers
 
 MODES = ("series_in", "series_out", "parallel")
@@ -79,12 +81,34 @@ def inject(model: nn.Module, placements: dict[str, str], bottleneck: int) -> nn.
     return model
 
 
-def series(model: nn.Module, bottleneck: int) -> nn.Module:
-    fam = family(model.config)
-    return inject(model, {fam.up: "series_in", fam.down: "series_out"}, bottleneck)
+class Series(Method):
+    name = "series"
+    description = "Series bottleneck adapter around the MLP's up (input) and down (output) projections"
+    knobs = ("bottleneck",)
+
+    def apply(self, model: nn.Module, spec) -> nn.Module:
+        fam = family(model.config)
+        return inject(model, {fam.up: "series_in", fam.down: "series_out"}, spec.bottleneck)
 
 
-def parallel(model: nn.Module, bottleneck: int) -> nn.Module:
-    fam = family(model.config)
-    targets = [fam.up] + ([fam.gate] if fam.gate else [])
-    return inject(model, {t: "parallel" for t in targets}, bottleneck)
+class Parallel(Method):
+    name = "parallel"
+    description = "Parallel bottleneck adapter beside the MLP's up and gate projections"
+    knobs = ("bottleneck",)
+
+    def apply(self, model: nn.Module, spec) -> nn.Module:
+        fam = family(model.config)
+        targets = [fam.up] + ([fam.gate] if fam.gate else [])
+        return inject(model, {t: "parallel" for t in targets}, spec.bottleneck)
+
+
+def scale_output(module: nn.Module, factor: float) -> Callable[[], None] | None:
+    """Scale a bottleneck adapter's output by `factor`; returns the undo."""
+    if not isinstance(module, BottleneckAdapter):
+        return None
+    saved = module.scaling
+    module.scaling = saved * factor
+
+    def restore() -> None:
+        module.scaling = saved
+    return restore

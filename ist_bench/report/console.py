@@ -5,60 +5,100 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ist_bench.units import gib
+from ist_bench.units import gib, human, in_unit, unit_for
 
 console = Console()
 NOISY = 1.05  # step-time p90/p10 above which a timing run is flagged
 
+def _title(case: dict) -> str:
+    sel = ""
+    if case["select"] != "none":
+        opts = ",".join(f"{k}={v}" for k, v in case.get("select_opts", {}).items())
+        sel = f" + {case['select']}" + (f"({opts})" if opts else "")
+    return f"{case['model']} · {case['method']['name']}{sel}"
+
+
+# (summary key, label, at-peak key)
 _ROWS = [
-    ("weights", "weights (params + buffers)"),
-    ("activations", "activations (end of forward)"),
-    ("gradients", "gradients"),
-    ("optimizer", "optimizer state"),
-    ("method_state", "method state (AdaLoRA EMAs)"),
-    ("temporary", "temporary / other (peak - the above)"),
-    ("peak", "peak, live tensors"),
-    ("allocated_peak_est", "peak allocated, estimated (allocator model)"),
-    ("allocated_peak", "peak allocated (max_memory_allocated)"),
-    ("reserved_peak", "peak reserved (max_memory_reserved)"),
+    ("weights", "weights", "weights"),
+    ("activations", "activations", "activations"),
+    ("gradients", "gradients", "gradients"),
+    ("optimizer", "optimizer state", "optimizer"),
+    ("method_state", "method state", "method_state"),
+    (None, "temporaries", "temporary"),
+    (None, "allocator rounding", "rounding"),
+    (None, "cuBLAS workspace", "workspace"),
+    ("peak", "peak, tensors", None),
+    ("allocated_peak_est", "peak allocated (est.)", "total"),
+    ("allocated_peak", "peak allocated", "total"),
+    ("reserved_peak", "peak reserved", None),
+    ("importance_allocated_peak_est", "importance fwd peak", None),
+    ("importance_allocated_peak", "importance fwd peak", None),
 ]
+_COLS = (("first", "first"), ("steady", "steady"), ("min", "min"), ("max", "max"))
 
 
 def memory_table(row: dict) -> Table:
-    case = row["case"]
-    title = f"{case['model']} · {case['method']['name']}"
-    if case["select"] != "none":
-        title += f" + {case['select']} ({case['layers']:g} of layers)"
-    title += f" · backend {row['backend']}"
     summary = row.get("memory", {}).get("summary", {})
-    multi = len(row.get("memory", {}).get("steps", [])) > 1
-    table = Table(title=title, title_justify="left")
-    table.add_column("GiB", style="bold")
-    cols = ["first", "min", "median", "max"] if multi else ["first"]
-    for c in cols:
-        table.add_column(c if multi else "step", justify="right")
-    for key, label in _ROWS:
-        if key not in summary or (key == "method_state" and summary[key]["max"] == 0):
+    steps = row.get("memory", {}).get("steps", [])
+    steady = steps[-1] if steps and steps[-1].get("phase") == "steady" else None
+    at_peak = dict(steady.get("at_peak", {})) if steady else {}
+    if at_peak:
+        at_peak["total"] = sum(at_peak.values())
+    lines = []
+    for key, label, peak_key in _ROWS:
+        if key is not None and key not in summary:
             continue
-        table.add_row(label, *(gib(summary[key][c]) for c in cols))
+        if key == "method_state" and not summary[key]["max"]:
+            continue
+        at = at_peak.get(peak_key) if peak_key else None
+        if key is None and not at:
+            continue
+        vals = [summary[key].get(c) for c, _ in _COLS] if key else [None] * len(_COLS)
+        if key and key.startswith("importance_"):   # one round, in the steady step
+            vals = [None, summary[key].get("steady"), None, None]
+        lines.append((label, vals, at))
+    unit, size = unit_for([v for _, vals, at in lines for v in [*vals, at]])
+    table = Table(title=f"{_title(row['case'])} · {row['backend']}", title_justify="left")
+    table.add_column(unit, style="bold")
+    for _, head in _COLS:
+        table.add_column(head, justify="right")
+    table.add_column("at peak", justify="right")
+    for label, vals, at in lines:
+        table.add_row(label, *(in_unit(v, size) for v in vals), in_unit(at, size))
     return table
+
+
+def _steady_note(row: dict) -> str:
+    sel = row.get("selection", {})
+    pol = sel.get("policy", {})
+    keep = pol.get("optimizer_state", "keep") == "keep"
+    what = ("every layer trains" if pol.get("name", "none") == "none" else
+            f"the worst draw of {sel.get('n_active')} of {row['n_layers']} layers (layer 0 and the top ones)")
+    return (f"steady: the step a long run settles into: {what}; optimizer state "
+            f"{'keep (every layer' if keep else 'reset (only the active layers'}'s moments held). "
+            f"at peak: what is live at the steady step's peak, summing to it.")
 
 
 def print_memory(row: dict) -> None:
     if row["status"] != "ok":
         console.print(f"[bold red]{row['status'].upper()}[/] {row['error']}")
         if row.get("peak_reached"):
-            console.print(f"peak reached before failing: {gib(row['peak_reached'])} GiB")
+            console.print(f"peak reached before failing: {human(row['peak_reached'])}")
     if "memory" in row and row["memory"]["steps"]:
         console.print(memory_table(row))
         s = row["memory"]["summary"]
         decisive = s.get("run_allocated_peak", s.get("run_allocated_peak_est", s["run_peak"]))
-        console.print(f"run peak allocated: [bold]{gib(decisive)} GiB[/]  ·  optimizer state first step "
-                      f"{gib(s['optimizer']['first'])} GiB, last {gib(s['optimizer']['last'])} GiB")
+        console.print(f"run peak allocated: [bold]{human(decisive)}[/]")
+        console.print(_steady_note(row), style="dim")
+        tops = row["memory"]["steps"][-1].get("top_activations") or {}
+        if tops:
+            console.print("activations at the peak, by module: " +
+                          ", ".join(f"{k} {human(v)}" for k, v in list(tops.items())[:3]), style="dim")
         if row.get("nvml", {}).get("nvml_peak"):
             n = row["nvml"]
-            console.print(f"NVML {n['nvml_source']} memory: peak {gib(n['nvml_peak'])} GiB, of which CUDA context "
-                          f"and start-up {gib(n['nvml_baseline'])} GiB", style="dim")
+            console.print(f"NVML {n['nvml_source']} memory: peak {human(n['nvml_peak'])}, of which CUDA context "
+                          f"and start-up {human(n['nvml_baseline'])}", style="dim")
     if "settings" in row:
         st = row["settings"]
         info = (f"params {row['params'] / 1e6:,.1f}M · trainable {row['trainable_params'] / 1e6:,.2f}M · "
@@ -67,11 +107,6 @@ def print_memory(row: dict) -> None:
         if row["backend"] == "sim":
             console.print("sim: meta tensors, exact tensor bytes; allocator block rounding and the cuBLAS "
                           "workspaces are modelled (Hopper), not measured.", style="dim")
-
-
-def _title(case: dict) -> str:
-    sel = "" if case["select"] == "none" else f" + {case['select']} ({case['layers']:g})"
-    return f"{case['model']} · {case['method']['name']}{sel}"
 
 
 def print_time(row: dict) -> None:

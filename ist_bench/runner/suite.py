@@ -6,8 +6,10 @@
     grid:                   # the cross product of these lists
       model: [gpt2-small, llama-7b]
       method: [lora, series]
-      select: [none, rst]
+      select: [none, {name: ist, mu: 100}]   # a policy name, or a mapping with its options
       backend: [cuda, sim]
+    exclude:                # combinations to leave out (names match a mapping's `name`)
+      - {method: full, select: ist}
 
 Every case is validated before the first one runs. A finished row is written (and
 flushed) at once, so a later failure never loses it.
@@ -44,7 +46,10 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     except yaml.YAMLError as e:
         raise UsageError(f"malformed suite {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("grid", {}), dict):
-        raise UsageError(f"malformed suite {path}: expected keys name, kind, defaults, grid")
+        raise UsageError(f"malformed suite {path}: expected keys {', '.join(SUITE_KEYS)}")
+    unknown = sorted(set(spec) - set(SUITE_KEYS))
+    if unknown:
+        raise UsageError(f"unknown key {unknown[0]!r} in suite {path}; valid: {', '.join(SUITE_KEYS)}")
     kind = spec.get("kind", "memory")
     if kind not in ("memory", "time"):
         raise UsageError(f"unknown suite kind {kind!r}; valid: memory, time")
@@ -54,11 +59,16 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     warmup = spec.get("warmup", 10)
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
         raise UsageError(f"malformed suite {path}: 'warmup' must be an integer >= 0, got {warmup!r}")
+    exclude = spec.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(e, dict) for e in exclude):
+        raise UsageError(f"malformed suite {path}: 'exclude' must be a list of mappings of case fields")
     keys = list(grid)
     values = [v if isinstance(v, list) else [v] for v in grid.values()]
     cases, seen = [], set()
     for combo in itertools.product(*values):
         d = {**defaults, **dict(zip(keys, combo, strict=True))}
+        if any(_matches(d, rule) for rule in exclude):
+            continue
         if backend:
             d["backend"] = backend
         case = Case.from_dict(d).check()
@@ -69,6 +79,17 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     if not cases:
         raise UsageError(f"suite {path} has no cases")
     return Suite(str(spec.get("name", path.stem)), kind, cases, warmup)
+
+
+SUITE_KEYS = ("name", "kind", "defaults", "grid", "exclude", "warmup")
+
+
+def _matches(case: dict, rule: dict) -> bool:
+    """Whether a case (suite dict) has every value the rule names; a method or select mapping
+    matches by its name."""
+    def name(v):
+        return v.get("name") if isinstance(v, dict) else v
+    return all(name(case.get(k, "none" if k == "select" else None)) == name(v) for k, v in rule.items())
 
 
 def jobs(suite: Suite) -> list[dict]:

@@ -1,22 +1,36 @@
 """Layer-selection policies: which transformer blocks train at each step.
 
-Each policy is one small file with the same shape (see base.py). `none` trains every
-block the method adapted; `rst` draws random blocks each step.
+One file per policy, all of the same shape (see base.py): `none` (base.py), `rst`, `ist` and
+`ist-code` (ist.py), `lisa`, `ila`, `lift`. Each is a `transformers.TrainerCallback`:
+
+    from ist_bench.selection import IST
+    trainer = Trainer(model=peft_model, args=args, train_dataset=ds, callbacks=[IST()])
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from ist_bench.errors import choice_error
-from ist_bench.selection.base import LayerGate, SelectionPolicy
+from ist_bench.selection.base import OPTIMIZER_STATES, LayerGate, SelectionPolicy, parse_options
+from ist_bench.selection.ila import ILA
+from ist_bench.selection.ist import IST, ISTCode
+from ist_bench.selection.lift import LIFT
+from ist_bench.selection.lisa import LISA
 from ist_bench.selection.rst import RST
 
-POLICIES: dict[str, type[SelectionPolicy]] = {"none": SelectionPolicy, "rst": RST}
+POLICIES: dict[str, type[SelectionPolicy]] = {
+    cls.name: cls for cls in (SelectionPolicy, RST, IST, ISTCode, LISA, ILA, LIFT)
+}
 
 
-def make_policy(name: str, n_layers: int, fraction: float = 0.25, seed: int = 0) -> SelectionPolicy:
+def make_policy(name: str, options: dict[str, Any] | None = None, *, seed: int = 0,
+                optimizer_state: str = "keep") -> SelectionPolicy:
+    """A policy by name with its options (strings from the CLI or typed values); validated."""
     if name not in POLICIES:
         raise choice_error("selection policy", name, list(POLICIES))
-    return POLICIES[name](n_layers, fraction, seed)
+    return POLICIES[name](seed=seed, optimizer_state=optimizer_state, **(options or {}))
 
 
-__all__ = ["POLICIES", "RST", "LayerGate", "SelectionPolicy", "make_policy"]
+__all__ = ["ILA", "IST", "LIFT", "LISA", "OPTIMIZER_STATES", "POLICIES", "RST", "ISTCode", "LayerGate",
+           "SelectionPolicy", "make_policy", "parse_options"]

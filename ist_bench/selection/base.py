@@ -1,43 +1,70 @@
-"""The selection-policy interface and the gate that applies a selection to a model.
+"""The selection-policy interface, the gate that applies a selection, and policy settings.
 
 A policy answers one question per optimizer step: which transformer blocks train now?
-The gate turns that answer into `requires_grad` flags on the parameters the *method*
-made trainable in those blocks; parameters outside the blocks (a full fine-tune's
-embeddings and head, say) keep what the method gave them.
+Every policy is one small file with the same shape: a `Settings` dataclass of its knobs
+(validated in `check`) and a `SelectionPolicy` subclass that implements `select(step)` and,
+where it learns something, `importance_due`/`update_importance` (extra no-grad forwards on a
+held-out batch, IST) or `after_backward` (reads the gradients, ILA).
+
+The same object serves three callers:
+- a stock Hugging Face `Trainer`: a policy *is* a `TrainerCallback`
+  (`Trainer(model=peft_model, args=args, train_dataset=ds, callbacks=[IST()])`);
+- a plain PyTorch loop: `policy.bind(model, optimizer, eval_batch=...)`, then per step
+  `policy.begin_step(step)` before the forward and `policy.after_backward(step)` after it;
+- ist-bench's controlled step (runner/step.py), which also times and measures its work.
+
+The gate turns an answer into `requires_grad` flags on the parameters the *method* made
+trainable in those blocks (parameters outside the blocks, e.g. a full fine-tune's
+embeddings and LM head, keep what the method gave them), clears stale gradients, and
+applies the optimizer-state policy: `keep` (a deselected layer's AdamW moments stay, as
+LISA's and IST's public code do) or `reset` (they are freed on deselection).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any, ClassVar
 
+import numpy as np
+import torch
 from torch import nn
+from transformers import TrainerCallback
 
-from ist_bench.errors import UsageError
+from ist_bench.errors import UsageError, choice_error
 from ist_bench.zoo import locate_layers
 
+OPTIMIZER_STATES = ("keep", "reset")
 
-class SelectionPolicy:
-    """Base class: subclasses set `name` and implement `select`."""
 
-    name = "none"
-    description = "no selection: every layer the method adapted trains at every step"
+@dataclasses.dataclass
+class NoSettings:
+    def check(self, policy: str) -> None:
+        pass
 
-    def __init__(self, n_layers: int, fraction: float = 0.25, seed: int = 0):
-        if not 0 < fraction <= 1:
-            raise UsageError(f"--layers must be a fraction in (0, 1], got {fraction}")
-        self.n_layers, self.fraction, self.seed = n_layers, fraction, seed
 
-    @property
-    def n_active(self) -> int:
-        """Layers trained per step: fraction x L rounded half up (30 x 25% -> 8), at least one."""
-        return max(1, math.floor(self.fraction * self.n_layers + 0.5))
+def fraction(policy: str, name: str, value: float, low_open: bool = True) -> None:
+    """`value` must lie in (0, 1] (or [0, 1] with low_open=False)."""
+    ok = (0 < value <= 1) if low_open else (0 <= value <= 1)
+    if not ok:
+        raise UsageError(f"--select {policy}: {name} must be in {'(0' if low_open else '[0'}, 1], got {value:g}")
 
-    def select(self, step: int) -> list[int] | None:
-        """Indices of the blocks that train at optimizer step `step`; None means all."""
-        return None
 
-    def settings(self) -> dict:
-        return {"name": self.name}
+def at_least(policy: str, name: str, value: float, low: float) -> None:
+    if value < low:
+        raise UsageError(f"--select {policy}: {name} must be >= {low:g}, got {value:g}")
+
+
+def count(frac: float, n_layers: int) -> int:
+    """A fraction of L layers, rounded half up (30 x 25% -> 8), at least one."""
+    return max(1, min(n_layers, math.floor(frac * n_layers + 0.5)))
+
+
+def rng(seed: int, *stream: int) -> np.random.Generator:
+    """A generator for (seed, step, ...): independent streams, the same on every data-parallel rank
+    (seed 1 is not seed 0 shifted by a step)."""
+    return np.random.default_rng([seed, *stream])
 
 
 class LayerGate:
@@ -47,8 +74,11 @@ class LayerGate:
     built over frozen parameters would never train them).
     """
 
-    def __init__(self, model: nn.Module):
-        self.blocks = [[p for p in block.parameters() if p.requires_grad] for block in locate_layers(model)]
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 optimizer_state: str = "keep"):
+        self.modules = list(locate_layers(model))
+        self.blocks = [[p for p in block.parameters() if p.requires_grad] for block in self.modules]
+        self.optimizer, self.optimizer_state = optimizer, optimizer_state
         self.active: list[int] | None = None
 
     def apply(self, active: list[int] | None) -> None:
@@ -59,3 +89,186 @@ class LayerGate:
                 p.requires_grad_(i in on)
                 if i not in on:
                     p.grad = None  # a frozen layer must not be touched by the optimizer
+                    if self.optimizer_state == "reset" and self.optimizer is not None:
+                        self.optimizer.state.pop(p, None)
+
+
+class SelectionPolicy(TrainerCallback):
+    """Base class and the `none` policy: every block the method adapted trains at every step."""
+
+    name: ClassVar[str] = "none"
+    description: ClassVar[str] = "no selection: every layer the method adapted trains at every step"
+    Settings: ClassVar[type] = NoSettings
+    needs_adapters: ClassVar[bool] = False    # it scales PEFT outputs (IST): `full` has none
+    needs_eval_batch: ClassVar[bool] = False  # it runs forwards on a held-out batch
+
+    def __init__(self, *, seed: int = 0, optimizer_state: str = "keep", **settings: Any):
+        if optimizer_state not in OPTIMIZER_STATES:
+            raise choice_error("optimizer-state policy", optimizer_state, OPTIMIZER_STATES)
+        self.settings = parse_settings(self.Settings, settings, self.name)
+        self.seed, self.optimizer_state = seed, optimizer_state
+        self.gate: LayerGate | None = None
+        self.history: list[dict] = []     # per step: the active layers (and what the policy learned)
+
+    # -- binding ---------------------------------------------------------------------
+    def bind(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             eval_batch: dict | None = None) -> SelectionPolicy:
+        """Attach to a model whose method is applied and whose optimizer exists."""
+        self.model, self.eval_batch = model, eval_batch
+        self.gate = LayerGate(model, optimizer, self.optimizer_state)
+        self.n_layers = len(self.gate.blocks)
+        if not any(self.gate.blocks):
+            raise UsageError(f"--select {self.name}: no block of {type(model).__name__} has trainable parameters")
+        if self.needs_adapters:
+            from ist_bench.methods import has_adapters
+            if not all(has_adapters(m) for m in self.gate.modules):
+                raise UsageError(f"--select {self.name} scales each layer's PEFT output, and this model has none in "
+                                 f"every layer; use a PEFT method (lora, dora, adalora, series, parallel)")
+        if self.needs_eval_batch and eval_batch is None:
+            raise UsageError(f"--select {self.name} needs a held-out batch for its importance forwards")
+        self.setup()
+        return self
+
+    def setup(self) -> None:
+        """Per-model state (importance vectors); called once the layer count is known."""
+
+    # -- the step protocol ---------------------------------------------------------------
+    def begin_step(self, step: int, mark: Callable[[str, int], None] = lambda phase, step: None,
+                   active: list[int] | None | str = "select", importance: bool | None = None) -> None:
+        """Before the forward of optimizer step `step`: run the importance round if one is due
+        (between `mark("importance_start")` and `mark("importance")`), then apply this step's
+        selection. `active` forces a selection and `importance` forces a round (or none)."""
+        if self.gate is None:
+            raise RuntimeError(f"{type(self).__name__}.bind(model, optimizer) must be called before training")
+        if importance if importance is not None else self.importance_due(step):
+            mark("importance_start", step)
+            self.update_importance(step)
+            mark("importance", step)
+        chosen = self.select(step) if active == "select" else active
+        self.gate.apply(chosen)
+        self.history.append({"step": step, "active": self.gate.active, **self.record()})
+
+    def after_backward(self, step: int) -> None:
+        """After backward, before the optimizer step (gradients are there)."""
+
+    # -- what subclasses implement -----------------------------------------------------------
+    @property
+    def n_active(self) -> int:
+        """Layers trained per step."""
+        return self.n_layers
+
+    def select(self, step: int) -> list[int] | None:
+        """Indices of the blocks that train at optimizer step `step`; None means all."""
+        return None
+
+    def importance_due(self, step: int) -> bool:
+        return False
+
+    def update_importance(self, step: int) -> None:
+        pass
+
+    def record(self) -> dict:
+        """What the policy knows after this step's decision (e.g. the importance vector)."""
+        return {}
+
+    def worst_case(self) -> list[int] | None:
+        """The draw with the highest memory: the lowest layer (backward runs through the whole
+        stack) and the top n_active - 1 (their gradients appear while most activations live)."""
+        k, n = self.n_active, self.n_layers
+        return None if k >= n else [0, *range(n - k + 1, n)]
+
+    def describe(self) -> dict:
+        """Settings recorded in every result row."""
+        return {"name": self.name, **dataclasses.asdict(self.settings), "seed": self.seed,
+                "optimizer_state": self.optimizer_state}
+
+    # -- helpers for importance forwards ---------------------------------------------------
+    def heldout_loss(self, scaled: list[int], factor: float) -> float:
+        """Loss on the held-out batch with the PEFT output of blocks `scaled` multiplied by `factor`:
+        eval mode (no dropout, so the training RNG is untouched), `torch.inference_mode()`, and
+        every scale restored exactly afterwards, also on error. On the meta device (sim) the loss
+        has no value: 0.0 is returned, so rewards are 0 and draws stay uniform."""
+        from ist_bench.methods import scaled_adapters
+
+        model, was_training = self.model, self.model.training
+        model.eval()
+        try:
+            with torch.inference_mode(), scaled_adapters([self.gate.modules[i] for i in scaled], factor):
+                loss = model(**self.eval_batch).loss
+            return 0.0 if loss.is_meta else float(loss)
+        finally:
+            model.train(was_training)
+
+    # -- Hugging Face Trainer events ---------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        if self.gate is None or self.model is not model:
+            batch = self.eval_batch if self.gate is not None else None
+            if self.needs_eval_batch and batch is None:
+                batch = heldout_batch(train_dataloader, getattr(self.settings, "eval_batch", 16), self.seed)
+            self.bind(model, optimizer, eval_batch=_to_device(batch, model))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.begin_step(state.global_step)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.after_backward(state.global_step)
+
+
+def heldout_batch(dataloader, n: int, seed: int) -> dict:
+    """`n` samples of the training set, drawn once with a fixed seed and collated as training
+    batches are (the public IST code draws 16 from the train set the same way). Trainer's
+    events never carry the current batch, so the callback takes its own."""
+    if dataloader is None:
+        raise UsageError("IST needs a held-out batch: pass eval_batch=... to bind(), or train with a Trainer")
+    dataset = dataloader.dataset
+    idx = rng(seed, 2**31 - 1).choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    return dataloader.collate_fn([dataset[int(i)] for i in idx])
+
+
+def _to_device(batch: dict | None, model: nn.Module) -> dict | None:
+    if batch is None:
+        return None
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def parse_settings(cls: type, values: dict, policy: str):
+    """A policy's Settings from a dict of option strings (CLI) or typed values (suites, Python)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    typed = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise choice_error(f"option for --select {policy}", key, list(fields) or ["(none)"])
+        typed[key] = _convert(value, str(fields[key].type), policy, key)
+    settings = cls(**typed)
+    settings.check(policy)
+    return settings
+
+
+def _convert(value: Any, kind: str, policy: str, key: str):
+    want = {"float": float, "int": int, "str": str}.get(kind, str)
+    if isinstance(value, bool) or (want is not str and isinstance(value, str) and not value.strip()):
+        raise UsageError(f"--select {policy}: {key} must be {kind}, got {value!r}")
+    if want is str:
+        return str(value)
+    try:
+        if want is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--select {policy}: {key} must be {kind}, got {value!r}") from None
+
+
+def parse_options(text: str | None) -> dict[str, str]:
+    """'beta=0.5,mu=100' -> {'beta': '0.5', 'mu': '100'} (values converted by the policy)."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--select-opt takes key=value pairs separated by commas, got {part.strip()!r}")
+        out[key.strip()] = value.strip()
+    return out
