@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -137,27 +138,93 @@ def _options_for(name: str, options: dict, names: list[str]) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ist_bench.report.console import print_suite_progress
-    from ist_bench.runner.isolate import run_isolated
-    from ist_bench.runner.suite import jobs, load_suite
-
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    if args.resume and args.append:
+        raise UsageError("--resume and --append exclude each other: --resume skips finished cases, --append adds rows")
+    # Workers import torch, transformers and peft while this process does the same to load the suite.
+    from ist_bench.runner.isolate import Worker
+    guess = args.jobs or (_cores() if args.backend in ("sim", "cpu") else 1)
+    ready = [Worker() for _ in range(guess)]
+    try:
+        return _run_suite(args, ready)
+    finally:
+        for w in ready:
+            w.close()
+
+
+def _run_suite(args: argparse.Namespace, ready: list) -> int:
+    import signal
+
+    from ist_bench.report.console import console, print_suite_progress
+    from ist_bench.results import read_rows
+    from ist_bench.runner.isolate import run_isolated
+    from ist_bench.runner.suite import job_cost, job_key, jobs, load_suite
+
     suite = load_suite(args.suite, backend=args.backend)
-    out = Path(args.out or f"results/{suite.name}.jsonl")
+    gpu_or_timed = suite.kind == "time" or any(c.backend == "cuda" for c in suite.cases)
+    if args.jobs is not None and args.jobs > 1 and gpu_or_timed:
+        raise UsageError("--jobs > 1 would share the machine between GPU or timed cases; use it for sim/cpu "
+                         "memory suites only")
+    args.jobs = args.jobs or (1 if gpu_or_timed else _cores())
+    out, mode = _run_output(args, suite)
     _check_writable(str(out))
-    if args.jobs > 1 and any(c.backend == "cuda" for c in suite.cases):
-        raise UsageError("--jobs > 1 would share the GPU between cases; use it for sim suites only")
-    rows = run_isolated(jobs(suite), timeout_s=args.timeout, parallel=args.jobs)
-    failed = print_suite_progress(suite, rows, out)
+    todo = jobs(suite)
+    if args.resume:
+        finished = {job_key(r.get("kind", "memory"), r["case"]) for r in read_rows(out) if r["status"] in ("ok", "oom")}
+        todo = [j for j in todo if job_key(j["kind"], j["case"]) not in finished]
+    if args.jobs > 1:
+        todo.sort(key=job_cost, reverse=True)   # the largest first: lanes finish together
+    console.print(f"{suite.name}: {len(todo)} of {len(suite.cases)} cases to run; rows {mode} {out}")
+    resume = f"ist-bench run {args.suite} --out {out} --resume" + (f" --backend {args.backend}" if args.backend else "")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        rows = run_isolated(todo, timeout_s=args.timeout, parallel=args.jobs, ready=ready)
+        failed = print_suite_progress(suite, rows, out, total=len(todo))
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, lambda *a: os._exit(130))   # a second Ctrl-C leaves at once
+        print(f"ist-bench: interrupted; finished cases are in {out}. Resume with: {resume}", file=sys.stderr)
+        return 130
+    if failed:
+        console.print(f"{failed} case(s) failed (their rows say why); exit code 1. Re-run them with: {resume}")
     return 1 if failed else 0
+
+
+def _cores() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run_output(args: argparse.Namespace, suite) -> tuple[Path, str]:
+    """Where `run` writes, and how: a new file (never over an old one), or --resume / --append."""
+    if args.out:
+        out = Path(args.out)
+    else:
+        stem = f"results/{suite.name}" + (f"-{args.backend}" if args.backend else "")
+        out = Path(f"{stem}.jsonl")
+        if not (args.resume or args.append):
+            n = 2
+            while out.exists():
+                out, n = Path(f"{stem}.{n}.jsonl"), n + 1
+    if args.resume:
+        if not out.exists():
+            raise UsageError(f"--resume: no results to resume at {out}")
+        return out, "appended to"
+    if args.append:
+        return out, "appended to"
+    if out.exists():
+        raise UsageError(f"{out} exists; pass --resume to finish its run, --append to add rows, or another --out")
+    return out, "written to"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from ist_bench.report.validation import validation_report
-    from ist_bench.runner.suite import read_rows
+    from ist_bench.results import read_rows
 
     _check_writable(args.md)
     text = validation_report(read_rows(args.results))
@@ -255,13 +322,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="append the result row(s) to this JSONL file")
     p.set_defaults(func=cmd_time)
 
-    p = sub.add_parser("run", help="run a suite (YAML grid), each case in its own process",
-                       description="Run every case of a suite in a fresh process; rows are appended to the "
-                                   "JSONL output as they finish. An OOM or a crash is a row, not an abort.")
+    p = sub.add_parser("run", help="run a suite (YAML grid) of cases in worker processes",
+                       description="Run every case of a suite: GPU and timed cases each in a fresh process, sim "
+                                   "and CPU memory cases in warm workers. Each row is written (flushed, fsynced) "
+                                   "as its case finishes; an OOM, a crash or a timeout is a row, not an abort. "
+                                   "Exit codes: 0 every case ok or oom, 1 some cases failed, 2 bad input, "
+                                   "130 interrupted (finished rows kept; --resume finishes the run).")
     p.add_argument("suite", help="suite YAML, e.g. suites/table1.yaml")
-    p.add_argument("--out", help="JSONL to append rows to (default results/<suite name>.jsonl)")
+    p.add_argument("--out", help="JSONL to write (default results/<suite>[-<backend>].jsonl, or the first free "
+                                 "<...>.N.jsonl: a run never writes into an old file unless told to)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run: skip cases that have an ok "
+                                                          "or oom row in the output, run the rest")
+    p.add_argument("--append", action="store_true", help="add rows to an existing output file")
     p.add_argument("--backend", help="run every case on this backend instead of the suite's")
-    p.add_argument("--jobs", type=int, default=1, help="cases at once (sim/cpu suites only; default 1)")
+    p.add_argument("--jobs", type=int, default=None, help="cases at once (sim/cpu memory suites only; default: "
+                                                          "one per CPU core, up to 4, for those, else 1)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a case is killed (default none)")
     p.set_defaults(func=cmd_run)
 

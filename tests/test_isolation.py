@@ -5,9 +5,10 @@ import json
 import pytest
 
 from ist_bench.methods import MethodSpec
+from ist_bench.results import read_rows
 from ist_bench.runner.case import Case
 from ist_bench.runner.isolate import run_isolated
-from ist_bench.runner.suite import jobs, load_suite, read_rows
+from ist_bench.runner.suite import jobs, load_suite
 
 
 def _job(**fault):
@@ -19,20 +20,23 @@ def test_raising_killed_hanging_and_oom_cases_become_rows_while_the_others_compl
     oom = _job()
     oom["case"]["capacity"] = "64KB"
     jobs_ = [_job(), _job(fault="raise"), _job(fault="kill"), oom, _job(fault="hang"), _job()]
-    rows = list(run_isolated(jobs_, timeout_s=45))
+    rows = list(run_isolated(jobs_, timeout_s=25))
     assert [r["status"] for r in rows] == ["ok", "crashed", "killed", "oom", "timeout", "ok"]
     assert "injected failure" in rows[1]["log_tail"]
     assert rows[2]["error"] == "worker killed by signal 9"
     assert "capacity" in rows[3]["error"] and rows[3]["peak_reached"] > 64_000
-    assert rows[4]["error"].startswith("no result within 45")
+    assert rows[4]["error"].startswith("no result within 25")
     assert rows[0]["memory"]["steps"] and rows[5]["memory"]["steps"]
     assert all(r["case"]["model"] == "tiny-llama" for r in rows)
 
 
-def test_each_case_gets_a_fresh_process():
-    rows = list(run_isolated([_job(), _job()]))
-    pids = [r["provenance"]["pid"] for r in rows]
-    assert len(set(pids)) == 2
+def test_sim_cases_share_a_warm_worker_and_timed_cases_get_fresh_processes():
+    rows = list(run_isolated([_job(), _job(), _job()]))
+    assert len({r["provenance"]["pid"] for r in rows}) == 1
+    case = Case(model="tiny-llama", method=MethodSpec(name="lora"), backend="cpu", seq_len=16, steps=1).check()
+    timed = list(run_isolated([{"kind": "time", "case": case.to_dict(), "warmup": 0}] * 2))
+    assert [r["status"] for r in timed] == ["ok", "ok"]
+    assert len({r["provenance"]["pid"] for r in timed}) == 2
 
 
 def test_suite_grid_expands_validates_and_keeps_finished_rows(tmp_path):
@@ -47,7 +51,7 @@ def test_suite_grid_expands_validates_and_keeps_finished_rows(tmp_path):
     out = tmp_path / "out.jsonl"
     bad = jobs(suite)
     bad[1]["fault"] = "kill"
-    failed = print_suite_progress(suite, run_isolated(bad, parallel=2), out)
+    failed = print_suite_progress(suite, run_isolated(bad, parallel=2), out, total=4)
     rows = read_rows(out)
     assert failed == 1 and len(rows) == 4
     assert sorted(r["status"] for r in rows) == ["killed", "ok", "ok", "ok"]

@@ -280,3 +280,15 @@ def test_selection_history_and_settings_are_in_the_row():
     assert [h["step"] for h in sel["history"]] == [0, 1, 2]
     assert all(len(h["importance"]) == 4 for h in sel["history"]) and len(sel["rounds"]) == 1
     assert row["settings"]["optimizer_state"] == "keep"
+
+
+@pytest.mark.parametrize("model,method,select", [("tiny-llama", "lora", "ist"), ("tiny-gpt2", "adalora", "rst"),
+                                                 ("tiny-llama", "full", "lisa"), ("tiny-gpt2", "dora", "none")])
+def test_memoized_meta_ops_give_the_same_bytes_as_the_meta_kernels(monkeypatch, model, method, select):
+    from ist_bench.measure import backends, sim
+    from ist_bench.measure.tracker import MemoryTracker
+    memo = memory_row(model, method, backend="sim", select=select, steps=3)
+    monkeypatch.setattr(backends, "tracker", lambda backend, capacity=None: MemoryTracker(
+        "meta", block=sim.cuda_block_bytes, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES, memo=False))
+    plain = memory_row(model, method, backend="sim", select=select, steps=3)
+    assert memo["memory"]["steps"] == plain["memory"]["steps"]

@@ -52,7 +52,8 @@ def tracker(backend: str, capacity: int | None = None) -> MemoryTracker:
     """
     if backend != "sim":
         return MemoryTracker(device(backend).type, block=None if backend == "cpu" else sim.cuda_block_bytes)
-    return MemoryTracker("meta", block=sim.cuda_block_bytes, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES)
+    return MemoryTracker("meta", block=sim.cuda_block_bytes, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES,
+                         memo=True)
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -12,6 +12,13 @@ counted twice and their bytes are part of the total.
 `capacity` turns exceeding it (with `outside` bytes, e.g. modelled workspaces, added) into
 `SimulatedOOM`: what a GPU of that size would do.
 
+On the meta device (sim) the tracker can also memoize ops (`memo=True`): the meta kernels are
+Python code (~0.2 ms an op) and a transformer repeats the same op on the same shapes in every
+layer. An op that creates fresh outputs and mutates nothing is looked up by (op, argument
+shapes, strides, dtypes, other arguments); a hit returns new meta tensors with the recorded
+shapes, strides, offsets and storage sizes, so every byte the tracker counts is what the kernel
+would have produced (tests compare memoized and plain runs byte for byte).
+
 Every storage gets a serial number and a birth and death time on one clock (an event counter),
 plus the tag current at its birth (the meter sets `tag` to the running module). The moment of
 the peak (in blocks) is a clock value, so `alive_at(moment)` can later list exactly which
@@ -26,7 +33,6 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 
 class SimulatedOOM(MemoryError):
@@ -44,8 +50,9 @@ class Storage:
 
 class MemoryTracker(TorchDispatchMode):
     def __init__(self, device_type: str, *, block: Callable[[int], int] | None = None,
-                 capacity: int | None = None, outside: int = 0):
+                 capacity: int | None = None, outside: int = 0, memo: bool = False):
         super().__init__()
+        self.memo: dict | None = {} if memo and device_type == "meta" else None
         self.device_type = device_type
         self.block = block or (lambda n: n)
         self.capacity, self.outside = capacity, outside  # `outside`: bytes taken besides tensors
@@ -121,11 +128,100 @@ class MemoryTracker(TorchDispatchMode):
 
     # -- the dispatch hook ----------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self._add(t)
+        kwargs = kwargs or {}
+        key = _memo_key(func, args, kwargs) if self.memo is not None else None
+        hit = self.memo.get(key) if key is not None else None
+        if hit is not None:
+            out = _rebuild(hit)
+        else:
+            out = func(*args, **kwargs)
+            if key is not None:
+                template = _template(out)
+                if template is not None:
+                    self.memo[key] = template
+        for t in _tensors(out):
+            self._add(t)
         return out
+
+
+def _tensors(out):
+    """The tensors in an op's output (a tensor, or a tuple/list of tensors and other values)."""
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if isinstance(out, (tuple, list)):
+        return [t for x in out for t in _tensors(x)]
+    return ()
+
+
+_PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
+_PURE: dict = {}
+
+
+def _pure(func) -> bool:
+    """An op that returns fresh tensors (no alias of an input) and writes to no argument."""
+    ok = _PURE.get(func)
+    if ok is None:
+        schema = func._schema
+        ok = (all(r.alias_info is None for r in schema.returns)
+              and all(a.alias_info is None or not a.alias_info.is_write for a in schema.arguments)
+              and not schema.is_mutable and len(schema.returns) > 0)
+        _PURE[func] = ok
+    return ok
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+def _key_of(x):
+    if isinstance(x, torch.Tensor):
+        if x.device.type != "meta" or x.is_sparse or (type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter):
+            raise _Unkeyable
+        return (x.shape, x.stride(), x.storage_offset(), x.dtype)
+    if isinstance(x, (tuple, list)):
+        return (type(x), tuple(_key_of(v) for v in x))
+    if isinstance(x, _PLAIN):
+        return (type(x), x)
+    raise _Unkeyable
+
+
+def _memo_key(func, args, kwargs):
+    if not _pure(func):
+        return None
+    try:
+        return (func, _key_of(args), tuple((k, _key_of(v)) for k, v in kwargs.items()))
+    except _Unkeyable:
+        return None
+
+
+def _template(out):
+    """What `_rebuild` needs to make `out` again: per tensor its shape, strides, offset, dtype and
+    storage size; None for outputs that are not meta tensors or share a storage."""
+    seen = set()
+
+    def of(x):
+        if isinstance(x, torch.Tensor):
+            st = x.untyped_storage()
+            if x.device.type != "meta" or id(st) in seen:
+                raise _Unkeyable
+            seen.add(id(st))
+            return ("T", tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, st.nbytes())
+        if isinstance(x, (tuple, list)):
+            return (type(x), tuple(of(v) for v in x))
+        raise _Unkeyable
+    try:
+        return of(out)
+    except _Unkeyable:
+        return None
+
+
+def _rebuild(template):
+    if template[0] == "T":
+        _, shape, stride, offset, dtype, nbytes = template
+        t = torch.empty(0, dtype=dtype, device="meta")
+        return t.set_(torch.UntypedStorage(nbytes, device="meta"), offset, shape, stride)
+    kind, items = template
+    return kind(_rebuild(x) for x in items)
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:

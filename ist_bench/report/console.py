@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ist_bench.units import gib, human, in_unit, unit_for
+from ist_bench.units import human, in_unit, unit_for
 
 console = Console()
 NOISY = 1.05  # step-time p90/p10 above which a timing run is flagged
@@ -168,29 +168,39 @@ def print_compare(rows: list[dict], names: list[str]) -> None:
                   f"(min {min(ratios):.3f}, max {max(ratios):.3f} over {len(ratios)} rounds)")
 
 
-def print_suite_progress(suite, rows, out) -> int:
-    """Consume result rows as they arrive: append each to `out`, show progress; return failures."""
-    import json
+def print_suite_progress(suite, rows, out, total: int) -> int:
+    """Consume result rows as they arrive: append each to `out` (flushed and fsynced), show case i/n,
+    elapsed time and ETA; return how many failed. Closing on an exception stops the workers."""
+    import contextlib
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ist_bench.results import append_rows
 
     failed = 0
     summary = Table(title=f"suite {suite.name} → {out}", title_justify="left")
-    for col in ("case", "backend", "status", "peak GiB", "step ms"):
+    for col in ("case", "backend", "status", "peak", "step ms"):
         summary.add_column(col, justify="left" if col in ("case", "backend", "status") else "right")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        task = progress.add_task(f"{suite.name}: {len(suite.cases)} cases", total=len(suite.cases))
-        with open(out, "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                progress.advance(task)
-                failed += row["status"] not in ("ok", "oom")
-                s = row.get("memory", {}).get("summary", {})
-                peak = s.get("run_allocated_peak", s.get("run_allocated_peak_est", row.get("peak_reached")))
-                step = row.get("time", {}).get("phases_ms", {}).get("step", {}).get("median")
-                summary.add_row(_title(row["case"]), row.get("backend") or "-", row["status"], gib(peak),
-                                "-" if step is None else f"{step:.1f}")
+    with contextlib.closing(rows), Progress(TextColumn("{task.description}"), BarColumn(bar_width=20),
+                                            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                                            TimeRemainingColumn(), console=console, transient=False) as progress:
+        task = progress.add_task(suite.name, total=total)
+        for row in rows:
+            append_rows(out, [row])
+            progress.advance(task)
+            progress.update(task, description=f"{suite.name}: {_title(row['case'])[:28]}")
+            failed += row["status"] not in ("ok", "oom")
+            s = row.get("memory", {}).get("summary", {})
+            peak = s.get("run_allocated_peak", s.get("run_allocated_peak_est", row.get("peak_reached")))
+            step = row.get("time", {}).get("phases_ms", {}).get("step", {}).get("median")
+            summary.add_row(_title(row["case"]), row.get("backend") or "-", row["status"], human(peak) if peak else "-",
+                            "-" if step is None else f"{step:.1f}")
     console.print(summary)
     return failed

@@ -25,6 +25,7 @@ from ist_bench.measure.cuda import ClockPoller, NvmlPoller
 from ist_bench.measure.memory import MemoryMeter, summarize
 from ist_bench.measure.timing import Timer, host_steal_s, spread
 from ist_bench.methods import MethodSpec, after_optimizer_step, apply_method, method_state
+from ist_bench.results import SCHEMA
 from ist_bench.selection import OPTIMIZER_STATES, POLICIES, SelectionPolicy, make_policy
 from ist_bench.units import parse_bytes
 
@@ -195,7 +196,7 @@ def measure_memory(case: Case) -> dict:
     from ist_bench.runner.step import fill_optimizer_state, run_steps
 
     start = time.time()
-    row = {"kind": "memory", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None}
+    row = {"schema": SCHEMA, "kind": "memory", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None}
     tracker = backends.tracker(case.backend, capacity=parse_bytes(case.capacity))
     meter = policy = None
     nvml = _cuda_setup(case) if case.backend == "cuda" else contextlib.nullcontext()
@@ -267,7 +268,7 @@ def measure_time(case: Case, warmup: int = 10) -> dict:
     # AdaLoRA's budget schedule must span every step this run takes, warm-up included.
     case = dataclasses.replace(case, method=dataclasses.replace(case.method, total_steps=warmup + case.steps))
     start = time.time()
-    row = {"kind": "time", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None,
+    row = {"schema": SCHEMA, "kind": "time", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None,
            "warmup": warmup}
     try:
         b = build(case)

@@ -1,102 +1,200 @@
-"""Each case in its own fresh Python process, so no case inherits another's allocator state,
-caches, compiled kernels or fragmentation. A case that raises, is killed or times out
-becomes a row with its status; the others carry on.
+"""Cases in worker processes, so no case inherits another's allocator state, caches, compiled
+kernels or fragmentation, and a case that crashes, is killed or hangs becomes a row while the
+others carry on.
 
-GPU cases run one at a time, but the next worker is started (and imports torch,
-transformers, peft) while the current one runs, so a grid pays the import cost once.
+- GPU cases and timed cases get a fresh process each. For GPU memory cases the next worker is
+  started (and imports torch, transformers, peft) while the current one runs; it is handed its
+  case only once the current one has exited. Timed cases get the machine alone.
+- sim and CPU memory cases share nothing a process could carry over (sim allocates nothing; the
+  CPU figures are the tracker's, not an allocator's), so one warm worker per lane runs case after
+  case: a grid pays the import cost once per lane, not once per case.
+- `stop` (a threading.Event, set on Ctrl-C) kills the running workers at once; queued cases
+  never start.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from ist_bench.results import SCHEMA
+
+POLL_S = 0.05
+
+
+def reusable(job: dict) -> bool:
+    """Whether a warm worker may run this job after another one."""
+    return job.get("kind") == "memory" and job.get("case", {}).get("backend") in ("sim", "cpu")
 
 
 class Worker:
-    """A started worker process waiting for its job."""
+    """A worker process: it imports the heavy modules, then runs the jobs it is sent, one per line."""
 
     def __init__(self):
-        fd, self.result_path = tempfile.mkstemp(prefix="ist-bench-", suffix=".json")
-        os.close(fd)
-        os.unlink(self.result_path)
+        self.dir = tempfile.mkdtemp(prefix="ist-bench-")
         self.log = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ist_bench.runner.worker", self.result_path],
-                                     stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "ist_bench.runner.worker"], stdin=subprocess.PIPE,
+                                     stdout=self.log, stderr=subprocess.STDOUT, text=True, env=env)
+        self.jobs = 0
 
-    def run(self, job: dict, timeout_s: float | None) -> dict:
+    def run(self, job: dict, timeout_s: float | None, stop: threading.Event) -> dict | None:
+        """The job's row; a failure row if the worker dies or times out; None if `stop` was set."""
+        self.jobs += 1
+        path = os.path.join(self.dir, f"{self.jobs}.json")
         try:
-            self.proc.stdin.write(json.dumps(job) + "\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:
+            self.proc.stdin.write(json.dumps({**job, "result": path}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
             pass  # it died while importing: reported below from its exit code
-        try:
-            code = self.proc.wait(timeout=timeout_s)
-            status = None
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-            status = "timeout"
-        try:
-            with open(self.result_path) as f:
-                return json.load(f)
-        except (OSError, json.JSONDecodeError):
-            pass
-        finally:
-            if os.path.exists(self.result_path):
-                os.unlink(self.result_path)
-        if status is None:
-            status = "killed" if code < 0 else "crashed"
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        status = None
+        while True:
+            if os.path.exists(path):
+                with open(path) as f:
+                    row = json.load(f)
+                os.unlink(path)
+                return row
+            if stop.is_set():
+                self.kill()
+                return None
+            code = self.proc.poll()
+            if code is not None:
+                time.sleep(POLL_S)          # a row written just before exiting
+                if os.path.exists(path):
+                    continue
+                status = "killed" if code < 0 else "crashed"
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                self.kill()
+                code, status = self.proc.returncode, "timeout"
+                break
+            time.sleep(POLL_S)
         self.log.seek(0)
         tail = self.log.read()[-2000:]
-        what = {"timeout": f"no result within {timeout_s} s; killed",
-                "killed": f"worker killed by signal {-code}",
-                "crashed": f"worker exited with code {code}"}[status]
+        if status == "timeout":
+            what = f"no result within {timeout_s:g} s; killed"
+        elif status == "killed":
+            what = f"worker killed by signal {-code}"
+        else:
+            what = f"worker exited with code {code}"
         case = job.get("case", {})
-        return {"kind": job.get("kind"), "case": case, "backend": case.get("backend"), "status": status,
+        return {"schema": SCHEMA, "kind": job.get("kind"), "case": case, "backend": case.get("backend"), "status": status,
                 "error": what, "log_tail": tail}
 
-    def close(self) -> None:
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def close(self) -> None:
+        """Kill the process if it still runs and remove its files (idempotent)."""
+        self.kill()
+        if self.log.closed:
+            return
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
         self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_isolated(jobs: Iterable[dict], *, timeout_s: float | None = None, parallel: int = 1) -> Iterator[dict]:
-    """Yield one row per job. `parallel` > 1 runs that many at once (sim/cpu memory only)."""
+def run_isolated(jobs: Iterable[dict], *, timeout_s: float | None = None, parallel: int = 1,
+                 stop: threading.Event | None = None, ready: list[Worker] | None = None) -> Iterator[dict]:
+    """Yield one row per job as each finishes (in finishing order with `parallel` > 1).
+
+    `ready`: workers started earlier (they import while the caller loads the suite); each is a
+    fresh process until its first job. Closing the generator (or an exception in the consumer,
+    e.g. KeyboardInterrupt) stops every worker at once; jobs not yet started never start."""
     jobs = list(jobs)
-    if parallel > 1:
-        def one(job):
-            w = Worker()
-            try:
-                return w.run(job, timeout_s)
-            finally:
-                w.close()
-        with ThreadPoolExecutor(parallel) as pool:
-            for fut in as_completed([pool.submit(one, j) for j in jobs]):
-                yield fut.result()
-        return
-    # Timed cases get the machine alone: a worker importing torch beside them would steal CPU.
-    prefetch = all(j.get("kind") == "memory" for j in jobs)
-    nxt = Worker() if jobs else None
+    ready = list(ready or [])
+    todo: queue.Queue = queue.Queue()
+    for job in jobs:
+        todo.put(job)
+    done: queue.Queue = queue.Queue()
+    stop = stop or threading.Event()
+    workers: set[Worker] = set(ready)
+    lock = threading.Lock()
+    END = object()
+
+    def start() -> Worker:
+        with lock:
+            if ready:
+                return ready.pop()
+        w = Worker()
+        with lock:
+            workers.add(w)
+        return w
+
+    def retire(w: Worker | None) -> None:
+        if w is not None:
+            w.close()
+            with lock:
+                workers.discard(w)
+
+    def lane() -> None:
+        warm = spare = None
+        try:
+            while not stop.is_set():
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                if reusable(job):
+                    warm = warm if warm is not None and warm.alive else start()
+                    row = warm.run(job, timeout_s, stop)
+                    if row is None or row["status"] in ("killed", "crashed", "timeout"):
+                        retire(warm)
+                        warm = None
+                else:
+                    w = spare or start()
+                    spare = None
+                    # the next GPU memory case imports while this one runs (never beside a timed case)
+                    if parallel == 1 and job.get("kind") == "memory" and not todo.empty():
+                        spare = start()
+                    row = w.run(job, timeout_s, stop)
+                    retire(w)
+                if row is not None:
+                    done.put(row)
+        finally:
+            retire(warm)
+            retire(spare)
+            done.put(END)
+
+    threads = [threading.Thread(target=lane, daemon=True) for _ in range(max(1, min(parallel, len(jobs))))]
+    for t in threads:
+        t.start()
     try:
-        for i, job in enumerate(jobs):
-            cur = nxt or Worker()
-            nxt = None
+        finished = 0
+        while finished < len(threads):
             try:
-                # Start the next worker only now: it imports while this one runs, but gets its
-                # case (and touches the GPU) only after this one has exited.
-                nxt = Worker() if prefetch and i + 1 < len(jobs) else None
-                yield cur.run(job, timeout_s)
-            finally:
-                cur.close()
+                item = done.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item is END:
+                finished += 1
+            else:
+                yield item
     finally:
-        if nxt is not None:
-            nxt.close()
+        stop.set()
+        with lock:
+            running = list(workers)
+        for w in running:
+            w.kill()
+        for t in threads:
+            t.join(timeout=10)
+        for w in list(workers):
+            w.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from ist_bench.errors import UsageError
+from ist_bench.results import case_key
 from ist_bench.runner.case import Case
 
 
@@ -96,18 +97,12 @@ def jobs(suite: Suite) -> list[dict]:
     return [{"kind": suite.kind, "case": c.to_dict(), "warmup": suite.warmup} for c in suite.cases]
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"results file not found: {path}")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if not isinstance(row, dict) or not isinstance(row.get("case"), dict):
-                raise UsageError(f"{path}:{i} is not an ist-bench result row")
-            rows.append(row)
-    return rows
+def job_cost(job: dict) -> float:
+    """A rough relative cost (layers x hidden^2 x tokens), to start the largest cases first."""
+    from ist_bench import zoo
+    cfg = zoo.load_config(job["case"]["model"])
+    return cfg.num_hidden_layers * cfg.hidden_size ** 2 * job["case"]["seq_len"] * (job["case"].get("steps", 1) + 1)
+
+
+def job_key(kind: str, case: dict) -> str:
+    return kind + case_key(case)

@@ -1,11 +1,12 @@
-"""One case in a fresh process: `python -m ist_bench.runner.worker RESULT.json`.
+"""A worker process: `python -m ist_bench.runner.worker`.
 
-The process imports the heavy modules first, then waits on stdin for its job (one JSON
-line: kind, case, warmup), so a parent can start it while the previous case still holds
-the GPU and hand it the case only once the GPU is free. The result row goes to RESULT.json
-(written atomically), so a crash never leaves half a row.
+It imports the heavy modules first, then reads jobs from stdin, one JSON line each (kind, case,
+warmup, result), and writes each result row to the job's `result` path (atomically: a temp file
+renamed), so a crash never leaves half a row. A parent can start it while the previous case
+still holds the GPU and hand it a case only once the GPU is free; sim/CPU workers stay warm and
+take case after case. It exits at the end of its input.
 
-`fault` in a job ("raise", "kill", "hang") injects a failure, for the isolation tests.
+`fault` in a job ("raise", "kill", "hang") injects a failure, for the fault-injection tests.
 """
 
 from __future__ import annotations
@@ -18,39 +19,39 @@ import time
 import warnings
 
 
-def main(argv: list[str]) -> int:
+def main() -> int:
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     import peft  # noqa: F401  (preload while waiting)
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
     from ist_bench.errors import UsageError
+    from ist_bench.results import SCHEMA
     from ist_bench.runner.case import Case, measure_memory, measure_time
 
-    result_path = argv[0]
-    line = sys.stdin.readline()
-    if not line.strip():
-        return 3  # the parent had no job for us
-    job = json.loads(line)
-    fault = job.get("fault")
-    if fault == "raise":
-        raise RuntimeError("injected failure")
-    if fault == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if fault == "hang":
-        time.sleep(3600)
-    try:
-        case = Case.from_dict(job["case"]).check()
-        row = measure_memory(case) if job["kind"] == "memory" else measure_time(case, job.get("warmup", 10))
-    except UsageError as e:
-        row = {"kind": job["kind"], "case": job["case"], "backend": job["case"].get("backend"),
-               "status": "error", "error": f"UsageError: {e}"}
-    tmp = result_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(row, f)
-    os.replace(tmp, result_path)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        fault = job.get("fault")
+        if fault == "raise":
+            raise RuntimeError("injected failure")
+        if fault == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if fault == "hang":
+            time.sleep(3600)
+        try:
+            case = Case.from_dict(job["case"]).check()
+            row = measure_memory(case) if job["kind"] == "memory" else measure_time(case, job.get("warmup", 10))
+        except UsageError as e:
+            row = {"schema": SCHEMA, "kind": job["kind"], "case": job["case"], "backend": job["case"].get("backend"),
+                   "status": "error", "error": f"UsageError: {e}"}
+        tmp = job["result"] + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(row, f)
+        os.replace(tmp, job["result"])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Result rows: one JSON object per line (JSONL), schema version 1 (docs/results.md).
+
+    import ist_bench.results
+    df = ist_bench.results.load("results/table1.jsonl")      # a flat pandas DataFrame, one row per result
+    rows = ist_bench.results.read_rows("results/table1.jsonl")  # the raw dicts
+
+A row is written with flush + fsync as soon as its case finishes, so an interrupted run keeps
+every finished case. A last line cut short by a crash or a full disk is reported and skipped
+on load, never merged; any other malformed line is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from ist_bench.errors import UsageError
+
+SCHEMA = 1
+GiB = 1 << 30
+
+
+def case_key(case: dict) -> str:
+    """What identifies a case across runs: every case field (backend included)."""
+    return json.dumps(case, sort_keys=True)
+
+
+def append_rows(path: str | Path, rows) -> None:
+    """Append rows to `path`, each flushed and fsynced before the next (a crash loses none)."""
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_rows(path: str | Path, *, warn=lambda msg: print(f"ist-bench: warning: {msg}", file=sys.stderr)) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"results file not found: {path}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read results file {path}: {getattr(e, 'strerror', None) or e}") from None
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) and not text.endswith("\n"):    # the last line, cut short
+                warn(f"{path}:{i} is a truncated last line (an interrupted write); skipped")
+                continue
+            raise UsageError(f"{path}:{i} is not an ist-bench result row (not JSON)") from None
+        if not isinstance(row, dict) or not isinstance(row.get("case"), dict):
+            raise UsageError(f"{path}:{i} is not an ist-bench result row")
+        schema = row.get("schema", SCHEMA)
+        if schema != SCHEMA:
+            raise UsageError(f"{path}:{i} has result schema {schema!r}; this ist-bench reads schema {SCHEMA}")
+        rows.append(row)
+    return rows
+
+
+def load(*paths: str | Path):
+    """A flat DataFrame of result rows: case fields, status, the memory figures (bytes; `first_*`,
+    `steady_*`, `run_*`), time medians (ms), settings and provenance. The latest row of a case wins."""
+    import pandas as pd
+
+    latest: dict[str, dict] = {}
+    for p in paths:
+        for row in read_rows(p):
+            latest[row.get("kind", "memory") + case_key(row["case"])] = row
+    return pd.DataFrame.from_records([flatten(r) for r in latest.values()])
+
+
+def flatten(row: dict) -> dict:
+    c = row["case"]
+    out = {"kind": row.get("kind", "memory"), "model": c["model"], "method": c["method"]["name"],
+           "select": c.get("select", "none"), "select_opts": json.dumps(c.get("select_opts") or {}, sort_keys=True),
+           "optimizer_state": c.get("optimizer_state", "keep"), "backend": row.get("backend"),
+           "status": row.get("status"), "error": row.get("error"), "seq_len": c.get("seq_len"),
+           "batch": c.get("batch", 1), "dtype": c.get("dtype"), "n_layers": row.get("n_layers"),
+           "params": row.get("params"), "trainable_params": row.get("trainable_params"),
+           "peak_reached": row.get("peak_reached")}
+    summary = row.get("memory", {}).get("summary", {})
+    for key, fig in summary.items():
+        if isinstance(fig, dict):
+            for which in ("first", "steady", "max"):
+                if which in fig:
+                    out[f"{which}_{key}"] = fig[which]
+        else:
+            out[key] = fig
+    steps = row.get("memory", {}).get("steps") or []
+    if steps and steps[-1].get("at_peak"):
+        out.update({f"at_peak_{k}": v for k, v in steps[-1]["at_peak"].items()})
+    for phase, s in row.get("time", {}).get("phases_ms", {}).items():
+        out[f"{phase}_ms"] = s.get("median")
+        out[f"{phase}_ms_mean"] = s.get("mean")
+    t = row.get("time", {})
+    for key in ("s_per_100_iter", "tokens_per_s", "p90_over_p10", "importance_ms_per_iter"):
+        if key in t:
+            out[key] = t[key]
+    for key, value in (t.get("device") or {}).items():
+        if not isinstance(value, (dict, list)):
+            out[f"device_{key}"] = value
+    nvml = row.get("nvml") or {}
+    out["nvml_peak"] = nvml.get("nvml_peak")
+    prov = row.get("provenance", {})
+    for key in ("gpu", "torch", "transformers", "peft", "git_commit"):
+        out[key] = prov.get(key)
+    return out
