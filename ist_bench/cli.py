@@ -234,6 +234,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from ist_bench.report.console import console
+    from ist_bench.report.render import render
+
+    paths = [Path(p) for p in args.results]
+    out = Path(args.out) if args.out else Path("reports") / paths[0].stem
+    if out.suffix in (".md", ".tex", ".csv"):
+        out = out.with_suffix("")
+    _check_writable(f"{out}.md")
+    written = render([str(p) for p in paths], out)
+    console.print("wrote " + ", ".join(written))
+    return 0
+
+
 def _check_writable(path: str | None) -> None:
     """Fail before the work, not after it, on an output path we cannot append to."""
     if not path:
@@ -297,7 +311,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the case options (whose defaults come from the heavy modules) are added only to
+    `command`'s subparser, so `report`, `models` or a bad option answer without importing torch."""
+    def case_args(p: argparse.ArgumentParser, name: str, **kw) -> None:
+        if command in (None, name):
+            _case_args(p, **kw)
+
     parser = argparse.ArgumentParser(prog="ist-bench", description="Memory and throughput profiling for PEFT "
                                      "and layer-sparse tuning (IST) of LLMs.", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -305,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("memory", help="memory breakdown of one controlled training step",
                        description="Measure weights, activations, gradients, optimizer state and peak of "
                                    "controlled training steps. " + EPILOG)
-    _case_args(p)
+    case_args(p, "memory")
     p.add_argument("--capacity", help="memory to run against, e.g. 80GiB: sim simulates the OOM, cuda caps "
                                       "its allocator")
     p.add_argument("--json", help="append the result row (bytes) to this JSONL file")
@@ -314,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("time", help="per-phase time of controlled training steps (GPU; CPU for small models)",
                        description="Time forward, backward and optimizer step with CUDA events (host clock on "
                                    "CPU), after uncounted warm-up steps; no memory tracker runs. " + EPILOG)
-    _case_args(p, steps=100)
+    case_args(p, "time", steps=100)
     p.add_argument("--warmup", type=int, default=10, help="uncounted warm-up steps (default 10)")
     p.add_argument("--compare-select", metavar="A,B",
                    help="A/B-compare two selection policies, alternating A B A B in fresh processes")
@@ -347,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--md", help="also write the markdown here")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("report", help="paper-style tables (Markdown, LaTeX, CSV) and plots from result files",
+                       description="Render Table 1 (memory) and Table 13 (time) layouts with the paper's numbers "
+                                   "beside ours, which of our figures matches the paper best, what each policy "
+                                   "saves, and plots (memory at the peak, savings, time per phase, IST importance).")
+    p.add_argument("results", nargs="+", help="JSONL result files (a later row of a case replaces an earlier one)")
+    p.add_argument("--out", help="output path without extension (default reports/<first file's name>)")
+    p.set_defaults(func=cmd_report)
+
     sub.add_parser("models", help="list the model zoo").set_defaults(func=cmd_models)
     sub.add_parser("methods", help="list methods and selection policies").set_defaults(func=cmd_methods)
     return parser
@@ -357,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # peft still calls a transformers property that warns on every model; it is not the user's concern.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -113,3 +113,19 @@ def flatten(row: dict) -> dict:
     for key in ("gpu", "torch", "transformers", "peft", "git_commit"):
         out[key] = prov.get(key)
     return out
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a whole file so that readers see the old one or the new one, never half: a temp file
+    in the same folder, fsynced, then renamed over the target."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

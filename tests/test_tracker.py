@@ -107,13 +107,12 @@ def test_adamw_state_is_two_fp32_moments_per_trained_parameter_plus_step_counter
     per_layer_numel = 32 * (64 + 64) + 2 * 32 * (64 + 32) + 32 * (64 + 176) + 32 * (176 + 64)
     per_layer_tensors = 2 * 5                     # lora_A and lora_B on 5 projections
     per_layer = 2 * 4 * per_layer_numel + 4 * per_layer_tensors
-    seen: set[int] = set()
-    *drawn, steady = row["memory"]["steps"]
-    for s in drawn:
-        seen |= set(s["active_layers"])          # fused AdamW keeps state for every layer ever trained
-        assert s["optimizer"] == len(seen) * per_layer
-    # the steady step: with `keep`, every layer that can be drawn holds its moments, however few steps ran
-    assert steady["phase"] == "steady" and steady["optimizer"] == 4 * per_layer
+    first, *drawn, steady = row["memory"]["steps"]
+    assert first["optimizer"] == len(first["active_layers"]) * per_layer    # only what step 0 trained
+    # after the first step, `keep` holds every layer's moments, as a long run does, however few steps ran
+    for s in drawn + [steady]:
+        assert s["optimizer"] == 4 * per_layer
+    assert steady["phase"] == "steady"
     summary = row["memory"]["summary"]["optimizer"]
     assert summary["first"] == per_layer and summary["steady"] == 4 * per_layer
 

@@ -177,9 +177,9 @@ def _group(tag: str | None) -> str:
 
 
 def summarize(steps: list[dict]) -> dict:
-    """first / steady / min / median / max / last of each per-step figure, plus the run's peaks.
-
-    `steady` is the run's last step when it is the steady-state step (`phase: steady`)."""
+    """first / typical / steady / min / median / max / last of each per-step figure, plus the run's
+    peaks. `steady` is the run's last step when it is the steady-state step (`phase: steady`);
+    `typical` the median of the drawn steps (`phase: drawn`), where there are any."""
     if not steps:
         return {}
     keys = [k for k in steps[0] if k not in ("step",) and isinstance(steps[0][k], int) and not isinstance(steps[0][k], bool)]
@@ -191,6 +191,9 @@ def summarize(steps: list[dict]) -> dict:
                   "last": vals[-1]}
         if steps[-1].get("phase") == "steady" and k in steps[-1]:
             out[k]["steady"] = steps[-1][k]
+        drawn = [s[k] for s in steps if s.get("phase") == "drawn" and k in s]
+        if drawn:
+            out[k]["typical"] = statistics.median_low(drawn)
     for k in ("peak", "peak_blocks", "allocated_peak", "allocated_peak_est", "reserved_peak"):
         vals = [s[k] for s in steps if k in s] + [s[f"importance_{k}"] for s in steps if f"importance_{k}" in s]
         if vals:

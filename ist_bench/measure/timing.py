@@ -70,12 +70,12 @@ def host_steal_s() -> float | None:
 
 
 def spread(values: list[float]) -> dict:
-    """median, p10, p90, min, max of a list of times."""
+    """median, mean, p10, p90, min, max of a list of times."""
     if not values:
         return {}
     if len(values) == 1:
         q = [values[0]] * 9
     else:
         q = statistics.quantiles(values, n=10, method="inclusive")
-    return {"median": statistics.median(values), "p10": q[0], "p90": q[-1], "min": min(values), "max": max(values),
-            "n": len(values)}
+    return {"median": statistics.median(values), "mean": statistics.fmean(values), "p10": q[0], "p90": q[-1],
+            "min": min(values), "max": max(values), "n": len(values)}

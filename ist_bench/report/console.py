@@ -35,7 +35,7 @@ _ROWS = [
     ("importance_allocated_peak_est", "importance fwd peak", None),
     ("importance_allocated_peak", "importance fwd peak", None),
 ]
-_COLS = (("first", "first"), ("steady", "steady"), ("min", "min"), ("max", "max"))
+_COLS = (("first", "first"), ("typical", "typical"), ("steady", "steady"))
 
 
 def memory_table(row: dict) -> Table:
@@ -56,15 +56,18 @@ def memory_table(row: dict) -> Table:
             continue
         vals = [summary[key].get(c) for c, _ in _COLS] if key else [None] * len(_COLS)
         if key and key.startswith("importance_"):   # one round, in the steady step
-            vals = [None, summary[key].get("steady"), None, None]
+            vals = [None, None, summary[key].get("steady")]
         lines.append((label, vals, at))
     unit, size = unit_for([v for _, vals, at in lines for v in [*vals, at]])
     table = Table(title=f"{_title(row['case'])} · {row['backend']}", title_justify="left")
     table.add_column(unit, style="bold")
-    for _, head in _COLS:
-        table.add_column(head, justify="right")
+    typical = any(vals[1] is not None for _, vals, _ in lines)
+    for i, (_, head) in enumerate(_COLS):
+        if i != 1 or typical:
+            table.add_column(head, justify="right")
     table.add_column("at peak", justify="right")
     for label, vals, at in lines:
+        vals = vals if typical else [vals[0], vals[2]]
         table.add_row(label, *(in_unit(v, size) for v in vals), in_unit(at, size))
     return table
 
@@ -75,9 +78,9 @@ def _steady_note(row: dict) -> str:
     keep = pol.get("optimizer_state", "keep") == "keep"
     what = ("every layer trains" if pol.get("name", "none") == "none" else
             f"the worst draw of {sel.get('n_active')} of {row['n_layers']} layers (layer 0 and the top ones)")
-    return (f"steady: the step a long run settles into: {what}; optimizer state "
-            f"{'keep (every layer' if keep else 'reset (only the active layers'}'s moments held). "
-            f"at peak: what is live at the steady step's peak, summing to it.")
+    return (f"first: step 0, no optimizer state yet. typical: median of the drawn steps. steady: the bound a long "
+            f"run reaches: {what}; optimizer state {'keep (every layer' if keep else 'reset (the active layers'}"
+            f"'s moments held). at peak: what is live at the steady step's peak, summing to it.")
 
 
 def print_memory(row: dict) -> None:

@@ -187,11 +187,13 @@ def measure_memory(case: Case) -> dict:
     """Measure memory over the steps of the protocol (docs/measurement.md); returns the result row.
 
     1. step 0, the *first* step, as a real run takes it (no optimizer state before it);
-    2. steps 1 .. steps-1 as the policy draws them (*drawn*);
-    3. one *steady*-state step: the optimizer state a long run would hold by now (`keep`: every
-       layer's; `reset`: only the active layers'), the policy's importance round if it has one,
-       and its worst-case draw (`SelectionPolicy.worst_case`). Its figures depend neither on
-       `--steps` nor on the luck of the draw.
+    2. steps 1 .. steps-1 as the policy draws them (*drawn*), with the optimizer state a long run
+       holds (`keep`: every layer's, filled in after the first step; `reset`: the state a run
+       creates and frees); their median is the *typical* step;
+    3. one *steady*-state step: that optimizer state (with `reset`, the active layers' state as
+       if they had trained the step before), the policy's importance round if it has one, and its
+       worst-case draw (`SelectionPolicy.worst_case`). Its figures depend neither on `--steps`
+       nor on the luck of the draw: they bound what a long run reaches.
     """
     from ist_bench.runner.step import fill_optimizer_state, run_steps
 
@@ -215,12 +217,13 @@ def measure_memory(case: Case) -> dict:
                           after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
             with backends.step_context(case.backend), tracker, meter:
                 run([0])
+                if case.optimizer_state == "keep":   # a long run's state: every layer has been drawn
+                    fill_optimizer_state(b.optimizer, [p for block in policy.gate.blocks for p in block])
                 run(range(1, case.steps))
                 worst = policy.worst_case()
                 policy.gate.apply(worst)      # `reset` frees the state of the layers it leaves out
-                holders = policy.gate.blocks if case.optimizer_state == "keep" or worst is None else \
-                    [policy.gate.blocks[i] for i in worst]
-                fill_optimizer_state(b.optimizer, [p for block in holders for p in block])
+                held = policy.gate.blocks if worst is None else [policy.gate.blocks[i] for i in worst]
+                fill_optimizer_state(b.optimizer, [p for block in held for p in block])
                 run([case.steps], force={"active": worst, "importance": policy.needs_eval_batch})
     except Exception as e:  # one case must never take the others down: its failure is its row
         _record_failure(row, e)

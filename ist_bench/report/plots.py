@@ -1,0 +1,139 @@
+"""Report plots (matplotlib, headless): memory at the peak, a policy's saving, step time per phase,
+and what IST learned (importance over steps, selection frequency per layer)."""
+
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ist_bench.report.tables import MODEL_ORDER, _column_order, column, latest  # noqa: E402
+
+GiB = 1 << 30
+PARTS = (("weights", "weights", "#4c72b0"), ("activations", "activations", "#dd8452"),
+         ("gradients", "gradients", "#55a868"), ("optimizer", "optimizer state", "#c44e52"),
+         ("method_state", "method state", "#8172b3"), ("temporary", "temporaries", "#937860"),
+         ("overhead", "rounding + workspace", "#bbbbbb"))
+
+
+def _save(fig, path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _by_model(rows: list[dict], backend: str) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = {}
+    for r in latest(rows, "memory"):
+        steps = r.get("memory", {}).get("steps") or []
+        if r.get("backend") == backend and r["status"] == "ok" and steps and "at_peak" in steps[-1]:
+            out.setdefault(r["case"]["model"], {})[column(r["case"])] = r
+    order = [m for m in MODEL_ORDER if m in out] + sorted(set(out) - set(MODEL_ORDER))
+    return {m: out[m] for m in order}
+
+
+def breakdown(rows: list[dict], backend: str, path) -> str | None:
+    """Stacked bars: what is live at the steady step's peak, per model x method (+ policy)."""
+    models = _by_model(rows, backend)
+    if not models:
+        return None
+    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models) + 1.5, 4.2), squeeze=False)
+    for ax, (model, cols) in zip(axes[0], models.items(), strict=True):
+        names = _column_order(cols)
+        bottom = np.zeros(len(names))
+        for key, label, color in PARTS:
+            vals = []
+            for n in names:
+                at = cols[n]["memory"]["steps"][-1]["at_peak"]
+                vals.append((at.get("rounding", 0) + at.get("workspace", 0) if key == "overhead" else at.get(key, 0)) / GiB)
+            ax.bar(range(len(names)), vals, bottom=bottom, color=color, label=label, width=0.75)
+            bottom += np.array(vals)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(model, fontsize=10)
+        ax.set_ylabel("GiB at the steady peak" if ax is axes[0][0] else "")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(f"Memory live at the peak of the steady step ({backend})", fontsize=11)
+    return _save(fig, path)
+
+
+def savings(table, path) -> str | None:
+    """Bars: the % of peak memory a policy saves against its method without selection, ours and the paper's."""
+    if table is None or table.empty:
+        return None
+    labels = [f"{m}\n{meth}+{p}" for m, meth, p in zip(table["model"], table["method"], table["policy"], strict=True)]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(labels) + 2), 4))
+    ax.bar(x - 0.2, table["saving %"], width=0.4, label="ours", color="#4c72b0")
+    if "paper saving %" in table:
+        ax.bar(x + 0.2, table["paper saving %"].fillna(0), width=0.4, label="paper (Table 1)", color="#dd8452")
+    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("peak memory saved, %")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("What a layer-selection policy saves against the same method without it", fontsize=10)
+    return _save(fig, path)
+
+
+def step_time(times, path) -> str | None:
+    """Stacked bars: mean ms per iteration in each phase (importance forwards spread over iterations)."""
+    if times is None or times.empty:
+        return None
+    ok = times[times["status"] == "ok"]
+    if ok.empty:
+        return None
+    names = list(ok["column"])
+    parts = (("forward ms (mean)", "forward", "#4c72b0"), ("backward ms (mean)", "backward", "#dd8452"),
+             ("optimizer ms (mean)", "optimizer", "#55a868"), ("importance ms/iter", "importance forwards", "#c44e52"))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(names) + 2.5), 4))
+    bottom = np.zeros(len(names))
+    for key, label, color in parts:
+        vals = ok[key].fillna(0).to_numpy(dtype=float)
+        ax.bar(range(len(names)), vals, bottom=bottom, label=label, color=color, width=0.6)
+        bottom += vals
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("ms per iteration (mean)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_ylim(0, bottom.max() * 1.3)
+    ax.legend(fontsize=8, ncol=2, loc="upper center")
+    gpu = ok["gpu"].dropna().iloc[0] if ok["gpu"].notna().any() else ok["backend"].iloc[0]
+    ax.set_title(f"Time per iteration by phase ({gpu})", fontsize=10)
+    return _save(fig, path)
+
+
+def importance(rows: list[dict], path) -> str | None:
+    """For the IST run with the most steps: importance of each layer over steps, and how often each
+    layer was selected."""
+    runs = [r for r in rows if r["status"] == "ok" and r.get("backend") != "sim"   # sim's losses have no values
+            and any("importance" in h for h in (r.get("selection") or {}).get("history", []))]
+    if not runs:
+        return None
+    run = max(runs, key=lambda r: len(r["selection"]["history"]))
+    hist = [h for h in run["selection"]["history"] if "importance" in h]
+    imp = np.array([h["importance"] for h in hist]).T
+    n_layers = imp.shape[0]
+    freq = np.zeros(n_layers)
+    for h in hist:
+        for i in (h["active"] if h["active"] is not None else range(n_layers)):
+            freq[i] += 1
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
+    lim = max(1e-9, float(np.abs(imp).max()))
+    im = a.imshow(imp, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower",
+                  extent=(hist[0]["step"] - 0.5, hist[-1]["step"] + 0.5, -0.5, n_layers - 0.5))
+    a.set_xlabel("step")
+    a.set_ylabel("layer")
+    a.set_title(f"{run['selection']['policy']['name']} importance over steps "
+                f"({run['case']['model']}, {run['backend']})", fontsize=10)
+    fig.colorbar(im, ax=a, fraction=0.04)
+    b.barh(range(n_layers), freq / len(hist), color="#4c72b0")
+    b.set_ylim(-0.5, n_layers - 0.5)
+    b.set_xlabel("fraction of steps selected")
+    for axis in (a.yaxis, b.yaxis):
+        axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    b.set_title("selection frequency", fontsize=10)
+    return _save(fig, path)
