@@ -64,11 +64,11 @@ def _case_from(args: argparse.Namespace):
 
 def cmd_memory(args: argparse.Namespace) -> int:
     from ist_bench.report.console import print_memory
-    from ist_bench.runner.case import measure_memory
+    from ist_bench.runner.memory import measure_memory
 
     case = _case_from(args).check()
     _check_writable(args.json)
-    row = measure_memory(case)
+    row = measure_memory(case, busy_gpu=args.busy_gpu)
     print_memory(row)
     _append_json(args.json, [row])
     return 0 if row["status"] in ("ok", "oom") else 1
@@ -82,8 +82,8 @@ def cmd_time(args: argparse.Namespace) -> int:
 
     from ist_bench import zoo
     from ist_bench.report.console import print_compare, print_time
-    from ist_bench.runner.case import measure_time
     from ist_bench.runner.isolate import run_isolated
+    from ist_bench.runner.time import measure_time
 
     case = _case_from(args)
     if case.backend == "auto":
@@ -111,12 +111,21 @@ def cmd_time(args: argparse.Namespace) -> int:
         raise UsageError(f"{case.model} has {params / 1e9:.1f}B parameters: too big to time on the CPU "
                          f"(limit {CPU_TIME_MAX_PARAMS / 1e6:.0f}M); use --backend cuda")
     if args.compare_select:
-        jobs = [{"kind": "time", "case": v.to_dict(), "warmup": args.warmup}
-                for _ in range(args.rounds) for v in variants]   # A B A B ...: drift hits both
+        if args.profile_steps is not None and args.profile_steps < 0:
+            raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
+        jobs = [{"kind": "time", "case": v.to_dict(), "warmup": args.warmup, "profile_steps": args.profile_steps,
+                 "busy_gpu": args.busy_gpu} for _ in range(args.rounds) for v in variants]   # A B A B ...
         rows = list(run_isolated(jobs))
         print_compare(rows, names)
     else:
-        rows = [measure_time(case, warmup=args.warmup)]
+        from ist_bench.report.console import step_progress
+        if args.profile_steps is not None and args.profile_steps < 0:
+            raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
+        if args.overhead_blocks < 0:
+            raise UsageError(f"--overhead-blocks must be >= 0, got {args.overhead_blocks}")
+        with step_progress() as progress:
+            rows = [measure_time(case, warmup=args.warmup, profile_steps=args.profile_steps,
+                                 overhead_blocks=args.overhead_blocks, busy_gpu=args.busy_gpu, progress=progress)]
         print_time(rows[0])
     _append_json(args.json, rows)
     return 0 if all(r["status"] in ("ok", "oom") for r in rows) else 1
@@ -164,20 +173,20 @@ def _run_suite(args: argparse.Namespace, ready: list) -> int:
     from ist_bench.runner.suite import job_cost, job_key, jobs, load_suite
 
     suite = load_suite(args.suite, backend=args.backend)
-    gpu_or_timed = suite.kind == "time" or any(c.backend == "cuda" for c in suite.cases)
+    gpu_or_timed = "time" in suite.kinds or any(c.backend == "cuda" for c in suite.cases)
     if args.jobs is not None and args.jobs > 1 and gpu_or_timed:
         raise UsageError("--jobs > 1 would share the machine between GPU or timed cases; use it for sim/cpu "
                          "memory suites only")
     args.jobs = args.jobs or (1 if gpu_or_timed else _cores())
     out, mode = _run_output(args, suite)
     _check_writable(str(out))
-    todo = jobs(suite)
+    todo = jobs(suite, busy_gpu=args.busy_gpu)
     if args.resume:
         finished = {job_key(r.get("kind", "memory"), r["case"]) for r in read_rows(out) if r["status"] in ("ok", "oom")}
         todo = [j for j in todo if job_key(j["kind"], j["case"]) not in finished]
     if args.jobs > 1:
         todo.sort(key=job_cost, reverse=True)   # the largest first: lanes finish together
-    console.print(f"{suite.name}: {len(todo)} of {len(suite.cases)} cases to run; rows {mode} {out}")
+    console.print(f"{suite.name}: {len(todo)} of {len(suite.cases) * len(suite.kinds)} cases to run; rows {mode} {out}")
     resume = f"ist-bench run {args.suite} --out {out} --resume" + (f" --backend {args.backend}" if args.backend else "")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -248,6 +257,77 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ist_bench import compare
+    from ist_bench.report.console import console
+    from ist_bench.results import write_atomic
+    from ist_bench.units import parse_bytes
+
+    th = compare.Thresholds(memory_pct=_positive("--memory-pct", args.memory_pct),
+                            memory_floor=parse_bytes(args.memory_floor),
+                            device_factor=_factor("--device-factor", args.device_factor),
+                            wall_factor=_factor("--wall-factor", args.wall_factor),
+                            p_value=args.p_value)
+    if not 0 < th.p_value < 1:
+        raise UsageError(f"--p-value must be in (0, 1), got {th.p_value:g}")
+    for path in (args.markdown, args.junit):
+        _check_writable(path)
+    cmp = compare.compare_files(args.baseline, args.current, th, args.allow_mismatch)
+    table = Table(title=f"{args.baseline} -> {args.current}", title_justify="left")
+    for col in ("outcome", "case", "figure", "baseline", "current", "note"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("outcome", "figure", "baseline", "current"))
+    colors = {"regressed": "red", "improved": "green", "missing": "yellow", "new": "cyan"}
+    for f in cmp.findings:
+        if f.outcome != "unchanged" or args.all:
+            table.add_row(f"[{colors.get(f.outcome, 'white')}]{f.outcome}[/]", f.case, f.figure,
+                          compare._fmt(f.baseline), compare._fmt(f.current), f.note)
+    console.print(table)
+    counts = cmp.counts()
+    console.print(", ".join(f"{n} {k}" for k, n in counts.items()) +
+                  (" -> [bold red]REGRESSION[/] (exit 1)" if counts["regressed"] else " -> no regression"))
+    if args.markdown:
+        write_atomic(args.markdown, compare.markdown(cmp, args.baseline, args.current))
+    if args.junit:
+        write_atomic(args.junit, compare.junit(cmp))
+    return 1 if counts["regressed"] else 0
+
+
+def _positive(name: str, value: float) -> float:
+    if value < 0:
+        raise UsageError(f"{name} must be >= 0, got {value:g}")
+    return value
+
+
+def _factor(name: str, value: float) -> float:
+    if value < 1:
+        raise UsageError(f"{name} is a slow-down factor >= 1, got {value:g}")
+    return value
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from ist_bench import compare
+    from ist_bench.report.console import console
+    from ist_bench.results import read_rows, write_atomic
+
+    rows = [r for p in args.results for r in read_rows(p)]
+    if not rows:
+        raise UsageError("no result rows to make a baseline of")
+    path = Path(args.dir) / f"{args.name or compare.baseline_name(rows)}.jsonl"
+    if args.action == "path":
+        print(path)
+        return 0
+    bad = [r for r in rows if r["status"] not in ("ok", "oom")]
+    if bad and not args.keep_failed:
+        raise UsageError(f"{len(bad)} row(s) failed (e.g. {compare.title(bad[0])}: {bad[0]['status']}); "
+                         f"a baseline should not hold them (--keep-failed to keep them)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    console.print(f"baseline {path}: {len(rows)} rows (commit it: it is what `ist-bench compare` gates on)")
+    return 0
+
+
 def _check_writable(path: str | None) -> None:
     """Fail before the work, not after it, on an output path we cannot append to."""
     if not path:
@@ -311,6 +391,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _busy_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--busy-gpu", default="refuse", choices=("refuse", "warn", "ignore"),
+                   help="before a GPU case, another process using the card: refuse the case (default), warn, "
+                        "or do not look")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the case options (whose defaults come from the heavy modules) are added only to
     `command`'s subparser, so `report`, `models` or a bad option answer without importing torch."""
@@ -328,6 +414,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     case_args(p, "memory")
     p.add_argument("--capacity", help="memory to run against, e.g. 80GiB: sim simulates the OOM, cuda caps "
                                       "its allocator")
+    _busy_arg(p)
     p.add_argument("--json", help="append the result row (bytes) to this JSONL file")
     p.set_defaults(func=cmd_memory)
 
@@ -339,6 +426,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--compare-select", metavar="A,B",
                    help="A/B-compare two selection policies, alternating A B A B in fresh processes")
     p.add_argument("--rounds", type=int, default=3, help="A/B rounds with --compare-select (default 3)")
+    p.add_argument("--profile-steps", type=int, default=None,
+                   help="cuda: steps profiled separately for the GPU's busy time per phase (default: as many as "
+                        "timed; 0 skips)")
+    p.add_argument("--overhead-blocks", type=int, default=0,
+                   help="also time the harness against a bare PyTorch loop in this many interleaved pairs of "
+                        "10-step blocks (default 0: off)")
+    _busy_arg(p)
     p.add_argument("--json", help="append the result row(s) to this JSONL file")
     p.set_defaults(func=cmd_time)
 
@@ -358,6 +452,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="cases at once (sim/cpu memory suites only; default: "
                                                           "one per CPU core, up to 4, for those, else 1)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a case is killed (default none)")
+    _busy_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="sim vs cuda, cell by cell, from a suite's results",
@@ -374,6 +469,37 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", help="JSONL result files (a later row of a case replaces an earlier one)")
     p.add_argument("--out", help="output path without extension (default reports/<first file's name>)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="the regression gate: compare results with a baseline (exit 1 on a "
+                                       "regression)",
+                       description="Pair cases by their settings and compare memory (sim: exact bytes; cuda: "
+                                   "a tolerance) and time (GPU busy time by a factor; wall median by a factor "
+                                   "and a Mann-Whitney U test). Prints improved / unchanged / regressed / missing "
+                                   "/ new. Exit codes: 0 no regression, 1 regression, 2 bad input or results "
+                                   "measured on another GPU, backend or package versions.")
+    p.add_argument("baseline", help="baseline JSONL (e.g. results/baselines/<gpu>.jsonl)")
+    p.add_argument("current", help="current JSONL")
+    p.add_argument("--memory-pct", type=float, default=2.0, help="cuda memory tolerance in %% (default 2)")
+    p.add_argument("--memory-floor", default="64MiB", help="... or this many bytes, the larger (default 64MiB)")
+    p.add_argument("--device-factor", type=float, default=1.05, help="GPU busy time slow-down (default 1.05)")
+    p.add_argument("--wall-factor", type=float, default=1.10, help="wall median slow-down (default 1.10)")
+    p.add_argument("--p-value", type=float, default=0.002, help="Mann-Whitney U threshold (default 0.002)")
+    p.add_argument("--allow-mismatch", action="store_true", help="compare across GPUs, backends or versions")
+    p.add_argument("--markdown", help="also write a Markdown summary here (a PR comment)")
+    p.add_argument("--junit", help="also write JUnit XML here")
+    p.add_argument("--all", action="store_true", help="also list unchanged figures")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("baseline", help="make or locate the committed baseline of a GPU (or sim)",
+                       description="`update` writes results/baselines/<gpu>.jsonl from result files (the only "
+                                   "way a baseline changes: deliberately, then committed); `path` prints where "
+                                   "the baseline for these results lives.")
+    p.add_argument("action", choices=("update", "path"))
+    p.add_argument("results", nargs="+", help="JSONL result files")
+    p.add_argument("--name", help="baseline name (default: the GPU's name, or the backend)")
+    p.add_argument("--dir", default="results/baselines", help="where baselines live (default results/baselines)")
+    p.add_argument("--keep-failed", action="store_true", help="keep failed rows in the baseline")
+    p.set_defaults(func=cmd_baseline)
 
     sub.add_parser("models", help="list the model zoo").set_defaults(func=cmd_models)
     sub.add_parser("methods", help="list methods and selection policies").set_defaults(func=cmd_methods)

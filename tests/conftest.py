@@ -6,7 +6,8 @@ import torch
 from ist_bench.data import SAMPLE_FILE, load_samples, render
 from ist_bench.measure import backends, sim
 from ist_bench.methods import MethodSpec
-from ist_bench.runner.case import Case, measure_memory
+from ist_bench.runner.case import Case
+from ist_bench.runner.memory import measure_memory
 
 
 def memory_row(model="tiny-llama", method="lora", backend="cpu", **kw):

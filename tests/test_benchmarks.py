@@ -4,7 +4,8 @@ command disables timing, so these run once as smoke tests. Time them with:
 """
 
 from ist_bench.methods import MethodSpec
-from ist_bench.runner.case import Case, measure_memory
+from ist_bench.runner.case import Case
+from ist_bench.runner.memory import measure_memory
 
 
 def test_sim_step_llama7b_lora(benchmark):

@@ -56,3 +56,30 @@ def test_samplers_record_nothing_without_nvml(monkeypatch):
     with NvmlPoller() as poller, ClockPoller() as clocks:
         pass
     assert poller.result()["nvml_peak"] is None and clocks.result() == {}
+
+
+def _idle(nvml, used=600 << 20, util=0, others=()):
+    nvml.nvmlDeviceGetComputeRunningProcesses = lambda h: [types.SimpleNamespace(pid=p, usedGpuMemory=1 << 30)
+                                                           for p in others]
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=used)
+    nvml.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=util)
+
+
+def test_busy_gpu_guard_passes_an_idle_card_and_records_what_it_saw(fake_nvml):
+    from ist_bench.measure.cuda import gpu_guard
+    _idle(fake_nvml)
+    seen = gpu_guard("refuse", interval_s=0)
+    assert seen["busy"] is False and seen["used_memory"] == 600 << 20 and seen["utilization"] == [0] * 5
+
+
+@pytest.mark.parametrize("kw,reason", [({"others": [4242]}, "1 other process(es) on the card (pids 4242)"),
+                                       ({"used": 30 << 30}, "30.0 GiB of its memory in use"),
+                                       ({"util": 97}, "utilization 97-97%")])
+def test_busy_gpu_guard_refuses_or_warns(fake_nvml, capsys, kw, reason):
+    from ist_bench.measure.cuda import BusyGPU, gpu_guard
+    _idle(fake_nvml, **kw)
+    with pytest.raises(BusyGPU, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        gpu_guard("refuse", interval_s=0)
+    seen = gpu_guard("warn", interval_s=0)
+    assert seen["busy"] is True and reason in capsys.readouterr().err
+    assert gpu_guard("ignore") == {"mode": "ignore"}

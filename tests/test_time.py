@@ -5,7 +5,8 @@ import pytest
 from ist_bench.cli import main
 from ist_bench.measure.timing import Timer, spread
 from ist_bench.methods import MethodSpec
-from ist_bench.runner.case import Case, measure_time
+from ist_bench.runner.case import Case
+from ist_bench.runner.time import measure_time
 
 
 def test_spread_reports_median_and_deciles():
@@ -47,7 +48,7 @@ def test_cpu_timing_counts_steps_after_warmup_and_never_tracks_memory():
 def test_adalora_timing_schedule_spans_warmup_and_timed_steps():
     case = Case(model="tiny-llama", method=MethodSpec(name="adalora"), backend="cpu", seq_len=16, steps=3).check()
     row = measure_time(case, warmup=2)
-    assert row["status"] == "ok" and row["case"]["method"]["total_steps"] == 5
+    assert row["status"] == "ok" and row["case"]["method"]["total_steps"] == 2 + 3 + 1   # + the FLOP-counted step
 
 
 def test_time_refuses_models_too_big_for_the_cpu_and_sim(capsys):

@@ -169,7 +169,8 @@ def test_sim_saves_cudas_one_byte_dropout_masks_instead_of_noise():
 def test_a_simulated_oom_is_a_result_row_with_the_peak_reached():
     from ist_bench.measure.sim import CUBLAS_WORKSPACE_BYTES
     from ist_bench.methods import MethodSpec
-    from ist_bench.runner.case import Case, measure_memory
+    from ist_bench.runner.case import Case
+    from ist_bench.runner.memory import measure_memory
     full = memory_row("tiny-llama", "full", backend="sim", steps=2)["memory"]["summary"]["run_allocated_peak_est"]
     cap = full - (full - CUBLAS_WORKSPACE_BYTES) // 2   # half of the tensors fit beside the workspace
     case = Case(model="tiny-llama", method=MethodSpec(name="full"), backend="sim", seq_len=64, steps=2,
@@ -195,7 +196,8 @@ def test_allocator_model_follows_the_caching_allocators_rules(request_bytes, blo
 
 def test_sim_capacity_counts_the_estimate_not_just_the_tensors():
     from ist_bench.methods import MethodSpec
-    from ist_bench.runner.case import Case, measure_memory
+    from ist_bench.runner.case import Case
+    from ist_bench.runner.memory import measure_memory
     est = memory_row("tiny-llama", "lora", backend="sim")["memory"]["summary"]["run_allocated_peak_est"]
 
     def status(cap):

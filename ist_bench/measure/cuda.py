@@ -142,3 +142,70 @@ def cublas_workspace_bytes() -> dict:
     grads = a.grad.untyped_storage().nbytes() + b.grad.untyped_storage().nbytes()
     backward = torch.cuda.memory_allocated() - before_bwd - grads
     return {"forward": forward, "backward": backward, "total": forward + backward}
+
+
+BUSY_MODES = ("refuse", "warn", "ignore")
+BUSY_MEMORY = 2 << 30      # device memory in use before our context exists (the driver's own is ~0.5 GiB)
+BUSY_UTILIZATION = 20      # % in every sample
+
+
+class BusyGPU(RuntimeError):
+    """Another process holds memory or compute on the card a case is about to measure."""
+
+
+def gpu_guard(mode: str = "refuse", samples: int = 5, interval_s: float = 0.1) -> dict:
+    """Before a GPU case (and before this process creates its CUDA context): look for other users
+    of the card: processes NVML lists, memory in use, utilization in every one of `samples`.
+    `refuse` raises BusyGPU, `warn` prints a warning and goes on, `ignore` does not look. What was
+    seen is returned for the result row. Without NVML it records that it could not look."""
+    import sys
+    import time
+
+    seen: dict = {"mode": mode}
+    if mode == "ignore":
+        return seen
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver or no pynvml: nothing to look at
+        seen["error"] = "NVML unavailable"
+        return seen
+    try:
+        handle = _handle_of_visible_device(pynvml)
+        others = []
+        try:
+            others = [(p.pid, p.usedGpuMemory) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                      if p.pid != os.getpid()]
+        except pynvml.NVMLError:
+            pass
+        used = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        util = []
+        for _ in range(samples):
+            util.append(int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+            time.sleep(interval_s)
+    finally:
+        pynvml.nvmlShutdown()
+    busy = []
+    if others:
+        busy.append(f"{len(others)} other process(es) on the card (pids {', '.join(str(p) for p, _ in others[:5])})")
+    if used > BUSY_MEMORY:
+        busy.append(f"{used / (1 << 30):.1f} GiB of its memory in use")
+    if min(util) >= BUSY_UTILIZATION:
+        busy.append(f"utilization {min(util)}-{max(util)}%")
+    seen.update(other_processes=others, used_memory=used, utilization=util, busy=bool(busy))
+    if busy:
+        message = "GPU busy before the case started: " + "; ".join(busy)
+        if mode == "refuse":
+            raise BusyGPU(message + " (use --busy-gpu warn to measure anyway)")
+        print(f"ist-bench: warning: {message}; measuring anyway (--busy-gpu warn)", file=sys.stderr)
+    return seen
+
+
+def _handle_of_visible_device(nvml):
+    """The NVML handle of CUDA device 0 as this process will see it, without creating a CUDA
+    context (CUDA_VISIBLE_DEVICES may name an index or a UUID)."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    if first.startswith("GPU-"):
+        return nvml.nvmlDeviceGetHandleByUUID(first)
+    return nvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)

@@ -79,3 +79,89 @@ def spread(values: list[float]) -> dict:
         q = statistics.quantiles(values, n=10, method="inclusive")
     return {"median": statistics.median(values), "mean": statistics.fmean(values), "p10": q[0], "p90": q[-1],
             "min": min(values), "max": max(values), "n": len(values)}
+
+
+# -- the GPU's own view: busy time per phase from the profiler's device trace ------------------------
+MARK_CYCLES = 1000   # a ~1 us spin kernel that marks a phase boundary on the device timeline
+SEGMENTS = {("importance_start", "importance"): "importance", ("start", "forward"): "forward",
+            ("forward", "backward"): "backward", ("backward", "optimizer"): "optimizer"}
+
+
+class DeviceMarks:
+    """A meter for profiled steps: at every phase mark it launches a tiny marker kernel on the
+    current stream. Forward, backward and the optimizer all run on that stream, so the markers
+    split the device timeline into phases in launch order, without synchronizing."""
+
+    def __init__(self):
+        self.marks: list[tuple[str, int]] = []
+
+    def mark(self, phase: str, step: int) -> None:
+        torch.cuda._sleep(MARK_CYCLES)
+        self.marks.append((phase, step))
+
+
+def is_marker(name: str) -> bool:
+    return "spin_kernel" in name or "sleep" in name.lower()
+
+
+def device_activity(prof) -> list[tuple[str, float, float]]:
+    """(name, start_us, end_us) of every kernel, memcpy and memset in a torch.profiler run, by start."""
+    out = []
+    try:
+        events = prof.profiler.kineto_results.events()
+        for e in events:
+            if e.device_type() == torch.autograd.DeviceType.CUDA:
+                start = e.start_ns() / 1e3
+                out.append((e.name(), start, start + e.duration_ns() / 1e3))
+    except AttributeError:  # older torch: the FunctionEvent view
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                out.append((e.name, e.time_range.start, e.time_range.end))
+    return sorted(out, key=lambda a: a[1])
+
+
+def busy_by_phase(activity: list[tuple[str, float, float]], marks: list[tuple[str, int]]) -> dict[str, list[float]]:
+    """Split device activity at the marker kernels (one per entry of `marks`, in order) and return,
+    per phase, the busy milliseconds of each step: the union of the intervals of the kernels,
+    copies and sets that ran between the phase's two marks (streams may overlap: counted once)."""
+    import bisect
+
+    starts = [a[1] for a in activity if is_marker(a[0])]
+    if len(starts) != len(marks):
+        raise RuntimeError(f"{len(starts)} marker kernels on the device timeline for {len(marks)} marks")
+    segments: list[list[tuple[float, float]]] = [[] for _ in marks]
+    for name, s, e in activity:
+        if not is_marker(name):
+            i = bisect.bisect_right(starts, s) - 1
+            if i >= 0:
+                segments[i].append((s, e))
+    out: dict[str, list[float]] = {}
+    for i in range(len(marks) - 1):
+        (a, step_a), (b, step_b) = marks[i], marks[i + 1]
+        phase = SEGMENTS.get((a, b))
+        if phase and step_a == step_b:
+            out.setdefault(phase, []).append(union_ms(segments[i]))
+    return out
+
+
+def union_ms(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start_us, end_us) intervals, in ms."""
+    total, end = 0.0, None
+    for s, e in sorted(intervals):
+        if end is None or s > end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total / 1e3
+
+
+def count_flops(run_one_step) -> int:
+    """Model FLOPs of one step, counted from the ops' shapes (torch.utils.flop_counter; works on
+    meta tensors too): matmuls, convolutions and attention, forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run_one_step()
+    return int(counter.get_total_flops())

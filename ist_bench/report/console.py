@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from rich.console import Console
 from rich.table import Table
 
@@ -117,18 +119,44 @@ def print_time(row: dict) -> None:
         console.print(f"[bold red]{row['status'].upper()}[/] {row['error']}")
         return
     t = row["time"]
-    table = Table(title=f"{_title(row['case'])} · backend {row['backend']} · "
-                        f"{t['phases_ms']['step']['n']} steps after {row['warmup']} warm-up", title_justify="left")
-    for col in ("ms", "median", "p10", "p90", "min", "max"):
+    dev = t.get("device") or {}
+    busy = dev.get("busy") or {}
+    table = Table(title=f"{_title(row['case'])} · {row['backend']} · {t['phases_ms']['step']['n']} steps "
+                        f"after {row['warmup']} warm-up", title_justify="left")
+    cols = ["ms", "median", "mean", "p10", "p90"] + (["GPU busy", "busy %", "busy p90/p10"] if busy else [])
+    for col in cols:
         table.add_column(col, justify="left" if col == "ms" else "right")
     for phase, s in t["phases_ms"].items():
-        table.add_row(phase, *(f"{s[k]:.1f}" for k in ("median", "p10", "p90", "min", "max")))
+        cells = [f"{s[k]:.1f}" for k in ("median", "mean", "p10", "p90")]
+        if busy:
+            b = busy.get(phase)
+            frac = dev.get("busy_fraction", {}).get(phase)
+            cells += [f"{b['median']:.1f}" if b else "", f"{100 * frac:.0f}%" if frac else "",
+                      f"{b['p90'] / b['p10']:.3f}" if b and b["p10"] else ""]
+        table.add_row(phase, *cells)
     console.print(table)
     console.print(f"{t['tokens_per_s']:,.0f} tokens/s · {t['s_per_100_iter']:.2f} s per 100 iterations "
                   f"(all overheads) · step p90/p10 = {t['p90_over_p10']:.3f}")
+    if dev.get("flops_per_step"):
+        line = f"{dev['flops_per_step'] / 1e12:.2f} TFLOP per step · {dev['tflops_wall']:.1f} TFLOP/s on wall time"
+        if dev.get("tflops_busy"):
+            line += f", {dev['tflops_busy']:.1f} on GPU busy time"
+        if dev.get("mfu") is not None:
+            line += f" · MFU {100 * dev['mfu']:.1f}% of {dev['card']}'s {dev['peak_tflops']:g} dense bf16 TFLOP/s"
+        console.print(line)
+    if busy and dev.get("busy_fraction", {}).get("step", 1) < 0.8:
+        console.print(f"[yellow]the GPU is busy {100 * dev['busy_fraction']['step']:.0f}% of the step: it is "
+                      f"launch-bound, wall time moves with the host; compare GPU busy time[/]")
     if t["p90_over_p10"] > NOISY:
         console.print(f"[yellow]noisy: p90/p10 = {t['p90_over_p10']:.2f} > {NOISY}; compare with the A/B mode "
-                      f"(--compare-select) rather than across runs[/]")
+                      f"(--compare-select) or on GPU busy time rather than across runs[/]")
+    over = t.get("overhead")
+    if over:
+        line = (f"harness vs bare loop, {over['blocks']} interleaved pairs of {over['block_steps']}-step blocks: wall "
+                f"x{over['wall_ratio']:.3f} (blocks {over['wall_ratio_min']:.3f}-{over['wall_ratio_max']:.3f})")
+        if "busy_ratio" in over:
+            line += f", GPU busy x{over['busy_ratio']:.4f}"
+        console.print(line)
     if t.get("host_cpu_ms"):
         import statistics
         cpu = t["host_cpu_ms"]
@@ -207,3 +235,28 @@ def print_suite_progress(suite, rows, out, total: int) -> int:
                             "-" if step is None else f"{step:.1f}")
     console.print(summary)
     return failed
+
+
+@contextlib.contextmanager
+def step_progress(min_interval_s: float = 0.5):
+    """A progress callback (stage, done, total) for long timing runs, drawn on stderr at most every
+    `min_interval_s` so it never competes with the steps it reports."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, auto_refresh=False, transient=True) as bar:
+        tasks: dict[str, int] = {}
+        last = [0.0]
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+            now = time.monotonic()
+            if done == total or now - last[0] >= min_interval_s:
+                last[0] = now
+                bar.refresh()
+        yield update

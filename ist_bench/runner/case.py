@@ -8,10 +8,7 @@ process, and returns the result row; an OOM becomes `status: oom` with the peak 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
-import time
 import traceback
 from dataclasses import asdict, dataclass, field
 
@@ -20,12 +17,8 @@ import torch
 from ist_bench import zoo
 from ist_bench.data import TokenBatches, model_inputs
 from ist_bench.errors import UsageError, choice_error
-from ist_bench.measure import backends, env
-from ist_bench.measure.cuda import ClockPoller, NvmlPoller
-from ist_bench.measure.memory import MemoryMeter, summarize
-from ist_bench.measure.timing import Timer, host_steal_s, spread
-from ist_bench.methods import MethodSpec, after_optimizer_step, apply_method, method_state
-from ist_bench.results import SCHEMA
+from ist_bench.measure import backends
+from ist_bench.methods import MethodSpec, apply_method
 from ist_bench.selection import OPTIMIZER_STATES, POLICIES, SelectionPolicy, make_policy
 from ist_bench.units import parse_bytes
 
@@ -183,165 +176,11 @@ def build(case: Case) -> Built:
     return Built(model, optimizer, batches, device, policy, info)
 
 
-def measure_memory(case: Case) -> dict:
-    """Measure memory over the steps of the protocol (docs/measurement.md); returns the result row.
-
-    1. step 0, the *first* step, as a real run takes it (no optimizer state before it);
-    2. steps 1 .. steps-1 as the policy draws them (*drawn*), with the optimizer state a long run
-       holds (`keep`: every layer's, filled in after the first step; `reset`: the state a run
-       creates and frees); their median is the *typical* step;
-    3. one *steady*-state step: that optimizer state (with `reset`, the active layers' state as
-       if they had trained the step before), the policy's importance round if it has one, and its
-       worst-case draw (`SelectionPolicy.worst_case`). Its figures depend neither on `--steps`
-       nor on the luck of the draw: they bound what a long run reaches.
-    """
-    from ist_bench.runner.step import fill_optimizer_state, run_steps
-
-    start = time.time()
-    row = {"schema": SCHEMA, "kind": "memory", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None}
-    tracker = backends.tracker(case.backend, capacity=parse_bytes(case.capacity))
-    meter = policy = None
-    nvml = _cuda_setup(case) if case.backend == "cuda" else contextlib.nullcontext()
-    try:
-        with nvml:
-            b = build(case)
-            row.update(b.info)
-            policy = b.policy
-            meter = MemoryMeter(tracker, b.model, b.optimizer, method_state=lambda: method_state(b.model, case.method),
-                                allocator=case.backend == "cuda", estimate=case.backend == "sim")
-            if policy.eval_batch:
-                tracker.register(policy.eval_batch.values())
-
-            def run(steps, force=None):
-                run_steps(b.model, b.optimizer, b.batches, b.device, policy, steps, meters=[meter], force=force,
-                          after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
-            with backends.step_context(case.backend), tracker, meter:
-                run([0])
-                if case.optimizer_state == "keep":   # a long run's state: every layer has been drawn
-                    fill_optimizer_state(b.optimizer, [p for block in policy.gate.blocks for p in block])
-                run(range(1, case.steps))
-                worst = policy.worst_case()
-                policy.gate.apply(worst)      # `reset` frees the state of the layers it leaves out
-                held = policy.gate.blocks if worst is None else [policy.gate.blocks[i] for i in worst]
-                fill_optimizer_state(b.optimizer, [p for block in held for p in block])
-                run([case.steps], force={"active": worst, "importance": policy.needs_eval_batch})
-    except Exception as e:  # one case must never take the others down: its failure is its row
-        _record_failure(row, e)
-        row["peak_reached"] = _peak_reached(case.backend, tracker)
-    if meter is not None:
-        active = {h["step"]: h["active"] for h in policy.history}
-        for i, r in enumerate(meter.steps):
-            r["phase"] = "first" if i == 0 else "steady" if r["step"] == case.steps else "drawn"
-            r["active_layers"] = active.get(r["step"])
-        row["memory"] = {"steps": meter.steps, "summary": summarize(meter.steps)}
-    if policy is not None and policy.gate is not None:
-        row["selection"]["history"] = policy.history
-        row["selection"]["rounds"] = getattr(policy, "rounds", [])
-    if case.backend == "cuda":
-        row["nvml"] = nvml.result()
-    row["provenance"] = env.provenance()
-    row["wall_s"] = round(time.time() - start, 3)
-    return row
-
-
-def _cuda_setup(case: Case) -> NvmlPoller:
-    """Create the CUDA context, cap the allocator if asked, and return an NVML poller whose
-    baseline is the context alone (taken before the model exists)."""
-    torch.cuda.init()
-    torch.zeros(1, device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    cap = parse_bytes(case.capacity)
-    if cap is not None:
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
-    torch.cuda.reset_peak_memory_stats()
-    return NvmlPoller()
-
-
-def measure_time(case: Case, warmup: int = 10) -> dict:
-    """Time `case.steps` controlled steps after `warmup` uncounted ones (no tracker anywhere).
-
-    Importance rounds fall where the policy schedules them (IST: every T_c steps) and are timed
-    as their own phase; `s_per_100_iter` is wall time and includes them (the paper's Table 13)."""
-    from ist_bench.runner.step import run_steps
-
-    if case.backend == "sim":
-        raise UsageError("timing needs real compute: use --backend cuda (or cpu for small models)")
-    # AdaLoRA's budget schedule must span every step this run takes, warm-up included.
-    case = dataclasses.replace(case, method=dataclasses.replace(case.method, total_steps=warmup + case.steps))
-    start = time.time()
-    row = {"schema": SCHEMA, "kind": "time", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None,
-           "warmup": warmup}
-    try:
-        b = build(case)
-        row.update(b.info)
-        cuda = case.backend == "cuda"
-
-        def run(steps, meters=()):
-            run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, steps, meters=meters,
-                      after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
-        run(range(warmup))
-        timer = Timer(cuda)
-        clocks = ClockPoller() if cuda else contextlib.nullcontext()
-        _sync(cuda)
-        gc.collect()
-        gc.disable()  # a full collection of a process holding transformers takes tens of ms
-        try:
-            with clocks:
-                steal0 = host_steal_s()
-                t0 = time.perf_counter()
-                run(range(warmup, warmup + case.steps), meters=[timer])
-                _sync(cuda)
-                wall = time.perf_counter() - t0
-                steal = host_steal_s()
-        finally:
-            gc.enable()
-        phases = timer.phase_ms()
-        host_cpu = phases.pop("host_cpu")
-        rounds = phases.pop("importance")
-        tokens = sum(b.batches.ids(s).shape[1] for s in range(warmup, warmup + case.steps))
-        step = spread(phases["step"])
-        row["time"] = {
-            "phases_ms": {k: spread(v) for k, v in phases.items()},
-            "steps_ms": phases["step"],
-            "importance_ms": rounds,          # one entry per importance round (IST)
-            "importance_ms_per_iter": sum(rounds) / case.steps,
-            "host_cpu_ms": host_cpu,          # this process's CPU time per step (all threads)
-            "host_steal_s": None if steal is None or steal0 is None else steal - steal0,
-            "tokens_per_s": tokens / (sum(phases["step"]) / 1e3),
-            "s_per_100_iter": wall / case.steps * 100,   # every overhead of the loop included
-            "p90_over_p10": step["p90"] / step["p10"],
-        }
-        if rounds:
-            row["time"]["phases_ms"]["importance"] = spread(rounds)
-        if cuda:
-            row["time"]["gpu_clocks"] = clocks.result()
-        row["selection"]["history"] = b.policy.history
-        row["selection"]["rounds"] = getattr(b.policy, "rounds", [])
-    except Exception as e:  # an OOM or a crash in timing is a row too
-        _record_failure(row, e)
-    row["provenance"] = env.provenance()
-    row["wall_s"] = round(time.time() - start, 3)
-    return row
-
-
-def _record_failure(row: dict, e: BaseException) -> None:
+def record_failure(row: dict, e: BaseException) -> None:
     row["status"] = "oom" if backends.is_oom(e) else "error"
     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
     if row["status"] == "error":
         row["traceback"] = traceback.format_exc(limit=8)
-
-
-def _sync(cuda: bool) -> None:
-    if cuda:
-        torch.cuda.synchronize()
-
-
-def _peak_reached(backend: str, tracker) -> int:
-    if backend == "cuda":
-        return torch.cuda.max_memory_allocated()
-    return tracker.peak_estimate if backend == "sim" else tracker.peak
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:

@@ -1,7 +1,8 @@
 """A suite: a YAML grid of cases run one process each, rows appended to JSONL as they finish.
 
     name: table1
-    kind: memory            # or time
+    kind: memory            # time, or [memory, time]
+    warmup: 10              # time cases: uncounted steps; also profile_steps, overhead_blocks
     defaults: {steps: 3}    # any Case field
     grid:                   # the cross product of these lists
       model: [gpt2-small, llama-7b]
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -32,9 +33,13 @@ from ist_bench.runner.case import Case
 @dataclass
 class Suite:
     name: str
-    kind: str
+    kinds: list[str]                 # memory and/or time: each case is measured for each kind
     cases: list[Case]
-    warmup: int = 10
+    timing: dict = field(default_factory=dict)   # warmup, profile_steps, overhead_blocks (time cases)
+
+    @property
+    def kind(self) -> str:
+        return "+".join(self.kinds)
 
 
 def load_suite(path: str | Path, backend: str | None = None) -> Suite:
@@ -51,15 +56,21 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     unknown = sorted(set(spec) - set(SUITE_KEYS))
     if unknown:
         raise UsageError(f"unknown key {unknown[0]!r} in suite {path}; valid: {', '.join(SUITE_KEYS)}")
-    kind = spec.get("kind", "memory")
-    if kind not in ("memory", "time"):
-        raise UsageError(f"unknown suite kind {kind!r}; valid: memory, time")
+    kinds = spec.get("kind", "memory")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    bad = [k for k in kinds if k not in ("memory", "time")]
+    if bad or not kinds:
+        raise UsageError(f"unknown suite kind {(bad or [None])[0]!r}; valid: memory, time (or a list of both)")
     defaults, grid = spec.get("defaults") or {}, spec.get("grid") or {}
     if not isinstance(defaults, dict):
         raise UsageError(f"malformed suite {path}: 'defaults' must be a mapping of case fields")
-    warmup = spec.get("warmup", 10)
-    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-        raise UsageError(f"malformed suite {path}: 'warmup' must be an integer >= 0, got {warmup!r}")
+    timing = {"warmup": spec.get("warmup", 10), "profile_steps": spec.get("profile_steps"),
+              "overhead_blocks": spec.get("overhead_blocks", 0)}
+    for key, value in timing.items():
+        if value is None and key == "profile_steps":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UsageError(f"malformed suite {path}: '{key}' must be an integer >= 0, got {value!r}")
     exclude = spec.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(e, dict) for e in exclude):
         raise UsageError(f"malformed suite {path}: 'exclude' must be a list of mappings of case fields")
@@ -79,10 +90,10 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
             cases.append(case)
     if not cases:
         raise UsageError(f"suite {path} has no cases")
-    return Suite(str(spec.get("name", path.stem)), kind, cases, warmup)
+    return Suite(str(spec.get("name", path.stem)), kinds, cases, timing)
 
 
-SUITE_KEYS = ("name", "kind", "defaults", "grid", "exclude", "warmup")
+SUITE_KEYS = ("name", "kind", "defaults", "grid", "exclude", "warmup", "profile_steps", "overhead_blocks")
 
 
 def _matches(case: dict, rule: dict) -> bool:
@@ -93,8 +104,10 @@ def _matches(case: dict, rule: dict) -> bool:
     return all(name(case.get(k, "none" if k == "select" else None)) == name(v) for k, v in rule.items())
 
 
-def jobs(suite: Suite) -> list[dict]:
-    return [{"kind": suite.kind, "case": c.to_dict(), "warmup": suite.warmup} for c in suite.cases]
+def jobs(suite: Suite, busy_gpu: str = "refuse") -> list[dict]:
+    """One job per case and kind (memory cases first), with the suite's timing settings."""
+    return [{"kind": kind, "case": c.to_dict(), "busy_gpu": busy_gpu, **(suite.timing if kind == "time" else {})}
+            for kind in suite.kinds for c in suite.cases]
 
 
 def job_cost(job: dict) -> float:

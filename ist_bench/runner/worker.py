@@ -27,7 +27,9 @@ def main() -> int:
 
     from ist_bench.errors import UsageError
     from ist_bench.results import SCHEMA
-    from ist_bench.runner.case import Case, measure_memory, measure_time
+    from ist_bench.runner.case import Case
+    from ist_bench.runner.memory import measure_memory
+    from ist_bench.runner.time import measure_time
 
     for line in sys.stdin:
         if not line.strip():
@@ -42,7 +44,12 @@ def main() -> int:
             time.sleep(3600)
         try:
             case = Case.from_dict(job["case"]).check()
-            row = measure_memory(case) if job["kind"] == "memory" else measure_time(case, job.get("warmup", 10))
+            busy = job.get("busy_gpu", "refuse")
+            if job["kind"] == "memory":
+                row = measure_memory(case, busy_gpu=busy)
+            else:
+                row = measure_time(case, job.get("warmup", 10), profile_steps=job.get("profile_steps"),
+                                   overhead_blocks=job.get("overhead_blocks", 0), busy_gpu=busy)
         except UsageError as e:
             row = {"schema": SCHEMA, "kind": job["kind"], "case": job["case"], "backend": job["case"].get("backend"),
                    "status": "error", "error": f"UsageError: {e}"}

@@ -1,0 +1,102 @@
+"""A memory case: the protocol of docs/measurement.md (first, drawn and steady steps) under the meter."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from ist_bench.measure import backends, env
+from ist_bench.measure.cuda import NvmlPoller, gpu_guard
+from ist_bench.measure.memory import MemoryMeter, summarize
+from ist_bench.methods import after_optimizer_step, method_state
+from ist_bench.results import SCHEMA
+from ist_bench.runner.case import Case, build, record_failure
+from ist_bench.runner.step import fill_optimizer_state, run_steps
+from ist_bench.units import parse_bytes
+
+
+def measure_memory(case: Case, busy_gpu: str = "refuse") -> dict:
+    """Measure memory over the steps of the protocol (docs/measurement.md); returns the result row.
+
+    1. step 0, the *first* step, as a real run takes it (no optimizer state before it);
+    2. steps 1 .. steps-1 as the policy draws them (*drawn*), with the optimizer state a long run
+       holds (`keep`: every layer's, filled in after the first step; `reset`: the state a run
+       creates and frees); their median is the *typical* step;
+    3. one *steady*-state step: that optimizer state (with `reset`, the active layers' state as
+       if they had trained the step before), the policy's importance round if it has one, and its
+       worst-case draw (`SelectionPolicy.worst_case`). Its figures depend neither on `--steps`
+       nor on the luck of the draw: they bound what a long run reaches.
+    """
+    start = time.time()
+    row = {"schema": SCHEMA, "kind": "memory", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None}
+    tracker = backends.tracker(case.backend, capacity=parse_bytes(case.capacity))
+    meter = policy = None
+    nvml = contextlib.nullcontext()
+    try:
+        if case.backend == "cuda":
+            row["gpu_guard"] = gpu_guard(busy_gpu)
+            nvml = _cuda_setup(case)
+        with nvml:
+            b = build(case)
+            row.update(b.info)
+            policy = b.policy
+            meter = MemoryMeter(tracker, b.model, b.optimizer, method_state=lambda: method_state(b.model, case.method),
+                                allocator=case.backend == "cuda", estimate=case.backend == "sim")
+            if policy.eval_batch:
+                tracker.register(policy.eval_batch.values())
+
+            def run(steps, force=None):
+                run_steps(b.model, b.optimizer, b.batches, b.device, policy, steps, meters=[meter], force=force,
+                          after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
+            with backends.step_context(case.backend), tracker, meter:
+                run([0])
+                if case.optimizer_state == "keep":   # a long run's state: every layer has been drawn
+                    fill_optimizer_state(b.optimizer, [p for block in policy.gate.blocks for p in block])
+                run(range(1, case.steps))
+                worst = policy.worst_case()
+                policy.gate.apply(worst)      # `reset` frees the state of the layers it leaves out
+                held = policy.gate.blocks if worst is None else [policy.gate.blocks[i] for i in worst]
+                fill_optimizer_state(b.optimizer, [p for block in held for p in block])
+                run([case.steps], force={"active": worst, "importance": policy.needs_eval_batch})
+    except Exception as e:  # one case must never take the others down: its failure is its row
+        record_failure(row, e)
+        row["peak_reached"] = _peak_reached(case.backend, tracker)
+    if meter is not None:
+        active = {h["step"]: h["active"] for h in policy.history}
+        for i, r in enumerate(meter.steps):
+            r["phase"] = "first" if i == 0 else "steady" if r["step"] == case.steps else "drawn"
+            r["active_layers"] = active.get(r["step"])
+        row["memory"] = {"steps": meter.steps, "summary": summarize(meter.steps)}
+    if policy is not None and policy.gate is not None:
+        row["selection"]["history"] = policy.history
+        row["selection"]["rounds"] = getattr(policy, "rounds", [])
+    if isinstance(nvml, NvmlPoller):
+        row["nvml"] = nvml.result()
+    row["provenance"] = env.provenance()
+    row["wall_s"] = round(time.time() - start, 3)
+    return row
+
+
+def _cuda_setup(case: Case) -> NvmlPoller:
+    """Create the CUDA context, cap the allocator if asked, and return an NVML poller whose
+    baseline is the context alone (taken before the model exists)."""
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    cap = parse_bytes(case.capacity)
+    if cap is not None:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
+    torch.cuda.reset_peak_memory_stats()
+    return NvmlPoller()
+
+
+def _peak_reached(backend: str, tracker) -> int:
+    if backend == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return tracker.peak_estimate if backend == "sim" else tracker.peak
+
+

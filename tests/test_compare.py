@@ -1,0 +1,128 @@
+"""The regression gate and device-time helpers, on doctored results (outcomes and exit codes)."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from ist_bench.cli import main
+from ist_bench.measure.timing import busy_by_phase, count_flops, union_ms
+
+GiB = 1 << 30
+
+
+def _memory_row(backend="cuda", gpu="NVIDIA H100 80GB HBM3", activations=14 * GiB):
+    figs = {"weights": 12.8 * GiB, "activations": activations, "gradients": 0.2 * GiB, "optimizer": 0.4 * GiB,
+            "method_state": 0, "peak": 27.5 * GiB, "allocated_peak": 27.6 * GiB}
+    summary = {k: {"first": int(v), "steady": int(v), "max": int(v)} for k, v in figs.items()}
+    summary["run_allocated_peak"] = int(27.6 * GiB)
+    return {"schema": 1, "kind": "memory", "backend": backend, "status": "ok",
+            "case": {"model": "llama-7b", "method": {"name": "lora"}, "select": "none", "select_opts": {},
+                     "backend": backend, "seq_len": 1024},
+            "memory": {"summary": summary}, "provenance": {"gpu": gpu, "torch": "2.11.0", "peft": "0.21.0"}}
+
+
+def _time_row(select="none", backward=80.0, seed=0, gpu="NVIDIA H100 80GB HBM3"):
+    rng = np.random.default_rng(seed)
+    steps = list(60 + backward + 1 + rng.normal(0, 1.5, 100))      # host noise on the wall clock
+    return {"schema": 1, "kind": "time", "backend": "cuda", "status": "ok",
+            "case": {"model": "llama-7b", "method": {"name": "lora"}, "select": select, "select_opts": {},
+                     "backend": "cuda"},
+            "time": {"phases_ms": {"step": {"median": float(np.median(steps))}}, "steps_ms": steps,
+                     "device": {"busy_ms": {"forward": 58.0, "backward": backward * 0.97, "optimizer": 0.5}}},
+            "provenance": {"gpu": gpu, "torch": "2.11.0", "peft": "0.21.0"}}
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def baseline(tmp_path):
+    return _write(tmp_path / "base.jsonl", [_memory_row(), _time_row("none"), _time_row("rst", seed=1)])
+
+
+def test_an_unchanged_rerun_passes(tmp_path, baseline, capsys):
+    rerun = _write(tmp_path / "cur.jsonl", [_memory_row(), _time_row("none", seed=5), _time_row("rst", seed=6)])
+    assert main(["compare", baseline, rerun, "--markdown", str(tmp_path / "c.md")]) == 0
+    assert "0 regressed" in capsys.readouterr().out
+    assert "no regression" in (tmp_path / "c.md").read_text()
+
+
+def test_five_percent_more_activation_memory_is_a_regression(tmp_path, baseline, capsys):
+    cur = _write(tmp_path / "cur.jsonl", [_memory_row(activations=int(14.7 * GiB)), _time_row("none", seed=5),
+                                          _time_row("rst", seed=6)])
+    assert main(["compare", baseline, cur, "--junit", str(tmp_path / "j.xml")]) == 1
+    out = capsys.readouterr().out
+    assert "regressed" in out and "steady activations" in out
+    xml = (tmp_path / "j.xml").read_text()
+    assert xml.count("<failure") == 1 and 'name="steady activations"' in xml
+    # 1% more stays inside cuda's tolerance (the larger of 2% and 64 MiB) ...
+    cur = _write(tmp_path / "cur2.jsonl", [_memory_row(activations=int(14.14 * GiB))])
+    assert main(["compare", _write(tmp_path / "b2.jsonl", [_memory_row()]), cur]) == 0
+    # ... but on sim every byte counts
+    sim = [_memory_row(backend="sim", gpu=None)]
+    assert main(["compare", _write(tmp_path / "s1.jsonl", sim),
+                 _write(tmp_path / "s2.jsonl", [_memory_row(backend="sim", gpu=None, activations=14 * GiB + 512)])]) == 1
+
+
+def test_a_thirty_percent_slower_backward_is_a_regression_on_device_and_wall(tmp_path, baseline, capsys):
+    cur = _write(tmp_path / "cur.jsonl", [_memory_row(), _time_row("none", backward=104.0, seed=5),
+                                          _time_row("rst", seed=6)])
+    assert main(["compare", baseline, cur, "--markdown", str(tmp_path / "c.md")]) == 1
+    md = (tmp_path / "c.md").read_text()
+    assert "**regression**" in md and "GPU busy backward ms" in md and "wall step ms (median)" in md
+    assert md.count("| regressed |") == 2
+
+
+def test_a_missing_case_is_reported_and_does_not_fail_the_gate(tmp_path, baseline, capsys):
+    cur = _write(tmp_path / "cur.jsonl", [_memory_row(), _time_row("none", seed=5)])
+    assert main(["compare", baseline, cur]) == 0
+    assert "1 missing" in capsys.readouterr().out
+
+
+def test_results_from_another_gpu_are_refused_unless_allowed(tmp_path, baseline, capsys):
+    other = "NVIDIA H200"
+    cur = _write(tmp_path / "cur.jsonl", [_memory_row(gpu=other), _time_row("none", gpu=other),
+                                          _time_row("rst", gpu=other)])
+    assert main(["compare", baseline, cur]) == 2
+    err = capsys.readouterr().err
+    assert "gpu ['NVIDIA H100 80GB HBM3'] vs ['NVIDIA H200']" in err and err.count("\n") == 1
+    assert main(["compare", baseline, cur, "--allow-mismatch"]) == 0
+
+
+def test_a_case_that_fails_now_is_a_regression(tmp_path, baseline):
+    broken = copy.deepcopy(_memory_row())
+    broken.update(status="oom", error="CUDA out of memory")
+    assert main(["compare", baseline, _write(tmp_path / "c.jsonl", [broken, _time_row("none"),
+                                                                    _time_row("rst", seed=1)])]) == 1
+
+
+def test_baseline_update_names_the_file_after_the_gpu(tmp_path, baseline, capsys):
+    assert main(["baseline", "update", baseline, "--dir", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "nvidia-h100-80gb-hbm3.jsonl").read_text() == open(baseline).read()
+    assert main(["baseline", "path", baseline, "--dir", "results/baselines"]) == 0
+    assert capsys.readouterr().out.strip().endswith("results/baselines/nvidia-h100-80gb-hbm3.jsonl")
+
+
+def test_device_activity_is_split_into_phases_at_the_marker_kernels():
+    marks = [("start", 0), ("forward", 0), ("backward", 0), ("optimizer", 0), ("end", 0)]
+    acts = [("spin_kernel", 0, 1), ("gemm", 2, 10), ("gemm", 5, 12),      # overlapping streams: 2..12 = 10 us
+            ("spin_kernel", 20, 21), ("gemm", 22, 52),                      # backward 30 us
+            ("spin_kernel", 60, 61), ("adam", 62, 64),                      # optimizer 2 us
+            ("spin_kernel", 70, 71), ("zero", 72, 73), ("spin_kernel", 80, 81)]
+    busy = busy_by_phase(acts, marks)
+    assert busy == {"forward": [0.010], "backward": [0.030], "optimizer": [0.002]}
+    assert union_ms([(0, 1000), (500, 1500), (2000, 2500)]) == 2.0
+    with pytest.raises(RuntimeError, match="4 marker kernels on the device timeline for 5 marks"):
+        busy_by_phase(acts[:-1], marks)
+
+
+def test_flops_of_a_linear_layer_match_the_formula():
+    import torch
+    layer = torch.nn.Linear(64, 32, bias=False)
+    x = torch.randn(8, 64, requires_grad=True)
+    flops = count_flops(lambda: layer(x).sum().backward())
+    assert flops == 2 * 8 * 64 * 32 * 3        # forward; backward: grad of input and of weight
