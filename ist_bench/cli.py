@@ -243,6 +243,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+
+    from rich.table import Table
+
+    from ist_bench import fit
+    from ist_bench.report.console import console
+    from ist_bench.units import human
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    selects = [s.strip() for s in args.select.split(",") if s.strip()]
+    _check_writable(args.json)
+    start = time.time()
+    tgt, answers = fit.fit(args.model, args.gpu, methods, selects, granularity=args.granularity,
+                           batch_len=args.batch_len, dtype=args.dtype, attn=args.attn,
+                           grad_checkpointing=args.grad_checkpointing, optimizer_state=args.optimizer_state)
+    table = Table(title=f"{args.model} on {tgt.note}", title_justify="left")
+    for col in ("method", "longest seq", "peak there", "dominant", f"batch @{answers[0].batch_len}"):
+        table.add_column(col, justify="left" if col in ("method", "dominant") else "right")
+    for a in answers:
+        name = a.method + ("" if a.select == "none" else f"+{a.select}")
+        if a.fits:
+            table.add_row(name, f"{a.max_seq_len:,}" + (" (limit)" if a.at_limit else ""), human(a.peak_at_max),
+                          a.dominant, str(a.max_batch))
+        else:
+            table.add_row(name, "[red]none[/]", f"{human(a.over_by)} over", a.dominant, "0")
+    console.print(table)
+    console.print(f"lengths in steps of {args.granularity} tokens; a step fits when sim's estimated allocated peak "
+                  f"plus a margin (max({fit.MARGIN_FRACTION:.0%}, {fit.MARGIN_MIN // (1 << 20)} MiB): the caching "
+                  f"allocator's reserve) is within {human(tgt.usable)}; batch 1, {args.attn} attention, "
+                  f"checkpointing {'on' if args.grad_checkpointing else 'off'}; (limit): the model's position "
+                  f"limit; {time.time() - start:.0f} s",
+                  style="dim")
+    if args.json:
+        _append_json(args.json, [{"kind": "fit", "model": args.model, "gpu": args.gpu, "usable": tgt.usable,
+                                  "note": tgt.note, "answers": [dataclasses.asdict(a) for a in answers]}])
+    if args.plot:
+        from ist_bench.report.plots import fit_curves
+        console.print(f"wrote {fit_curves(args.model, tgt, answers, args.plot)}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ist_bench.report.console import console
     from ist_bench.report.render import render
@@ -461,6 +504,28 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("results", help="JSONL with cuda and sim rows of the same cases")
     p.add_argument("--md", help="also write the markdown here")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("fit", help="the longest sequence and largest batch that fit a GPU, per method (sim, "
+                                   "seconds)",
+                       description="Search, on sim, the longest --seq-len (in steps of --granularity) and the "
+                                   "largest batch that fit a card or a memory size, for each method and "
+                                   "selection policy; says which memory category dominates at the peak, and how "
+                                   "far over a case is that fits at no length. Conservative by a measured margin "
+                                   "for the caching allocator (docs/fit.md).")
+    p.add_argument("--model", default="llama-7b", help="zoo name or config.json (default llama-7b)")
+    p.add_argument("--gpu", required=True, help="a card (rtx4090, rtx3090, l4, a10g, l40s, a100-40g, a100-80g, "
+                                                "h100-80g, h100-pcie, h200) or a size such as 40GiB")
+    p.add_argument("--method", default="lora", help="comma-separated methods (default lora)")
+    p.add_argument("--select", default="none,ist", help="comma-separated policies (default none,ist)")
+    p.add_argument("--granularity", type=int, default=256, help="length step in tokens (default 256)")
+    p.add_argument("--batch-len", type=int, default=1024, help="length at which the batch is searched (1024)")
+    p.add_argument("--attn", default="eager", help="eager | sdpa (default eager)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--optimizer-state", default="keep", help="keep | reset (default keep)")
+    p.add_argument("--json", help="append the answers to this JSONL file")
+    p.add_argument("--plot", help="write a PNG of peak memory vs length per method, with the card's line")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("report", help="paper-style tables (Markdown, LaTeX, CSV) and plots from result files",
                        description="Render Table 1 (memory) and Table 13 (time) layouts with the paper's numbers "

@@ -87,14 +87,16 @@ class TokenBatches:
     """Batch 1 x seq_len token ids for step `i`, deterministic across runs."""
 
     def __init__(self, seq_len: int, vocab_size: int, *, data: str | Path | None = None,
-                 tokenizer: str | Path | None = None, mode: str = "pack", seed: int = 0):
+                 tokenizer: str | Path | None = None, mode: str = "pack", seed: int = 0, batch: int = 1):
         if mode not in MODES:
             raise choice_error("data mode", mode, MODES)
         if seq_len < 2:
             raise UsageError(f"--seq-len must be >= 2, got {seq_len}")
         if (data is None) != (tokenizer is None):
             raise UsageError("--data and --tokenizer go together (give both, or neither for synthetic tokens)")
-        self.seq_len, self.vocab_size, self.mode, self.seed = seq_len, vocab_size, mode, seed
+        if batch > 1 and mode == "sample" and data is not None:
+            raise UsageError("--data-mode sample takes --batch 1 (samples of different lengths would need padding)")
+        self.seq_len, self.vocab_size, self.mode, self.seed, self.batch = seq_len, vocab_size, mode, seed, batch
         self.kind = "synthetic" if data is None else "alpaca"
         self.samples: tuple[tuple[int, ...], ...] = ()
         if data is not None:
@@ -105,20 +107,27 @@ class TokenBatches:
             self._stream = torch.tensor([t for s in self.samples for t in s])
 
     def describe(self) -> dict:
-        d = {"data": self.kind, "seq_len": self.seq_len}
-        if self.kind == "alpaca":
-            d.update(mode=self.mode, samples=len(self.samples))
+        d = {"data": self.kind, "batch": self.batch}
+        if self.kind == "alpaca" and self.mode == "sample":   # one real sample per step: its own length
+            lens = [min(len(s), self.seq_len) for s in self.samples]
+            d.update(mode=self.mode, samples=len(self.samples), max_len=self.seq_len,
+                     mean_len=round(sum(lens) / len(lens), 1))
+        else:
+            d["seq_len"] = self.seq_len
+            if self.kind == "alpaca":
+                d.update(mode=self.mode, samples=len(self.samples))
         return d
 
     def ids(self, step: int) -> torch.Tensor:
-        """Token ids (1, T) on the CPU: T = seq_len except in `sample` mode (shorter samples)."""
+        """Token ids (batch, T) on the CPU: T = seq_len except in `sample` mode (shorter samples)."""
         if self.kind == "synthetic":
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            return torch.randint(0, self.vocab_size, (1, self.seq_len), generator=g)
+            return torch.randint(0, self.vocab_size, (self.batch, self.seq_len), generator=g)
         if self.mode == "sample":
             return torch.tensor([self.samples[step % len(self.samples)][: self.seq_len]])
-        positions = torch.arange(step * self.seq_len, (step + 1) * self.seq_len) % len(self._stream)
-        return self._stream[positions].unsqueeze(0)  # the packed stream, wrapping around
+        n = self.batch * self.seq_len
+        positions = torch.arange(step * n, (step + 1) * n) % len(self._stream)
+        return self._stream[positions].view(self.batch, self.seq_len)  # the packed stream, wrapping around
 
     def heldout(self, n: int) -> torch.Tensor:
         """Token ids (n, seq_len) for IST's importance forwards: synthetic draws from a stream no
@@ -131,14 +140,20 @@ class TokenBatches:
         return self._stream[positions].view(n, self.seq_len)
 
 
-def model_inputs(ids: torch.Tensor, device: torch.device | str) -> dict:
-    """Causal-LM inputs with an explicit mask and positions (transformers would otherwise
-    call `.item()` in its mask helpers, which a meta tensor cannot answer)."""
+def needs_mask(model) -> bool:
+    """Eager attention gets an explicit mask (see model_inputs); SDPA gets none."""
+    return getattr(model.config, "_attn_implementation", "eager") == "eager"
+
+
+def model_inputs(ids: torch.Tensor, device: torch.device | str, mask: bool = True) -> dict:
+    """Causal-LM inputs with explicit positions, and for eager attention an explicit all-ones mask
+    (transformers would otherwise call `.item()` in its mask helpers, which a meta tensor cannot
+    answer). With `mask=False` (SDPA) neither mask nor positions are passed: transformers then
+    calls SDPA with `is_causal=True` and no mask, as it does on a GPU once it has seen that an
+    all-ones mask can be dropped, so the flash kernel is chosen."""
     ids = ids.to(device)
+    if not mask:   # positions too would make transformers look for packed sequences (`.item()` again)
+        return {"input_ids": ids, "labels": ids}
     n = ids.shape[1]
-    return {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "position_ids": torch.arange(n, device=device).expand(ids.shape[0], n),
-        "labels": ids,
-    }
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "position_ids": torch.arange(n, device=device).expand(ids.shape[0], n), "labels": ids}

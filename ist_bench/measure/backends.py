@@ -39,7 +39,7 @@ def step_context(backend: str) -> contextlib.AbstractContextManager:
     if backend != "sim":
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
-    stack.enter_context(sim.CudaKernels())
+    stack.enter_context(sim.cuda_kernels())
     stack.enter_context(sim.fused_adam_on_meta())
     return stack
 

@@ -11,8 +11,9 @@ End-of-phase figures (what each phase leaves behind):
 At the peak (`at_peak`): the storages live at the moment of the step's peak, each filed under
 the category it belongs to (a weight, a gradient, optimizer or method state, an activation
 saved by this step's forward, else a temporary), plus the allocator's rounding of their blocks
-and, on sim, the modelled cuBLAS workspaces. These sum to the peak exactly: to `peak_blocks` plus
-the workspace on sim (the estimated allocated peak), to `peak` on the CPU. `top_activations`
+and the cuBLAS workspaces: modelled on sim; on cuda, `max_memory_allocated` minus the tracked
+blocks (workspaces and anything the tracker cannot see). These sum to the peak exactly: to sim's
+estimated allocated peak, to cuda's allocated peak, to `peak` on the CPU. `top_activations`
 names the modules (one entry per kind of block child, summed over layers) whose forward
 created the activations live at the peak.
 
@@ -116,6 +117,8 @@ class MemoryMeter:
             r["peak"], r["peak_blocks"] = t.peak, t.peak_blocks
             r["at_peak"], r["top_activations"] = self._at_peak()
             r.update(self._allocator_peaks(""))
+            if self.allocator:   # what the allocator handed out beyond the tracked blocks: workspaces, untracked
+                r["at_peak"]["workspace"] = max(0, r["allocated_peak"] - t.peak_blocks)
             if self.estimate:
                 r["allocated_peak_est"] = t.peak_estimate
             self.steps.append(r)

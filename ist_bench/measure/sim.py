@@ -7,7 +7,8 @@ corrected here, explicitly:
 1. Dropout. On CUDA, `F.dropout` (0 < p < 1, training) runs the fused `native_dropout`,
    which saves a 1-byte bool mask for backward. On CPU and meta, it multiplies by a noise
    tensor in the input's dtype and saves that (2x the bytes for bf16, 4x for fp32).
-   `CudaKernels` routes dropout to `native_dropout` so meta saves what CUDA saves.
+   `cuda_kernels` routes dropout to `native_dropout` so meta saves what CUDA saves, and SDPA
+   to the FlashAttention op CUDA picks (the meta fallback would save the attention weights).
 2. Fused AdamW. torch refuses `fused=True` on meta in a Python-level device check only;
    the fused kernel has a meta implementation. `fused_adam_on_meta` skips that check.
 3. The caching allocator. It hands out blocks rounded up to 512 B, and a large request
@@ -24,7 +25,6 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 MiB = 1 << 20
 
@@ -36,20 +36,53 @@ MiB = 1 << 20
 CUBLAS_WORKSPACE_BYTES = 2 * 32 * MiB
 
 
-class CudaKernels(TorchFunctionMode):
-    """Make meta tensors take the kernels CUDA takes where their saved tensors differ."""
+@contextlib.contextmanager
+def cuda_kernels():
+    """Make meta tensors take the kernels CUDA takes where their saved tensors differ (dropout,
+    SDPA). A patch of torch.nn.functional rather than a TorchFunctionMode: function modes are off
+    while activation checkpointing recomputes in backward, a patch is not."""
+    dropout, sdpa = F.dropout, F.scaled_dot_product_attention
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.dropout:
-            x, p, training, inplace = _dropout_args(*args, **kwargs)
-            if training and 0.0 < p < 1.0 and x.numel() > 0 and not inplace:
-                return torch.ops.aten.native_dropout(x, p, True)[0]
-        return func(*args, **kwargs)
+    def cuda_dropout(input, p=0.5, training=True, inplace=False):
+        if input.is_meta and training and 0.0 < p < 1.0 and input.numel() > 0 and not inplace:
+            return torch.ops.aten.native_dropout(input, p, True)[0]
+        return dropout(input, p, training, inplace)
+
+    def cuda_sdpa(*args, **kwargs):
+        out = _flash_attention(*args, **kwargs)
+        return sdpa(*args, **kwargs) if out is None else out
+
+    import transformers.masking_utils as masking
+
+    packed = masking.find_packed_sequence_indices
+
+    def unpacked_on_meta(position_ids):
+        # transformers asks whether the positions restart inside a row (packed samples) with `.all()`,
+        # which meta cannot answer; ours never do (each row is 0..T-1), so the GPU's answer is None.
+        return None if position_ids.is_meta else packed(position_ids)
+
+    with (mock.patch.object(F, "dropout", cuda_dropout), mock.patch.object(F, "scaled_dot_product_attention", cuda_sdpa),
+          mock.patch.object(masking, "find_packed_sequence_indices", unpacked_on_meta)):
+        yield
 
 
-def _dropout_args(input, p=0.5, training=True, inplace=False):
-    return input, p, training, inplace
+def _flash_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                     enable_gqa=False):
+    """SDPA on meta falls back to the math kernel, which materialises and saves the attention
+    weights. CUDA (sm80+) runs FlashAttention for half-precision inputs without a mask and with a
+    head size up to 256 (what transformers passes for unpadded batches): it saves q, k, v, the
+    output and a fp32 log-sum-exp per head and query. Run that op on meta so the same tensors are
+    saved. With grouped-query attention k and v are expanded to q's heads first (not validated on
+    a GPU yet). Anything else keeps the default kernel (None)."""
+    d = query.shape[-1]
+    if (not query.is_meta or attn_mask is not None or query.dtype not in (torch.bfloat16, torch.float16)
+            or d % 8 or d > 256):
+        return None
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        rep = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(rep, dim=-3), value.repeat_interleave(rep, dim=-3)
+    return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal, False,
+                                                              scale=scale)[0]
 
 
 @contextlib.contextmanager

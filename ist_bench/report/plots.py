@@ -137,3 +137,23 @@ def importance(rows: list[dict], path) -> str | None:
         axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     b.set_title("selection frequency", fontsize=10)
     return _save(fig, path)
+
+
+def fit_curves(model: str, target, answers, path) -> str:
+    """Estimated peak (plus the margin) against sequence length per method, with the usable memory."""
+    from ist_bench.fit import margin
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for a in answers:
+        xs = sorted(int(k) for k in a.probes)
+        ys = [(a.probes[str(x)] + margin(a.probes[str(x)])) / GiB for x in xs]
+        label = a.method + ("" if a.select == "none" else f"+{a.select}")
+        ax.plot(xs, ys, marker="o", ms=3, label=label)
+    ax.axhline(target.usable / GiB, color="black", ls="--", lw=1)
+    ax.text(ax.get_xlim()[0], target.usable / GiB, f"  usable: {target.note}", va="bottom", fontsize=7)
+    ax.set_xlabel("sequence length (tokens, batch 1)")
+    ax.set_ylabel("estimated peak + margin, GiB")
+    ax.set_title(f"{model}: what fits", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

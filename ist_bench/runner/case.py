@@ -9,13 +9,14 @@ process, and returns the result row; an OOM becomes `status: oom` with the peak 
 from __future__ import annotations
 
 import dataclasses
+import os
 import traceback
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from ist_bench import zoo
-from ist_bench.data import TokenBatches, model_inputs
+from ist_bench.data import TokenBatches, model_inputs, needs_mask
 from ist_bench.errors import UsageError, choice_error
 from ist_bench.measure import backends
 from ist_bench.methods import MethodSpec, apply_method
@@ -24,6 +25,7 @@ from ist_bench.units import parse_bytes
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OPTIM_IMPLS = ("fused", "foreach", "for-loop")
+ATTENTION = ("eager", "sdpa")
 
 
 @dataclass
@@ -36,6 +38,9 @@ class Case:
     backend: str = "auto"
     steps: int = 5
     seq_len: int = 1024
+    batch: int = 1                # sequences per step (micro-batch)
+    grad_checkpointing: bool = False
+    attn: str = "eager"           # eager (the paper's) or sdpa (flash / memory-efficient kernels on cuda)
     dtype: str = "bf16"
     seed: int = 0
     data: str | None = None       # Alpaca-format JSON; with `tokenizer`, else synthetic tokens
@@ -90,8 +95,12 @@ class Case:
             raise choice_error("dtype", self.dtype, list(DTYPES))
         if self.optim not in OPTIM_IMPLS:
             raise choice_error("optimizer implementation", self.optim, OPTIM_IMPLS)
-        if self.steps < 1:
-            raise UsageError(f"--steps must be >= 1, got {self.steps}")
+        if self.steps < 0:
+            raise UsageError(f"--steps must be >= 0 (0: the steady-state step alone), got {self.steps}")
+        if self.attn not in ATTENTION:
+            raise choice_error("attention implementation", self.attn, ATTENTION)
+        if self.batch < 1:
+            raise UsageError(f"--batch must be >= 1, got {self.batch}")
         limit = zoo.max_positions(config)
         if limit is not None and self.seq_len > limit:
             raise UsageError(f"--seq-len {self.seq_len} is longer than {self.model}'s {limit} positions")
@@ -105,7 +114,7 @@ class Case:
         parse_bytes(self.capacity)
         method = dataclasses.replace(self.method, total_steps=self.steps + 1)  # + the steady-state step
         # Build the data source once here, so a missing or malformed file fails now.
-        TokenBatches(self.seq_len, config.vocab_size, data=self.data, tokenizer=self.tokenizer,
+        TokenBatches(self.seq_len, config.vocab_size, data=self.data, tokenizer=self.tokenizer, batch=self.batch,
                      mode=self.data_mode, seed=self.seed)
         return dataclasses.replace(self, backend=backend, method=method)
 
@@ -118,13 +127,14 @@ class Case:
         return make_policy(self.select, self.select_opts, seed=self.seed, optimizer_state=self.optimizer_state)
 
 
-_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "str | None": (str, type(None)), "dict": (dict,)}
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "str | None": (str, type(None)), "dict": (dict,),
+          "bool": (bool,)}
 
 
 def _check_types(d: dict, annotations: dict) -> None:
     for key, value in d.items():
         allowed = _TYPES.get(str(annotations.get(key)))
-        if allowed and (not isinstance(value, allowed) or isinstance(value, bool)):
+        if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
             raise UsageError(f"{key} must be {str(annotations[key]).replace(' | None', ' or null')}, got {value!r}")
 
 
@@ -143,17 +153,25 @@ class Built:
 def build(case: Case) -> Built:
     config = zoo.load_config(case.model)
     device = backends.device(case.backend)
-    model = zoo.build_model(config, dtype=DTYPES[case.dtype], device=device, seed=case.seed)
+    model = zoo.build_model(config, dtype=DTYPES[case.dtype], device=device, seed=case.seed, attn=case.attn)
     n_params = sum(p.numel() for p in model.parameters())
     model = apply_method(model, case.method)
+    if os.environ.get("IST_BENCH_INJECT") == "unfreeze":
+        # A deliberate regression for testing the gate (never set it otherwise): the bug of forgetting
+        # to freeze the base model, so every parameter trains while the case still says its method.
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if case.grad_checkpointing:
+        # non-reentrant: no need for inputs that require grad (peft's frozen embeddings), as Trainer does today
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[case.optim]
     optimizer = torch.optim.AdamW(trainable, lr=case.lr, **impl)
-    batches = TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer,
+    batches = TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
                            mode=case.data_mode, seed=case.seed)
     policy = case.policy()
-    heldout = model_inputs(batches.heldout(policy.settings.eval_batch), device) if policy.needs_eval_batch else None
+    heldout = model_inputs(batches.heldout(policy.settings.eval_batch), device, needs_mask(model)) if policy.needs_eval_batch else None
     policy.bind(model, optimizer, eval_batch=heldout)  # after the optimizer: it must know every trainable parameter
     gate = policy.gate
     info = {
@@ -173,6 +191,8 @@ def build(case: Case) -> Built:
         },
         "selection": {"policy": policy.describe(), "n_active": policy.n_active},
     }
+    if os.environ.get("IST_BENCH_INJECT"):
+        info["injected"] = os.environ["IST_BENCH_INJECT"]
     return Built(model, optimizer, batches, device, policy, info)
 
 
@@ -180,7 +200,7 @@ def record_failure(row: dict, e: BaseException) -> None:
     row["status"] = "oom" if backends.is_oom(e) else "error"
     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
     if row["status"] == "error":
-        row["traceback"] = traceback.format_exc(limit=8)
+        row["traceback"] = traceback.format_exc(limit=-12)
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:

@@ -20,7 +20,8 @@ from ist_bench.units import parse_bytes
 def measure_memory(case: Case, busy_gpu: str = "refuse") -> dict:
     """Measure memory over the steps of the protocol (docs/measurement.md); returns the result row.
 
-    1. step 0, the *first* step, as a real run takes it (no optimizer state before it);
+    1. step 0, the *first* step, as a real run takes it (no optimizer state before it); with
+       `steps=0` only the steady step runs (what `ist-bench fit` probes);
     2. steps 1 .. steps-1 as the policy draws them (*drawn*), with the optimizer state a long run
        holds (`keep`: every layer's, filled in after the first step; `reset`: the state a run
        creates and frees); their median is the *typical* step;
@@ -51,14 +52,18 @@ def measure_memory(case: Case, busy_gpu: str = "refuse") -> dict:
                 run_steps(b.model, b.optimizer, b.batches, b.device, policy, steps, meters=[meter], force=force,
                           after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
             with backends.step_context(case.backend), tracker, meter:
-                run([0])
+                trained = [p for g in b.optimizer.param_groups for p in g["params"]]
+                in_blocks = {id(p) for block in policy.gate.blocks for p in block}
+                if case.steps:
+                    run([0])
                 if case.optimizer_state == "keep":   # a long run's state: every layer has been drawn
-                    fill_optimizer_state(b.optimizer, [p for block in policy.gate.blocks for p in block])
+                    fill_optimizer_state(b.optimizer, trained)
                 run(range(1, case.steps))
                 worst = policy.worst_case()
                 policy.gate.apply(worst)      # `reset` frees the state of the layers it leaves out
-                held = policy.gate.blocks if worst is None else [policy.gate.blocks[i] for i in worst]
-                fill_optimizer_state(b.optimizer, [p for block in held for p in block])
+                held = trained if worst is None else [p for i in worst for p in policy.gate.blocks[i]] + \
+                    [p for p in trained if id(p) not in in_blocks]    # e.g. LISA's embeddings and head
+                fill_optimizer_state(b.optimizer, held)
                 run([case.steps], force={"active": worst, "importance": policy.needs_eval_batch})
     except Exception as e:  # one case must never take the others down: its failure is its row
         record_failure(row, e)
@@ -66,7 +71,8 @@ def measure_memory(case: Case, busy_gpu: str = "refuse") -> dict:
     if meter is not None:
         active = {h["step"]: h["active"] for h in policy.history}
         for i, r in enumerate(meter.steps):
-            r["phase"] = "first" if i == 0 else "steady" if r["step"] == case.steps else "drawn"
+            last = i == len(meter.steps) - 1 and row["status"] == "ok"
+            r["phase"] = "steady" if last else "first" if i == 0 and case.steps else "drawn"
             r["active_layers"] = active.get(r["step"])
         row["memory"] = {"steps": meter.steps, "summary": summarize(meter.steps)}
     if policy is not None and policy.gate is not None:

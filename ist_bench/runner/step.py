@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ist_bench.data import TokenBatches, model_inputs
+from ist_bench.data import TokenBatches, model_inputs, needs_mask
 from ist_bench.selection import SelectionPolicy
 
 
@@ -28,9 +28,10 @@ def run_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Token
         for m in meters:
             m.mark(phase, step)
 
+    mask = needs_mask(model)
     for step in steps:
         policy.begin_step(step, mark, **(force or {}))   # importance round if due; which blocks train
-        inputs = model_inputs(batches.ids(step), device)
+        inputs = model_inputs(batches.ids(step), device, mask)
         mark("start", step)
         loss = model(**inputs).loss                  # logits and other outputs are dropped at once
         mark("forward", step)

@@ -5,6 +5,7 @@
     warmup: 10              # time cases: uncounted steps; also profile_steps, overhead_blocks
     defaults: {steps: 3}    # any Case field
     grid:                   # the cross product of these lists
+    cases:                  # and/or a list of mappings, each crossed with the grid
       model: [gpt2-small, llama-7b]
       method: [lora, series]
       select: [none, {name: ist, mu: 100}]   # a policy name, or a mapping with its options
@@ -74,11 +75,15 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     exclude = spec.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(e, dict) for e in exclude):
         raise UsageError(f"malformed suite {path}: 'exclude' must be a list of mappings of case fields")
+    listed = spec.get("cases") or []
+    if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
+        raise UsageError(f"malformed suite {path}: 'cases' must be a list of mappings of case fields")
     keys = list(grid)
     values = [v if isinstance(v, list) else [v] for v in grid.values()]
+    combos = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)] if grid else [{}]
     cases, seen = [], set()
-    for combo in itertools.product(*values):
-        d = {**defaults, **dict(zip(keys, combo, strict=True))}
+    for item in [{**combo, **case} for case in listed or [{}] for combo in combos]:
+        d = {**defaults, **item}
         if any(_matches(d, rule) for rule in exclude):
             continue
         if backend:
@@ -93,7 +98,7 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     return Suite(str(spec.get("name", path.stem)), kinds, cases, timing)
 
 
-SUITE_KEYS = ("name", "kind", "defaults", "grid", "exclude", "warmup", "profile_steps", "overhead_blocks")
+SUITE_KEYS = ("name", "kind", "defaults", "grid", "cases", "exclude", "warmup", "profile_steps", "overhead_blocks")
 
 
 def _matches(case: dict, rule: dict) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from ist_bench.data import model_inputs
+from ist_bench.data import model_inputs, needs_mask
 from ist_bench.errors import UsageError
 from ist_bench.measure import cards, env
 from ist_bench.measure.cuda import ClockPoller, gpu_guard
@@ -58,6 +58,8 @@ def measure_time(case: Case, warmup: int = 10, *, profile_steps: int | None = No
     with `overhead_blocks` > 0, the harness's overhead against a bare loop in interleaved blocks."""
     if case.backend == "sim":
         raise UsageError("timing needs real compute: use --backend cuda (or cpu for small models)")
+    if case.steps < 1:
+        raise UsageError(f"timing needs --steps >= 1, got {case.steps}")
     cuda = case.backend == "cuda"
     profile_steps = (case.steps if profile_steps is None else profile_steps) if cuda else 0
     extra = profile_steps + 1 + 2 * overhead_blocks * OVERHEAD_BLOCK + (2 * OVERHEAD_BLOCK if overhead_blocks else 0)
@@ -169,7 +171,7 @@ def _overhead(b, run, first: int, blocks: int, cuda: bool) -> dict:
     per step, and one profiled pair of blocks for device busy time."""
     def bare(steps):
         for s in steps:
-            inputs = model_inputs(b.batches.ids(s), b.device)
+            inputs = model_inputs(b.batches.ids(s), b.device, needs_mask(b.model))
             loss = b.model(**inputs).loss
             loss.backward()
             b.optimizer.step()

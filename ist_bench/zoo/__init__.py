@@ -41,6 +41,11 @@ FAMILIES: dict[str, Family] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
+    "gemma": _LLAMA,
+    "gemma2": _LLAMA,
+    # Phi-3 fuses q,k,v into qkv_proj and gate,up into gate_up_proj: the paper's placements map onto them
+    "phi3": Family("model.layers", ("qkv_proj", "gate_up_proj", "down_proj"), up="mlp.gate_up_proj",
+                   down="mlp.down_proj"),
     "gpt2": Family("transformer.h", ("c_attn", "mlp.c_fc", "mlp.c_proj"), up="mlp.c_fc", down="mlp.c_proj"),
     "gptj": Family("transformer.h", ("q_proj", "k_proj", "v_proj", "mlp.fc_in", "mlp.fc_out"),
                    up="mlp.fc_in", down="mlp.fc_out"),
@@ -93,8 +98,8 @@ def family(config) -> Family:
 
 
 def build_model(config, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                seed: int = 0) -> nn.Module:
-    """A causal LM with random weights, eager attention and no KV cache (the paper's setting).
+                seed: int = 0, attn: str = "eager") -> nn.Module:
+    """A causal LM with random weights and no KV cache; eager attention is the paper's setting.
 
     On the meta device nothing is allocated: shapes and dtypes are real, values absent.
     """
@@ -103,7 +108,7 @@ def build_model(config, *, dtype: torch.dtype = torch.bfloat16, device: str | to
     torch.manual_seed(seed)
     config.use_cache = False
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     model.config.use_cache = False
     return model
 

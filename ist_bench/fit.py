@@ -1,0 +1,195 @@
+"""`ist-bench fit`: the longest sequence and the largest batch that fit a GPU, per method and policy,
+searched on sim (seconds, no GPU).
+
+Each probe is sim's steady-state step alone (`steps=0`: a long run's optimizer state, the policy's
+worst draw and its importance round), whose estimated allocated peak decides. A length fits when
+
+    estimate + margin <= usable,   margin = max(MARGIN_FRACTION x estimate, MARGIN_MIN)
+
+- `usable`: for a named card, its memory minus the CUDA context (CONTEXT, measured); for a size
+  (`--gpu 40GiB`), that size, as `--capacity` caps the caching allocator (context outside).
+- `margin`: what the caching allocator reserves beyond what it hands out (fragmentation, cached
+  blocks it cannot return): reserved over allocated was at most 7.3% (LLaMA-13B full fine-tuning)
+  in our H200 Table-1 rows and at most 351 MiB on small models (results/validation/h200.jsonl);
+  the GPU check of fit's answers is in results/fit/ (see docs/fit.md).
+
+Memory grows with length (quadratically with eager attention) and batch, so the search fits a
+quadratic to three probes, predicts the boundary and then probes around it until it holds a
+length that fits next to one that does not: the answer is always checked by two probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ist_bench import zoo
+from ist_bench.errors import UsageError, choice_error
+from ist_bench.measure import cards
+from ist_bench.runner.case import Case
+from ist_bench.units import parse_bytes
+
+GiB, MiB = 1 << 30, 1 << 20
+CONTEXT = 640 * MiB            # the CUDA context and start-up (NVML baseline on the lent H200: 610-640 MiB)
+MARGIN_FRACTION = 0.08
+MARGIN_MIN = 512 * MiB
+MAX_UNBOUNDED_LEN = 131072     # models without a position limit are searched up to this
+MAX_BATCH = 4096
+
+
+@dataclass
+class Target:
+    name: str
+    usable: int                 # bytes the allocator may hold
+    note: str
+
+
+def target(spec: str) -> Target:
+    """`rtx4090`, `h100-80g`, ... or a size such as `40GiB`."""
+    if spec in cards.CARDS:
+        card = cards.CARDS[spec]
+        return Target(card.name, card.memory - CONTEXT,
+                      f"{card.name}: {card.memory / GiB:.1f} GiB less {CONTEXT / MiB:.0f} MiB of CUDA context")
+    try:
+        size = parse_bytes(spec)
+    except UsageError:
+        raise choice_error("GPU", spec, list(cards.CARDS) + ["a size such as 40GiB"]) from None
+    if size <= 0:
+        raise UsageError(f"--gpu size must be > 0, got {spec}")
+    return Target(spec, size, f"{size / GiB:.1f} GiB for the caching allocator (as --capacity; context outside)")
+
+
+def margin(estimate: int) -> int:
+    return max(int(MARGIN_FRACTION * estimate), MARGIN_MIN)
+
+
+@dataclass
+class Answer:
+    method: str
+    select: str
+    fits: bool
+    granularity: int
+    max_seq_len: int | None = None        # longest length (a multiple of granularity) that fits at batch 1
+    at_limit: bool = False                # ... and it is the model's position limit (more might fit)
+    peak_at_max: int | None = None
+    dominant: str | None = None           # the largest category at that step's peak
+    batch_len: int | None = None
+    max_batch: int | None = None          # largest batch that fits at batch_len
+    over_by: int | None = None            # when nothing fits: estimate + margin - usable at the shortest length
+    probes: dict = field(default_factory=dict)   # seq_len -> estimated peak (batch 1)
+
+
+class Fitter:
+    def __init__(self, base: Case, tgt: Target, granularity: int):
+        self.base, self.target, self.granularity = base, tgt, granularity
+        self.cache: dict[tuple, dict] = {}
+        limit = zoo.max_positions(zoo.load_config(base.model))
+        self.max_len = (limit or MAX_UNBOUNDED_LEN) // granularity * granularity
+        if self.max_len < granularity:
+            raise UsageError(f"--granularity {granularity} is longer than {base.model}'s {limit} positions")
+
+    def probe(self, seq_len: int, batch: int = 1) -> dict:
+        from ist_bench.runner.memory import measure_memory
+
+        key = (seq_len, batch)
+        if key not in self.cache:
+            row = measure_memory(dataclasses.replace(self.base, seq_len=seq_len, batch=batch, steps=0))
+            if row["status"] != "ok":
+                raise RuntimeError(f"sim probe failed at {seq_len} tokens, batch {batch}: {row['error']}")
+            step = row["memory"]["steps"][-1]
+            self.cache[key] = {"peak": row["memory"]["summary"]["run_allocated_peak_est"], "at_peak": step["at_peak"]}
+        return self.cache[key]
+
+    def fits(self, seq_len: int, batch: int = 1) -> bool:
+        peak = self.probe(seq_len, batch)["peak"]
+        return peak + margin(peak) <= self.target.usable
+
+    @staticmethod
+    def largest(fits, lo: int, hi: int, guess: int) -> int:
+        """The largest k in [lo, hi] with fits(k), for a monotone `fits` with fits(lo) true: probe the
+        guess, gallop away from it until the answer is bracketed, then bisect."""
+        guess = min(max(guess, lo), hi)
+        if fits(guess):
+            good, bad, step = guess, hi + 1, 1
+            while good + step <= hi:
+                if not fits(good + step):
+                    bad = good + step
+                    break
+                good, step = good + step, step * 2
+        else:
+            good, bad, step = lo, guess, 1
+            while bad - step > lo:
+                if fits(bad - step):
+                    good = bad - step
+                    break
+                bad, step = bad - step, step * 2
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            if fits(mid):
+                good = mid
+            else:
+                bad = mid
+        return good
+
+    def _predict(self, xs: list[int], peaks: list[int]) -> float:
+        """x where a quadratic through (xs, peaks) plus the margin meets the usable memory."""
+        import numpy as np
+
+        coeff = np.polyfit(xs, peaks, deg=min(2, len(xs) - 1))
+        grid = np.arange(1, 1 + max(xs) * 64)
+        est = np.polyval(coeff, grid)
+        ok = grid[est + np.maximum(MARGIN_FRACTION * est, MARGIN_MIN) <= self.target.usable]
+        return float(ok.max()) if len(ok) else 1.0
+
+    def seq_len(self, answer: Answer) -> None:
+        g = self.granularity
+        first = self.probe(g)["peak"]
+        if first + margin(first) > self.target.usable:
+            answer.fits, answer.over_by = False, first + margin(first) - self.target.usable
+            answer.dominant = _dominant(self.probe(g)["at_peak"])
+            return
+        kmax = self.max_len // g
+        ks = [k for k in (1, min(2, kmax), min(4, kmax)) if k <= kmax]
+        peaks = [self.probe(k * g)["peak"] for k in dict.fromkeys(ks)]
+        guess = int(self._predict(list(dict.fromkeys(ks)), peaks))
+        k = self.largest(lambda k: self.fits(k * g), 1, kmax, guess)
+        answer.fits, answer.max_seq_len, answer.at_limit = True, k * g, k == kmax
+        best = self.probe(k * g)
+        answer.peak_at_max, answer.dominant = best["peak"], _dominant(best["at_peak"])
+
+    def batch(self, answer: Answer, seq_len: int) -> None:
+        if not self.fits(seq_len, 1):
+            answer.batch_len, answer.max_batch = seq_len, 0
+            return
+        p1, p2 = self.probe(seq_len, 1)["peak"], self.probe(seq_len, 2)["peak"]
+        per = max(1, p2 - p1)
+        guess = int((self.target.usable - p1) / per / (1 + MARGIN_FRACTION)) + 1
+        answer.batch_len = seq_len
+        answer.max_batch = self.largest(lambda b: self.fits(seq_len, b), 1, MAX_BATCH, guess)
+
+
+def _dominant(at_peak: dict) -> str:
+    tensors = {k: v for k, v in at_peak.items() if k not in ("rounding", "workspace")}
+    return max(tensors, key=tensors.get)
+
+
+def fit(model: str, gpu: str, methods: list[str], selects: list[str], granularity: int = 256,
+        batch_len: int = 1024, **case_kw) -> tuple[Target, list[Answer]]:
+    from ist_bench.methods import MethodSpec
+
+    if granularity < 1:
+        raise UsageError(f"--granularity must be >= 1, got {granularity}")
+    tgt = target(gpu)
+    answers = []
+    for method in methods:
+        for select in selects:
+            base = Case(model=model, method=MethodSpec(name=method), select=select, backend="sim", steps=0,
+                        **case_kw)
+            base = base.check()
+            f = Fitter(base, tgt, granularity)
+            a = Answer(method, select, fits=False, granularity=granularity)
+            f.seq_len(a)
+            f.batch(a, min(batch_len, f.max_len))
+            a.probes = {str(k[0]): v["peak"] for k, v in sorted(f.cache.items()) if k[1] == 1}
+            answers.append(a)
+    return tgt, answers

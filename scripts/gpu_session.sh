@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every GPU measurement the committed results come from, in parts that fit one device call each.
+# Run from the repo root on the lent GPU box: IST_BENCH_GIT_COMMIT=<sha> scripts/gpu_session.sh A|B|C
+# Rows, logs and a tarball go to $OUT.
+set -u
+. scripts/device-env.sh
+out=${OUT:-/tmp/out}; mkdir -p "$out/r"
+log() { echo "== $(date +%T) $*"; }
+case "${1:-}" in
+A)  # memory: Table 1 on cuda, the peers, a real OOM, the fit knobs
+    log table1;   ist run suites/table1.yaml --backend cuda --out "$out/r/table1-h200.jsonl" --timeout 300 | tail -3
+    log policies; ist run suites/policies.yaml --backend cuda --out "$out/r/policies-h200.jsonl" --timeout 300 | tail -3
+    log oom;      ist run suites/oom.yaml --out "$out/r/oom-h200.jsonl" --timeout 300 | tail -6
+    log knobs;    ist run suites/knobs.yaml --backend cuda --out "$out/r/knobs-h200.jsonl" --timeout 300 | tail -6
+    ;;
+B)  # time: Table 13 (100 timed + 100 profiled iterations), harness overhead, two A/B runs; fit's boundaries
+    log table13;  ist run suites/table13.yaml --out "$out/r/table13-h200.jsonl" --timeout 400 | tail -6
+    log overhead; ist time --model llama-7b --method lora --steps 50 --profile-steps 0 --overhead-blocks 6 \
+                    --json "$out/r/overhead-h200.jsonl" 2>&1 | tail -4
+    for k in 1 2; do
+      log "ab $k";  ist time --model llama-7b --method lora --compare-select none,rst --rounds 1 --steps 50 \
+                    --profile-steps 50 --json "$out/r/ab-h200.jsonl" 2>&1 | tail -3
+    done
+    log fit;      ist run suites/fit-check.yaml --out "$out/r/fit-check-h200.jsonl" --timeout 300 | tail -22
+    ;;
+C)  # the regression gate: ci-gpu twice (no false alarm), once with a regression injected
+    for k in 1 2; do
+      log "ci $k";  ist run suites/ci-gpu.yaml --out "$out/r/ci-gpu-$k.jsonl" --timeout 300 | tail -2
+    done
+    log "ci injected"
+    IST_BENCH_INJECT=unfreeze ist run suites/ci-gpu.yaml --out "$out/r/ci-gpu-injected.jsonl" --timeout 300 | tail -2
+    ;;
+*)  echo "usage: scripts/gpu_session.sh A|B|C"; exit 2 ;;
+esac
+tar -C "$out" -czf "$out/results-$1.tgz" r
+log done
