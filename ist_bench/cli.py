@@ -33,7 +33,11 @@ def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
                    help="sim | cpu | cuda | auto (default auto: cuda if a GPU is present, else sim)")
     steps = steps or c.steps
     p.add_argument("--steps", type=int, default=steps, help=f"measured steps (default {steps})")
-    p.add_argument("--seq-len", type=int, default=c.seq_len, help=f"tokens per step (default {c.seq_len})")
+    p.add_argument("--seq-len", type=int, default=c.seq_len, help=f"tokens per sequence (default {c.seq_len})")
+    p.add_argument("--batch", type=int, default=c.batch, help=f"sequences per step (default {c.batch})")
+    p.add_argument("--attn", default=c.attn, help=f"attention: eager (the paper's) or sdpa (flash kernels on a GPU; "
+                                                  f"default {c.attn})")
+    p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on (default off)")
     p.add_argument("--dtype", default=c.dtype, help=f"weight dtype: {', '.join(DTYPES)} (default {c.dtype})")
     p.add_argument("--seed", type=int, default=c.seed)
     p.add_argument("--data", help="Alpaca-format JSON file (needs --tokenizer; else synthetic tokens)")
@@ -57,7 +61,8 @@ def _case_from(args: argparse.Namespace):
                         bottleneck=args.bottleneck)
     return Case(model=args.model, method=method, select=args.select, select_opts=parse_options(args.select_opt),
                 optimizer_state=args.optimizer_state, backend=args.backend,
-                steps=args.steps, seq_len=args.seq_len, dtype=args.dtype, seed=args.seed, data=args.data,
+                steps=args.steps, seq_len=args.seq_len, batch=args.batch, attn=args.attn,
+                grad_checkpointing=args.grad_checkpointing, dtype=args.dtype, seed=args.seed, data=args.data,
                 tokenizer=args.tokenizer, data_mode=args.data_mode, optim=args.optim,
                 capacity=getattr(args, "capacity", None))
 
@@ -447,9 +452,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if command in (None, name):
             _case_args(p, **kw)
 
-    parser = argparse.ArgumentParser(prog="ist-bench", description="Memory and throughput profiling for PEFT "
-                                     "and layer-sparse tuning (IST) of LLMs.", epilog=EPILOG)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = Parser(prog="ist-bench", description="Memory and throughput profiling for PEFT "
+                    "and layer-sparse tuning (IST) of LLMs. Add --debug to any command for tracebacks.",
+                    epilog=EPILOG + " " + EXIT_CODES)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("memory", help="memory breakdown of one controlled training step",
                        description="Measure weights, activations, gradients, optimizer state and peak of "
@@ -573,10 +579,29 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 
+EXIT_CODES = ("exit codes: 0 done (every case ok or oom); 1 some cases failed, or `compare` found a regression; "
+              "2 bad input (one line on stderr; --debug shows the traceback); 130 interrupted")
+MAX_MESSAGE = 300
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line naming it (no usage block), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(message: str) -> str:
+    line = " ".join(str(message).split())
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     # peft still calls a transformers property that warns on every model; it is not the user's concern.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -585,7 +610,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as e:
-        print(f"ist-bench: error: {e}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"ist-bench: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a vanished or unwritable file: say which, keep what was written
+        if debug:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"ist-bench: error: {_one_line(e.strerror or e)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ist-bench: interrupted", file=sys.stderr)

@@ -33,7 +33,6 @@ GiB, MiB = 1 << 30, 1 << 20
 CONTEXT = 640 * MiB            # the CUDA context and start-up (NVML baseline on the lent H200: 610-640 MiB)
 MARGIN_FRACTION = 0.08
 MARGIN_MIN = 512 * MiB
-MAX_UNBOUNDED_LEN = 131072     # models without a position limit are searched up to this
 MAX_BATCH = 4096
 
 
@@ -84,7 +83,7 @@ class Fitter:
         self.base, self.target, self.granularity = base, tgt, granularity
         self.cache: dict[tuple, dict] = {}
         limit = zoo.max_positions(zoo.load_config(base.model))
-        self.max_len = (limit or MAX_UNBOUNDED_LEN) // granularity * granularity
+        self.max_len = (limit or zoo.UNBOUNDED_MAX_LEN) // granularity * granularity
         if self.max_len < granularity:
             raise UsageError(f"--granularity {granularity} is longer than {base.model}'s {limit} positions")
 

@@ -104,11 +104,16 @@ class Case:
         limit = zoo.max_positions(config)
         if limit is not None and self.seq_len > limit:
             raise UsageError(f"--seq-len {self.seq_len} is longer than {self.model}'s {limit} positions")
+        if limit is None and self.seq_len > zoo.UNBOUNDED_MAX_LEN:
+            raise UsageError(f"--seq-len {self.seq_len}: {self.model} has no position limit (ALiBi); ist-bench takes "
+                             f"at most {zoo.UNBOUNDED_MAX_LEN} tokens for such models")
         if self.method.name != "full":
             zoo.family(config)  # adapters need to know where the projections are
         elif self.select != "none":
             zoo.locate_layers(zoo.build_model(config, device="meta"))  # a policy needs the blocks
         backend = backends.resolve(self.backend)
+        if backend == "cpu":
+            _check_host_memory(self, config)
         if self.capacity is not None and backend == "cpu":
             raise UsageError("--capacity applies to the sim and cuda backends only")
         parse_bytes(self.capacity)
@@ -125,6 +130,26 @@ class Case:
         if self.optimizer_state not in OPTIMIZER_STATES:
             raise choice_error("optimizer-state policy", self.optimizer_state, OPTIMIZER_STATES)
         return make_policy(self.select, self.select_opts, seed=self.seed, optimizer_state=self.optimizer_state)
+
+
+def _check_host_memory(case: Case, config) -> None:
+    """Refuse a CPU case that would not fit in this machine's RAM (a 7B model on a laptop), up front.
+    A rough upper bound: weights, their gradients and AdamW moments if every parameter trains (else a
+    quarter more for adapters), and activations (34 bytes per token and hidden unit per layer, plus
+    eager attention's scores), per Korthikanti et al. 2022."""
+    import psutil
+
+    params = zoo.count_parameters(config)
+    size = DTYPES[case.dtype].itemsize
+    weights = params * size * (4 if case.method.name == "full" else 1.25)
+    tokens = case.seq_len * case.batch
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+    heads = getattr(config, "num_attention_heads", 1)
+    acts = layers * tokens * (34 * hidden + (5 * heads * case.seq_len if case.attn == "eager" else 0))
+    need, have = weights + acts, psutil.virtual_memory().total
+    if need > 0.8 * have:
+        raise UsageError(f"{case.model} on --backend cpu needs about {need / 2**30:.0f} GiB of host RAM; this machine "
+                         f"has {have / 2**30:.0f} GiB: use --backend sim (memory, any size) or cuda")
 
 
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float), "str | None": (str, type(None)), "dict": (dict,),

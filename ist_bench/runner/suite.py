@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     listed = spec.get("cases") or []
     if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
         raise UsageError(f"malformed suite {path}: 'cases' must be a list of mappings of case fields")
+    if not grid and not listed:
+        raise UsageError(f"suite {path} has no cases: give a grid: or a cases: list")
     keys = list(grid)
     values = [v if isinstance(v, list) else [v] for v in grid.values()]
     combos = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)] if grid else [{}]
@@ -110,9 +113,15 @@ def _matches(case: dict, rule: dict) -> bool:
 
 
 def jobs(suite: Suite, busy_gpu: str = "refuse") -> list[dict]:
-    """One job per case and kind (memory cases first), with the suite's timing settings."""
-    return [{"kind": kind, "case": c.to_dict(), "busy_gpu": busy_gpu, **(suite.timing if kind == "time" else {})}
-            for kind in suite.kinds for c in suite.cases]
+    """One job per case and kind (memory cases first), with the suite's timing settings.
+
+    For the fault-injection tests, IST_BENCH_FAULTS='{"3": "kill-mid-step"}' gives the suite's job 3
+    that fault (see runner/worker.py)."""
+    out = [{"kind": kind, "case": c.to_dict(), "busy_gpu": busy_gpu, **(suite.timing if kind == "time" else {})}
+           for kind in suite.kinds for c in suite.cases]
+    for i, fault in json.loads(os.environ.get("IST_BENCH_FAULTS") or "{}").items():
+        out[int(i)]["fault"] = fault
+    return out
 
 
 def job_cost(job: dict) -> float:

@@ -6,7 +6,10 @@ renamed), so a crash never leaves half a row. A parent can start it while the pr
 still holds the GPU and hand it a case only once the GPU is free; sim/CPU workers stay warm and
 take case after case. It exits at the end of its input.
 
-`fault` in a job ("raise", "kill", "hang") injects a failure, for the fault-injection tests.
+`fault` in a job injects a failure, for the fault-injection tests: "raise" (the worker crashes),
+"kill" (SIGKILL before the case), "kill-mid-step" (SIGKILL while the case runs), "hang" (never
+answers), "invalid" (a setting that no longer validates, as when a file changed after the suite
+was checked).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -42,6 +46,10 @@ def main() -> int:
             os.kill(os.getpid(), signal.SIGKILL)
         if fault == "hang":
             time.sleep(3600)
+        if fault == "kill-mid-step":
+            threading.Timer(float(job.get("kill_after_s", 1.0)), os.kill, (os.getpid(), signal.SIGKILL)).start()
+        if fault == "invalid":
+            job["case"] = {**job["case"], "seq_len": 10**9}
         try:
             case = Case.from_dict(job["case"]).check()
             busy = job.get("busy_gpu", "refuse")

@@ -82,6 +82,9 @@ def load_config(name_or_path: str):
         raise UsageError(f"cannot build a config of model_type {model_type!r}: {first}") from None
 
 
+UNBOUNDED_MAX_LEN = 32768   # the longest --seq-len taken for a model without a position limit (ALiBi)
+
+
 def max_positions(config) -> int | None:
     """Longest sequence the model's position embeddings allow (None: no limit, e.g. ALiBi)."""
     for key in ("max_position_embeddings", "n_positions"):
