@@ -20,8 +20,8 @@ def test_memory_prints_a_table_and_writes_the_json_row(tmp_path, capsys):
     assert main(["memory", "--model", "tiny-llama", "--method", "series", "--select", "rst",
                  "--seq-len", "64", "--steps", "3", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    for label in ("weights", "activations", "gradients", "optimizer state", "peak", "data=synthetic",
-                  "attn_implementation=eager", "gradient_checkpointing=False"):
+    for label in ("weights", "activations", "gradients", "optimizer state", "peak", "(synthetic)",
+                  "eager attention", "checkpointing off", "batch 1 x 64 tokens"):
         assert label in text
     row = json.loads(out.read_text())
     assert row["status"] == "ok" and row["backend"] == "sim" and len(row["memory"]["steps"]) == 3 + 1  # + the steady step

@@ -45,13 +45,14 @@ def test_sample_mode_uses_one_sample_per_step_truncated(tokenizer_file):
     limit = sorted(real)[len(real) // 2]                           # truncates about half of them
     cut = TokenBatches(limit, 300, data=SAMPLE_FILE, tokenizer=tokenizer_file, mode="sample")
     assert [cut.ids(i).shape[1] for i in range(24)] == [min(n, limit) for n in real]
-    assert long.describe() == {"data": "alpaca", "seq_len": 4096, "mode": "sample", "samples": 24}
+    assert long.describe() == {"data": "alpaca", "batch": 1, "max_len": 4096, "mode": "sample", "samples": 24,
+                               "mean_len": round(sum(real) / len(real), 1)}   # the lengths used, not the cap
 
 
 def test_synthetic_tokens_are_deterministic_and_labelled():
     a, b = TokenBatches(128, 1000, seed=3), TokenBatches(128, 1000, seed=3)
     assert torch.equal(a.ids(5), b.ids(5)) and not torch.equal(a.ids(5), a.ids(6))
-    assert a.ids(0).max() < 1000 and a.describe() == {"data": "synthetic", "seq_len": 128}
+    assert a.ids(0).max() < 1000 and a.describe() == {"data": "synthetic", "batch": 1, "seq_len": 128}
 
 
 def test_data_errors_are_usage_errors(tmp_path, tokenizer_file):
@@ -73,3 +74,13 @@ def test_memory_on_alpaca_data_is_recorded_as_alpaca(tokenizer_file):
     from tests.conftest import memory_row
     row = memory_row("tiny-llama", "lora", backend="sim", data=str(SAMPLE_FILE), tokenizer=str(tokenizer_file))
     assert row["settings"]["data"] == "alpaca"
+
+
+def test_the_footer_says_sample_mode_lengths_not_the_cap(tokenizer_file):
+    from ist_bench.report.console import settings_line
+    from ist_bench.runner.case import Case
+    from ist_bench.runner.memory import measure_memory
+    row = measure_memory(Case(model="tiny-llama", backend="sim", steps=1, seq_len=1024, data=str(SAMPLE_FILE),
+                              tokenizer=str(tokenizer_file), data_mode="sample").check())
+    line = settings_line(row)
+    assert "one Alpaca sample per step (max 1024, mean" in line and "x 1024 tokens" not in line

@@ -105,13 +105,24 @@ def print_memory(row: dict) -> None:
             console.print(f"NVML {n['nvml_source']} memory: peak {human(n['nvml_peak'])}, of which CUDA context "
                           f"and start-up {human(n['nvml_baseline'])}", style="dim")
     if "settings" in row:
-        st = row["settings"]
-        info = (f"params {row['params'] / 1e6:,.1f}M · trainable {row['trainable_params'] / 1e6:,.2f}M · "
-                f"{row['n_layers']} layers · " + " · ".join(f"{k}={v}" for k, v in st.items()))
-        console.print(info, style="dim")
+        console.print(settings_line(row), style="dim")
         if row["backend"] == "sim":
             console.print("sim: meta tensors, exact tensor bytes; allocator block rounding and the cuBLAS "
                           "workspaces are modelled (Hopper), not measured.", style="dim")
+
+
+def settings_line(row: dict) -> str:
+    """The settings the step actually used, in one line (also the data source and real lengths)."""
+    st = row["settings"]
+    data = st.get("data", "synthetic")
+    if "mean_len" in st:
+        tokens = f"one Alpaca sample per step (max {st['max_len']}, mean {st['mean_len']} tokens)"
+    else:
+        tokens = f"batch {st.get('batch', 1)} x {st.get('seq_len')} tokens ({data})"
+    return (f"{row['params'] / 1e9:.2f}B params, {row['trainable_params'] / 1e6:,.2f}M trainable, {row['n_layers']} "
+            f"layers · {tokens} · {st['dtype']} · {st['attn_implementation']} attention · checkpointing "
+            f"{'on' if st['gradient_checkpointing'] else 'off'} · {st['optimizer']} · optimizer state "
+            f"{st.get('optimizer_state', 'keep')} · {st['device']}")
 
 
 def print_time(row: dict) -> None:

@@ -35,7 +35,10 @@ def validation_frame(rows: list[dict]) -> pd.DataFrame:
     for cuda, sim in pair_rows(rows):
         c = cuda["case"]
         method, select = c["method"]["name"], c["select"]
-        rec = {"model": c["model"], "method": method if select == "none" else f"{method}+{select}({c['layers']:g})",
+        knobs = "".join(f" {k}={c[k]}" for k in ("batch", "attn", "grad_checkpointing", "seq_len")
+                        if k in c and c[k] != {"batch": 1, "attn": "eager", "grad_checkpointing": False,
+                                               "seq_len": 1024}[k])
+        rec = {"model": c["model"], "method": (method if select == "none" else f"{method}+{select}") + knobs,
                "cuda status": cuda["status"], "sim status": sim["status"]}
         if cuda["status"] == "ok" and sim["status"] == "ok":
             cs, ss = cuda["memory"]["summary"], sim["memory"]["summary"]
