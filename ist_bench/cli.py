@@ -294,8 +294,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ist_bench.report.console import console
     from ist_bench.report.render import render
+    from ist_bench.results import read_rows
 
     paths = [Path(p) for p in args.results]
+    for p in paths:
+        read_rows(p)           # a missing or malformed input fails before anything is written
     out = Path(args.out) if args.out else Path("reports") / paths[0].stem
     if out.suffix in (".md", ".tex", ".csv"):
         out = out.with_suffix("")
@@ -377,23 +380,26 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _check_writable(path: str | None) -> None:
-    """Fail before the work, not after it, on an output path we cannot append to."""
+    """Fail before the work, not after it, on an output path we cannot write (leaves no file behind)."""
     if not path:
         return
+    p = Path(path)
+    existed = p.exists()
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a"):
             pass
+        if not existed:
+            p.unlink()
     except OSError as e:
         raise UsageError(f"cannot write results to {path}: {e.strerror or e}") from None
 
 
 def _append_json(path: str | None, rows: list[dict]) -> None:
-    """Append rows to a path `_check_writable` has already vetted (and whose folder it made)."""
+    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted."""
     if path:
-        with open(path, "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        from ist_bench.results import append_rows
+        append_rows(path, rows)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -114,6 +114,8 @@ def importance(rows: list[dict], path) -> str | None:
     if not runs:
         return None
     run = max(runs, key=lambda r: len(r["selection"]["history"]))
+    if len(run["selection"]["history"]) < 20:   # a memory case's few steps say nothing about learning
+        return None
     hist = [h for h in run["selection"]["history"] if "importance" in h]
     imp = np.array([h["importance"] for h in hist]).T
     n_layers = imp.shape[0]
