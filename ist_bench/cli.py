@@ -277,8 +277,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             table.add_row(name, "[red]none[/]", f"{human(a.over_by)} over", a.dominant, "0")
     console.print(table)
     console.print(f"lengths in steps of {args.granularity} tokens; a step fits when sim's estimated allocated peak "
-                  f"plus a margin (max({fit.MARGIN_FRACTION:.0%}, {fit.MARGIN_MIN // (1 << 20)} MiB): the caching "
-                  f"allocator's reserve) is within {human(tgt.usable)}; batch 1, {args.attn} attention, "
+                  f"plus a margin (the caching allocator's reserve: max({fit.PEFT_MARGIN:.0%}, "
+                  f"{fit.MARGIN_MIN // (1 << 20)} MiB), full fine-tuning {fit.MARGIN_FRACTION['full']:.0%}) is within "
+                  f"{human(tgt.usable)}; batch 1, {args.attn} attention, "
                   f"checkpointing {'on' if args.grad_checkpointing else 'off'}; (limit): the model's position "
                   f"limit; {time.time() - start:.0f} s",
                   style="dim")
@@ -320,7 +321,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                             memory_floor=parse_bytes(args.memory_floor),
                             device_factor=_factor("--device-factor", args.device_factor),
                             wall_factor=_factor("--wall-factor", args.wall_factor),
-                            p_value=args.p_value)
+                            p_value=args.p_value, gate_wall=args.gate_wall)
     if not 0 < th.p_value < 1:
         raise UsageError(f"--p-value must be in (0, 1), got {th.p_value:g}")
     for path in (args.markdown, args.junit):
@@ -329,7 +330,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table = Table(title=f"{args.baseline} -> {args.current}", title_justify="left")
     for col in ("outcome", "case", "figure", "baseline", "current", "note"):
         table.add_column(col, overflow="fold", no_wrap=col in ("outcome", "figure", "baseline", "current"))
-    colors = {"regressed": "red", "improved": "green", "missing": "yellow", "new": "cyan"}
+    colors = {"regressed": "red", "improved": "green", "missing": "yellow", "new": "cyan", "advisory": "yellow"}
     for f in cmp.findings:
         if f.outcome != "unchanged" or args.all:
             table.add_row(f"[{colors.get(f.outcome, 'white')}]{f.outcome}[/]", f.case, f.figure,
@@ -562,6 +563,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--wall-factor", type=float, default=1.10, help="wall median slow-down (default 1.10)")
     p.add_argument("--p-value", type=float, default=0.002, help="Mann-Whitney U threshold (default 0.002)")
     p.add_argument("--allow-mismatch", action="store_true", help="compare across GPUs, backends or versions")
+    p.add_argument("--gate-wall", action="store_true", help="also fail on wall time where GPU busy time exists "
+                                                            "(off: wall time then only moves with the host)")
     p.add_argument("--markdown", help="also write a Markdown summary here (a PR comment)")
     p.add_argument("--junit", help="also write JUnit XML here")
     p.add_argument("--all", action="store_true", help="also list unchanged figures")

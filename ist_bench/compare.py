@@ -12,7 +12,9 @@ Cases are paired by every case setting (model, method, policy and its options, b
   wall time alone moves with the host, so it needs both to fail the gate.
 - a case that was ok and now is not (oom, error, crash) is a regression; the reverse an improvement.
 
-Outcomes: improved, unchanged, regressed, missing (in the baseline only), new (in current only).
+Outcomes: improved, unchanged, regressed, missing (in the baseline only), new (in current only),
+and advisory: a wall-time change where the GPU's busy time was measured (wall time alone is not
+gated there unless `gate_wall`: it moves with the host; see docs/ci.md for the false alarms seen).
 Exit codes: 1 on any regression, else 0; 2 on bad input, including results from another GPU,
 backend or package versions (unless allow_mismatch).
 """
@@ -39,6 +41,7 @@ class Thresholds:
     device_factor: float = 1.05      # GPU busy time per phase
     wall_factor: float = 1.10        # wall median per step (and the U test below)
     p_value: float = 0.002
+    gate_wall: bool = False          # fail on wall time even where GPU busy time was measured
 
 
 @dataclass
@@ -61,7 +64,7 @@ class Comparison:
         return [f for f in self.findings if f.outcome == "regressed"]
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(("regressed", "improved", "unchanged", "missing", "new"), 0)
+        out = dict.fromkeys(("regressed", "improved", "unchanged", "advisory", "missing", "new"), 0)
         for f in self.findings:
             out[f.outcome] += 1
         return out
@@ -158,14 +161,18 @@ def _compare_time(name: str, b: dict, c: dict, th: Thresholds) -> list[Finding]:
     ratio = y / x
     slower = mannwhitneyu(tc["steps_ms"], tb["steps_ms"], alternative="greater").pvalue
     faster = mannwhitneyu(tc["steps_ms"], tb["steps_ms"], alternative="less").pvalue
+    note = f"x{ratio:.3f}, U-test p={min(slower, faster):.2g}"
     if ratio > th.wall_factor and slower < th.p_value:
         outcome = "regressed"
     elif ratio < 1 / th.wall_factor and faster < th.p_value:
         outcome = "improved"
     else:
         outcome = "unchanged"
-    out.append(Finding(name, "time", "wall step ms (median)", outcome, x, y,
-                       f"x{ratio:.3f}, U-test p={min(slower, faster):.2g}"))
+    if outcome != "unchanged" and db and dc and not th.gate_wall:
+        # With the GPU's own busy time measured, wall time only tells how busy the host was: between
+        # two processes on the lent H200 it moved by up to 28% while busy time moved < 0.2%.
+        outcome, note = "advisory", note + "; wall time, not gated (GPU busy time is; --gate-wall)"
+    out.append(Finding(name, "time", "wall step ms (median)", outcome, x, y, note))
     return out
 
 
@@ -193,7 +200,8 @@ def markdown(cmp: Comparison, baseline: str, current: str) -> str:
     if shown:
         lines += ["| outcome | case | figure | baseline | current | note |", "|---|---|---|---|---|---|"]
         lines += [f"| {f.outcome} | {f.case} | {f.figure} | {_fmt(f.baseline)} | {_fmt(f.current)} | {f.note} |"
-                  for f in sorted(shown, key=lambda f: ("regressed", "improved", "missing", "new").index(f.outcome))]
+                  for f in sorted(shown, key=lambda f: ("regressed", "improved", "advisory", "missing",
+                                                         "new").index(f.outcome))]
     else:
         lines.append("Every figure unchanged within its threshold.")
     return "\n".join(lines) + "\n"

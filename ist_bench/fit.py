@@ -4,14 +4,16 @@ searched on sim (seconds, no GPU).
 Each probe is sim's steady-state step alone (`steps=0`: a long run's optimizer state, the policy's
 worst draw and its importance round), whose estimated allocated peak decides. A length fits when
 
-    estimate + margin <= usable,   margin = max(MARGIN_FRACTION x estimate, MARGIN_MIN)
+    estimate + margin <= usable,   margin = max(fraction x estimate, MARGIN_MIN)
 
 - `usable`: for a named card, its memory minus the CUDA context (CONTEXT, measured); for a size
   (`--gpu 40GiB`), that size, as `--capacity` caps the caching allocator (context outside).
 - `margin`: what the caching allocator reserves beyond what it hands out (fragmentation, cached
-  blocks it cannot return): reserved over allocated was at most 7.3% (LLaMA-13B full fine-tuning)
-  in our H200 Table-1 rows and at most 351 MiB on small models (results/validation/h200.jsonl);
-  the GPU check of fit's answers is in results/fit/ (see docs/fit.md).
+  blocks it cannot return). Measured on the H200 (results/validation/h200.jsonl, results/gpu/):
+  reserved over allocated reached 7.3% for full fine-tuning (LLaMA-13B) and 4.4% for PEFT
+  methods, at most 351 MiB on small models; under a capped allocator at fit's boundaries, 1.7-3.6%.
+  So the fraction is 8% for full fine-tuning, 4% for PEFT methods, and never less than 512 MiB.
+  The GPU check of fit's answers is in docs/fit.md.
 
 Memory grows with length (quadratically with eager attention) and batch, so the search fits a
 quadratic to three probes, predicts the boundary and then probes around it until it holds a
@@ -31,7 +33,8 @@ from ist_bench.units import parse_bytes
 
 GiB, MiB = 1 << 30, 1 << 20
 CONTEXT = 640 * MiB            # the CUDA context and start-up (NVML baseline on the lent H200: 610-640 MiB)
-MARGIN_FRACTION = 0.08
+MARGIN_FRACTION = {"full": 0.08}    # by method; PEFT methods: PEFT_MARGIN
+PEFT_MARGIN = 0.04
 MARGIN_MIN = 512 * MiB
 MAX_BATCH = 4096
 
@@ -58,8 +61,12 @@ def target(spec: str) -> Target:
     return Target(spec, size, f"{size / GiB:.1f} GiB for the caching allocator (as --capacity; context outside)")
 
 
-def margin(estimate: int) -> int:
-    return max(int(MARGIN_FRACTION * estimate), MARGIN_MIN)
+def margin(estimate: int, method: str = "lora") -> int:
+    return max(int(fraction(method) * estimate), MARGIN_MIN)
+
+
+def fraction(method: str) -> float:
+    return MARGIN_FRACTION.get(method, PEFT_MARGIN)
 
 
 @dataclass
@@ -99,9 +106,12 @@ class Fitter:
             self.cache[key] = {"peak": row["memory"]["summary"]["run_allocated_peak_est"], "at_peak": step["at_peak"]}
         return self.cache[key]
 
+    def margin(self, peak: int) -> int:
+        return margin(peak, self.base.method.name)
+
     def fits(self, seq_len: int, batch: int = 1) -> bool:
         peak = self.probe(seq_len, batch)["peak"]
-        return peak + margin(peak) <= self.target.usable
+        return peak + self.margin(peak) <= self.target.usable
 
     @staticmethod
     def largest(fits, lo: int, hi: int, guess: int) -> int:
@@ -137,14 +147,14 @@ class Fitter:
         coeff = np.polyfit(xs, peaks, deg=min(2, len(xs) - 1))
         grid = np.arange(1, 1 + max(xs) * 64)
         est = np.polyval(coeff, grid)
-        ok = grid[est + np.maximum(MARGIN_FRACTION * est, MARGIN_MIN) <= self.target.usable]
+        ok = grid[est + np.maximum(fraction(self.base.method.name) * est, MARGIN_MIN) <= self.target.usable]
         return float(ok.max()) if len(ok) else 1.0
 
     def seq_len(self, answer: Answer) -> None:
         g = self.granularity
         first = self.probe(g)["peak"]
-        if first + margin(first) > self.target.usable:
-            answer.fits, answer.over_by = False, first + margin(first) - self.target.usable
+        if first + self.margin(first) > self.target.usable:
+            answer.fits, answer.over_by = False, first + self.margin(first) - self.target.usable
             answer.dominant = _dominant(self.probe(g)["at_peak"])
             return
         kmax = self.max_len // g
@@ -162,7 +172,7 @@ class Fitter:
             return
         p1, p2 = self.probe(seq_len, 1)["peak"], self.probe(seq_len, 2)["peak"]
         per = max(1, p2 - p1)
-        guess = int((self.target.usable - p1) / per / (1 + MARGIN_FRACTION)) + 1
+        guess = int((self.target.usable - p1) / per / (1 + fraction(self.base.method.name))) + 1
         answer.batch_len = seq_len
         answer.max_batch = self.largest(lambda b: self.fits(seq_len, b), 1, MAX_BATCH, guess)
 

@@ -16,17 +16,16 @@ def _job(**fault):
     return {"kind": "memory", "case": case.to_dict(), **fault}
 
 
-def test_raising_killed_hanging_and_oom_cases_become_rows_while_the_others_complete():
+def test_raising_killed_and_oom_cases_become_rows_while_the_others_complete():
+    """(A hang past the timeout, a kill mid-step and an invalid case: tests/test_faults.py.)"""
     oom = _job()
     oom["case"]["capacity"] = "64KB"
-    jobs_ = [_job(), _job(fault="raise"), _job(fault="kill"), oom, _job(fault="hang"), _job()]
-    rows = list(run_isolated(jobs_, timeout_s=25))
-    assert [r["status"] for r in rows] == ["ok", "crashed", "killed", "oom", "timeout", "ok"]
+    rows = list(run_isolated([_job(), _job(fault="raise"), _job(fault="kill"), oom, _job()]))
+    assert [r["status"] for r in rows] == ["ok", "crashed", "killed", "oom", "ok"]
     assert "injected failure" in rows[1]["log_tail"]
     assert rows[2]["error"] == "worker killed by signal 9"
     assert "capacity" in rows[3]["error"] and rows[3]["peak_reached"] > 64_000
-    assert rows[4]["error"].startswith("no result within 25")
-    assert rows[0]["memory"]["steps"] and rows[5]["memory"]["steps"]
+    assert rows[0]["memory"]["steps"] and rows[4]["memory"]["steps"]
     assert all(r["case"]["model"] == "tiny-llama" for r in rows)
 
 
@@ -72,6 +71,6 @@ def test_bad_suites_fail_before_any_case_runs(tmp_path):
 
 
 def test_shipped_suites_are_valid():
-    for name in ("smoke", "table1", "table13"):
-        suite = load_suite(f"suites/{name}.yaml", backend="cpu")
+    for name in ("smoke", "table1", "table13", "policies", "ci-sim", "ci-gpu", "knobs", "oom", "fit-check"):
+        suite = load_suite(f"suites/{name}.yaml", backend="sim")
         assert suite.cases

@@ -52,7 +52,7 @@ def test_adalora_timing_schedule_spans_warmup_and_timed_steps():
 
 
 def test_time_refuses_models_too_big_for_the_cpu_and_sim(capsys):
-    assert main(["time", "--model", "llama-7b", "--backend", "cpu"]) == 2
+    assert main(["time", "--model", "gpt2-large", "--backend", "cpu"]) == 2
     assert "too big to time on the CPU" in capsys.readouterr().err
     assert main(["time", "--model", "tiny-llama", "--backend", "sim"]) == 2
     assert "timing needs real compute" in capsys.readouterr().err
@@ -69,3 +69,14 @@ def test_ab_compare_alternates_policies_in_fresh_processes(tmp_path, capsys):
     assert [r["case"]["select"] for r in rows] == ["none", "rst", "none", "rst"]
     assert len({r["provenance"]["pid"] for r in rows}) == 4
     assert "step time rst/none" in capsys.readouterr().out
+
+
+def test_flops_per_step_count_a_training_step_without_importance_forwards():
+    """IST's FLOP-counted step must not include an importance round, even when one falls due on it."""
+    rows = {}
+    for select in ("none", "ist"):
+        case = Case(model="tiny-llama", method=MethodSpec(name="lora"), select=select, backend="cpu", seq_len=32,
+                    steps=9, select_opts={"layers": 1.0} if select == "ist" else {}).check()
+        rows[select] = measure_time(case, warmup=0)      # the FLOP step is step 9 + 1 = 10: a round is due
+        assert rows[select]["status"] == "ok", rows[select].get("error")
+    assert rows["ist"]["time"]["device"]["flops_per_step"] == rows["none"]["time"]["device"]["flops_per_step"]

@@ -148,7 +148,7 @@ def fit_curves(model: str, target, answers, path) -> str:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for a in answers:
         xs = sorted(int(k) for k in a.probes)
-        ys = [(a.probes[str(x)] + margin(a.probes[str(x)])) / GiB for x in xs]
+        ys = [(a.probes[str(x)] + margin(a.probes[str(x)], a.method)) / GiB for x in xs]
         label = a.method + ("" if a.select == "none" else f"+{a.select}")
         ax.plot(xs, ys, marker="o", ms=3, label=label)
     ax.axhline(target.usable / GiB, color="black", ls="--", lw=1)

@@ -75,8 +75,8 @@ def measure_time(case: Case, warmup: int = 10, *, profile_steps: int | None = No
         b = build(case)
         row.update(b.info)
 
-        def run(steps, meters=()):
-            run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, steps, meters=meters,
+        def run(steps, meters=(), force=None):
+            run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, steps, meters=meters, force=force,
                       after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
         tell = (lambda stage, n: [_Progress(progress, stage, n)]) if progress else (lambda stage, n: [])
         run(range(warmup), tell("warm-up", warmup))
@@ -155,7 +155,7 @@ def _device_busy(run, steps: range, wall_phases: dict, tell) -> dict:
 def _flops(run, step: int, wall_step_ms: float, busy_ms: dict, cuda: bool) -> dict:
     """FLOPs of one training step (importance forwards not included), TFLOP/s on the wall step
     time and on the device busy time, and MFU against the card's dense bf16 peak."""
-    flops = count_flops(lambda: run([step]))
+    flops = count_flops(lambda: run([step], force={"importance": False}))   # a training step, no round
     out = {"flops_per_step": flops, "tflops_wall": flops / (wall_step_ms / 1e3) / 1e12}
     if busy_ms.get("step"):
         out["tflops_busy"] = flops / (busy_ms["step"] / 1e3) / 1e12
