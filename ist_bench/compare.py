@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 
 from ist_bench.errors import UsageError
-from ist_bench.results import case_key, read_rows
+from ist_bench.results import case_key, case_label, read_rows
 
 MiB = 1 << 20
 MEMORY_FIGURES = ("weights", "activations", "gradients", "optimizer", "method_state", "peak",
@@ -71,12 +71,7 @@ class Comparison:
 
 
 def title(row: dict) -> str:
-    c = row["case"]
-    sel = "" if c.get("select", "none") == "none" else f"+{c['select']}"
-    opts = c.get("select_opts") or {}
-    if opts:
-        sel += "(" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + ")"
-    return f"{row.get('kind', 'memory')}: {c['model']} {c['method']['name']}{sel} [{row.get('backend')}]"
+    return f"{row.get('kind', 'memory')}: {row['case']['model']} {case_label(row['case'])} [{row.get('backend')}]"
 
 
 def environment(rows: list[dict]) -> dict[str, set]:

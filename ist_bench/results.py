@@ -27,6 +27,17 @@ def case_key(case: dict) -> str:
     return json.dumps(case, sort_keys=True)
 
 
+def case_label(case: dict) -> str:
+    """`lora`, `lora+ist`, `lora+ist(mu=100)`: the method, the policy and its options."""
+    name = case["method"]["name"]
+    if case.get("select", "none") != "none":
+        name += f"+{case['select']}"
+        opts = case.get("select_opts") or {}
+        if opts:
+            name += "(" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + ")"
+    return name
+
+
 def append_rows(path: str | Path, rows) -> None:
     """Append rows to `path`, each flushed and fsynced before the next (a crash loses none)."""
     with open(path, "a") as f:

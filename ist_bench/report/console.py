@@ -7,17 +7,14 @@ import contextlib
 from rich.console import Console
 from rich.table import Table
 
+from ist_bench.results import case_label
 from ist_bench.units import human, in_unit, unit_for
 
 console = Console()
 NOISY = 1.05  # step-time p90/p10 above which a timing run is flagged
 
 def _title(case: dict) -> str:
-    sel = ""
-    if case["select"] != "none":
-        opts = ",".join(f"{k}={v}" for k, v in case.get("select_opts", {}).items())
-        sel = f" + {case['select']}" + (f"({opts})" if opts else "")
-    return f"{case['model']} · {case['method']['name']}{sel}"
+    return f"{case['model']} · {case_label(case)}"
 
 
 # (summary key, label, at-peak key)

@@ -14,6 +14,8 @@ from importlib import resources
 
 import pandas as pd
 
+from ist_bench.results import case_label
+
 GiB = 1 << 30
 PAPER = json.loads((resources.files("ist_bench.report") / "paper.json").read_text())
 MODEL_ORDER = list(PAPER["table1"]["models"])
@@ -29,16 +31,7 @@ FIGURES = {
 }
 
 
-def column(case: dict) -> str:
-    """`lora`, `lora+ist`, `lora+ist(mu=100)`: the method, the policy and any non-default option."""
-    name = case["method"]["name"]
-    if case.get("select", "none") != "none":
-        name += f"+{case['select']}"
-        opts = case.get("select_opts") or {}
-        if opts:
-            name += "(" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + ")"
-    return name
-
+column = case_label   # a Table-1 column: method + policy
 
 def _column_order(cols) -> list[str]:
     def key(c):
