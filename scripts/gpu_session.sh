@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement the committed results come from, in parts that fit one device call each.
-# Run from the repo root on the lent GPU box: IST_BENCH_GIT_COMMIT=<sha> scripts/gpu_session.sh A|B|C
+# Run from the repo root on the lent GPU box: IST_BENCH_GIT_COMMIT=<sha> scripts/gpu_session.sh A|B|C|D
 # Rows, logs and a tarball go to $OUT.
 set -u
 . scripts/device-env.sh
@@ -34,7 +34,18 @@ C)  # the regression gate: ci-gpu twice (no false alarm), once with a regression
     cp results/gpu/fit-check-h200.jsonl "$out/r/fit-check-h200.jsonl"
     ist run suites/fit-check.yaml --out "$out/r/fit-check-h200.jsonl" --resume --timeout 120 | tail -14
     ;;
-*)  echo "usage: scripts/gpu_session.sh A|B|C"; exit 2 ;;
+D)  # (a later session) fit's batch answers and the 64 GiB Series case; three more plain reruns of
+    # ci-gpu, each compared with the committed baseline, for the false-alarm rate
+    log "fit (batch)"
+    cp results/gpu/fit-check-h200.jsonl "$out/r/fit-check-h200.jsonl"
+    ist run suites/fit-check.yaml --out "$out/r/fit-check-h200.jsonl" --resume --timeout 120 | tail -16
+    for k in 3 4 5; do
+      log "ci $k";  ist run suites/ci-gpu.yaml --out "$out/r/ci-gpu-$k.jsonl" --timeout 300 | tail -2
+      ist compare results/baselines/nvidia-h200.jsonl "$out/r/ci-gpu-$k.jsonl" --markdown "$out/r/compare-ci-$k.md" \
+        > "$out/r/compare-ci-$k.txt"; echo "compare exit $?"; tail -4 "$out/r/compare-ci-$k.txt"
+    done
+    ;;
+*)  echo "usage: scripts/gpu_session.sh A|B|C|D"; exit 2 ;;
 esac
 tar -C "$out" -czf "$out/results-$1.tgz" r
 log done
