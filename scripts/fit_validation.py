@@ -22,7 +22,7 @@ for cap in ("24GiB", "40GiB", "64GiB"):
         f = fit.Fitter(base, fit.target(cap), G)
         a = fit.Answer(method, select, fits=False, granularity=G)
         f.seq_len(a)
-        raw = f.largest(lambda k: f.probe(k * G)["peak"] <= f.target.usable, 1, f.max_len // G,
+        raw = f.largest(lambda k, f=f: f.probe(k * G)["peak"] <= f.target.usable, 1, f.max_len // G,
                         (a.max_seq_len or G) // G) * G
         probe = sorted({a.max_seq_len, raw, min(raw + G, f.max_len)})
         cells.append({"cap": cap, "method": method, "select": select, "fit": a.max_seq_len, "raw": raw,
@@ -31,7 +31,7 @@ for cap in ("24GiB", "40GiB", "64GiB"):
             lengths.add((cap, method, select, L, 1))
         f.batch(a, 1024)
         if a.max_batch:
-            raw_b = f.largest(lambda b: f.probe(1024, b)["peak"] <= f.target.usable, 1, fit.MAX_BATCH, a.max_batch)
+            raw_b = f.largest(lambda b, f=f: f.probe(1024, b)["peak"] <= f.target.usable, 1, fit.MAX_BATCH, a.max_batch)
             probe_b = sorted({a.max_batch, raw_b, raw_b + 1})
             cells.append({"cap": cap, "method": method, "select": select, "seq_len": 1024, "fit_batch": a.max_batch,
                           "raw_batch": raw_b, "est": {b: f.probe(1024, b)["peak"] for b in probe_b}})
