@@ -115,17 +115,15 @@ def cmd_time(args: argparse.Namespace) -> int:
     if case.backend == "cpu" and params > CPU_TIME_MAX_PARAMS:
         raise UsageError(f"{case.model} has {params / 1e9:.1f}B parameters: too big to time on the CPU "
                          f"(limit {CPU_TIME_MAX_PARAMS / 1e6:.0f}M); use --backend cuda")
+    if args.profile_steps is not None and args.profile_steps < 0:
+        raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
     if args.compare_select:
-        if args.profile_steps is not None and args.profile_steps < 0:
-            raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
         jobs = [{"kind": "time", "case": v.to_dict(), "warmup": args.warmup, "profile_steps": args.profile_steps,
                  "busy_gpu": args.busy_gpu} for _ in range(args.rounds) for v in variants]   # A B A B ...
         rows = list(run_isolated(jobs))
         print_compare(rows, names)
     else:
         from ist_bench.report.console import step_progress
-        if args.profile_steps is not None and args.profile_steps < 0:
-            raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
         if args.overhead_blocks < 0:
             raise UsageError(f"--overhead-blocks must be >= 0, got {args.overhead_blocks}")
         with step_progress() as progress:
@@ -173,9 +171,9 @@ def _run_suite(args: argparse.Namespace, ready: list) -> int:
     import signal
 
     from ist_bench.report.console import console, print_suite_progress
-    from ist_bench.results import read_rows
+    from ist_bench.results import read_rows, row_key
     from ist_bench.runner.isolate import run_isolated
-    from ist_bench.runner.suite import job_cost, job_key, jobs, load_suite
+    from ist_bench.runner.suite import job_cost, jobs, load_suite
 
     suite = load_suite(args.suite, backend=args.backend)
     gpu_or_timed = "time" in suite.kinds or any(c.backend == "cuda" for c in suite.cases)
@@ -187,8 +185,8 @@ def _run_suite(args: argparse.Namespace, ready: list) -> int:
     _check_writable(str(out))
     todo = jobs(suite, busy_gpu=args.busy_gpu)
     if args.resume:
-        finished = {job_key(r.get("kind", "memory"), r["case"]) for r in read_rows(out) if r["status"] in ("ok", "oom")}
-        todo = [j for j in todo if job_key(j["kind"], j["case"]) not in finished]
+        finished = {row_key(r) for r in read_rows(out) if r["status"] in ("ok", "oom")}
+        todo = [j for j in todo if row_key(j) not in finished]
     if args.jobs > 1:
         todo.sort(key=job_cost, reverse=True)   # the largest first: lanes finish together
     console.print(f"{suite.name}: {len(todo)} of {len(suite.cases) * len(suite.kinds)} cases to run; rows {mode} {out}")
@@ -238,12 +236,12 @@ def _run_output(args: argparse.Namespace, suite) -> tuple[Path, str]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from ist_bench.report.validation import validation_report
-    from ist_bench.results import read_rows
+    from ist_bench.results import read_rows, write_atomic
 
     _check_writable(args.md)
     text = validation_report(read_rows(args.results))
     if args.md:
-        Path(args.md).write_text(text)
+        write_atomic(args.md, text)
     print(text)
     return 0
 
@@ -269,12 +267,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for col in ("method", "longest seq", "peak there", "dominant", f"batch @{answers[0].batch_len}"):
         table.add_column(col, justify="left" if col in ("method", "dominant") else "right")
     for a in answers:
-        name = a.method + ("" if a.select == "none" else f"+{a.select}")
         if a.fits:
-            table.add_row(name, f"{a.max_seq_len:,}" + (" (limit)" if a.at_limit else ""), human(a.peak_at_max),
+            table.add_row(a.label, f"{a.max_seq_len:,}" + (" (limit)" if a.at_limit else ""), human(a.peak_at_max),
                           a.dominant, str(a.max_batch))
         else:
-            table.add_row(name, "[red]none[/]", f"{human(a.over_by)} over", a.dominant, "0")
+            table.add_row(a.label, "[red]none[/]", f"{human(a.over_by)} over", a.dominant, "0")
     console.print(table)
     console.print(f"lengths in steps of {args.granularity} tokens; a step fits when sim's estimated allocated peak "
                   f"plus a margin (the caching allocator's reserve: max({fit.PEFT_MARGIN:.0%}, "
@@ -455,6 +452,8 @@ def _busy_arg(p: argparse.ArgumentParser) -> None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the case options (whose defaults come from the heavy modules) are added only to
     `command`'s subparser, so `report`, `models` or a bad option answer without importing torch."""
+    from ist_bench.measure.cards import CARDS
+
     def case_args(p: argparse.ArgumentParser, name: str, **kw) -> None:
         if command in (None, name):
             _case_args(p, **kw)
@@ -526,8 +525,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                    "far over a case is that fits at no length. Conservative by a measured margin "
                                    "for the caching allocator (docs/fit.md).")
     p.add_argument("--model", default="llama-7b", help="zoo name or config.json (default llama-7b)")
-    p.add_argument("--gpu", required=True, help="a card (rtx4090, rtx3090, l4, a10g, l40s, a100-40g, a100-80g, "
-                                                "h100-80g, h100-pcie, h200) or a size such as 40GiB")
+    p.add_argument("--gpu", required=True, help=f"a card ({', '.join(CARDS)}) or a size such as 40GiB")
     p.add_argument("--method", default="lora", help="comma-separated methods (default lora)")
     p.add_argument("--select", default="none,ist", help="comma-separated policies (default none,ist)")
     p.add_argument("--granularity", type=int, default=256, help="length step in tokens (default 256)")

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 
 from ist_bench.errors import UsageError
-from ist_bench.results import case_key, case_label, read_rows
+from ist_bench.results import case_label, read_rows, row_key
 
 MiB = 1 << 20
 MEMORY_FIGURES = ("weights", "activations", "gradients", "optimizer", "method_state", "peak",
@@ -94,8 +94,8 @@ def compare_rows(base_rows: list[dict], cur_rows: list[dict], th: Thresholds | N
     th = th or Thresholds()
     if not allow_mismatch:
         check_environments(base_rows, cur_rows)
-    base = {r.get("kind", "memory") + case_key(r["case"]): r for r in base_rows}
-    cur = {r.get("kind", "memory") + case_key(r["case"]): r for r in cur_rows}
+    base = {row_key(r): r for r in base_rows}
+    cur = {row_key(r): r for r in cur_rows}
     out = Comparison()
     for key, b in base.items():
         c = cur.get(key)
@@ -177,9 +177,7 @@ def compare_files(baseline: str, current: str, th: Thresholds | None = None,
 
 
 def _fmt(v) -> str:
-    if isinstance(v, float) and v > MiB:
-        return f"{v / (1 << 30):.3f} GiB"
-    if isinstance(v, int) and v > MiB:
+    if isinstance(v, (int, float)) and v > MiB:
         return f"{v / (1 << 30):.3f} GiB"
     if isinstance(v, float):
         return f"{v:.2f}"

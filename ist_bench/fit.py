@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from ist_bench import zoo
 from ist_bench.errors import UsageError, choice_error
 from ist_bench.measure import cards
+from ist_bench.results import case_label
 from ist_bench.runner.case import Case
 from ist_bench.units import parse_bytes
 
@@ -83,6 +84,10 @@ class Answer:
     max_batch: int | None = None          # largest batch that fits at batch_len
     over_by: int | None = None            # when nothing fits: estimate + margin - usable at the shortest length
     probes: dict = field(default_factory=dict)   # seq_len -> estimated peak (batch 1)
+
+    @property
+    def label(self) -> str:
+        return case_label({"method": {"name": self.method}, "select": self.select})
 
 
 class Fitter:

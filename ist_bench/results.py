@@ -27,6 +27,12 @@ def case_key(case: dict) -> str:
     return json.dumps(case, sort_keys=True)
 
 
+def row_key(row: dict) -> str:
+    """What pairs a row (or a job: it has `kind` and `case` too) with the same case's rows of another
+    run: its kind and every case field."""
+    return row.get("kind", "memory") + case_key(row["case"])
+
+
 def case_label(case: dict) -> str:
     """`lora`, `lora+ist`, `lora+ist(mu=100)`: the method, the policy and its options."""
     name = case["method"]["name"]
@@ -84,7 +90,7 @@ def load(*paths: str | Path):
     latest: dict[str, dict] = {}
     for p in paths:
         for row in read_rows(p):
-            latest[row.get("kind", "memory") + case_key(row["case"])] = row
+            latest[row_key(row)] = row
     return pd.DataFrame.from_records([flatten(r) for r in latest.values()])
 
 

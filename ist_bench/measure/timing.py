@@ -120,27 +120,34 @@ def device_activity(prof) -> list[tuple[str, float, float]]:
     return sorted(out, key=lambda a: a[1])
 
 
-def busy_by_phase(activity: list[tuple[str, float, float]], marks: list[tuple[str, int]]) -> dict[str, list[float]]:
-    """Split device activity at the marker kernels (one per entry of `marks`, in order) and return,
-    per phase, the busy milliseconds of each step: the union of the intervals of the kernels,
-    copies and sets that ran between the phase's two marks (streams may overlap: counted once)."""
+def busy_segments(activity: list[tuple[str, float, float]], n_marks: int) -> list[float]:
+    """Split device activity at the marker kernels (`n_marks` of them, in launch order) and return the
+    busy milliseconds after each marker, up to the next: the union of the intervals of the kernels,
+    copies and sets that started there (streams may overlap: counted once)."""
     import bisect
 
     starts = [a[1] for a in activity if is_marker(a[0])]
-    if len(starts) != len(marks):
-        raise RuntimeError(f"{len(starts)} marker kernels on the device timeline for {len(marks)} marks")
-    segments: list[list[tuple[float, float]]] = [[] for _ in marks]
+    if len(starts) != n_marks:
+        raise RuntimeError(f"{len(starts)} marker kernels on the device timeline for {n_marks} marks")
+    segments: list[list[tuple[float, float]]] = [[] for _ in starts]
     for name, s, e in activity:
         if not is_marker(name):
             i = bisect.bisect_right(starts, s) - 1
             if i >= 0:
                 segments[i].append((s, e))
+    return [union_ms(seg) for seg in segments]
+
+
+def busy_by_phase(activity: list[tuple[str, float, float]], marks: list[tuple[str, int]]) -> dict[str, list[float]]:
+    """Per phase, the busy milliseconds of each step, from a run whose phase marks (`marks`, in order)
+    each launched a marker kernel (DeviceMarks)."""
+    busy = busy_segments(activity, len(marks))
     out: dict[str, list[float]] = {}
     for i in range(len(marks) - 1):
         (a, step_a), (b, step_b) = marks[i], marks[i + 1]
         phase = SEGMENTS.get((a, b))
         if phase and step_a == step_b:
-            out.setdefault(phase, []).append(union_ms(segments[i]))
+            out.setdefault(phase, []).append(busy[i])
     return out
 
 

@@ -210,8 +210,6 @@ def print_compare(rows: list[dict], names: list[str]) -> None:
 def print_suite_progress(suite, rows, out, total: int) -> int:
     """Consume result rows as they arrive: append each to `out` (flushed and fsynced), show case i/n,
     elapsed time and ETA; return how many failed. Closing on an exception stops the workers."""
-    import contextlib
-
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

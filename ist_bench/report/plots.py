@@ -149,8 +149,7 @@ def fit_curves(model: str, target, answers, path) -> str:
     for a in answers:
         xs = sorted(int(k) for k in a.probes)
         ys = [(a.probes[str(x)] + margin(a.probes[str(x)], a.method)) / GiB for x in xs]
-        label = a.method + ("" if a.select == "none" else f"+{a.select}")
-        ax.plot(xs, ys, marker="o", ms=3, label=label)
+        ax.plot(xs, ys, marker="o", ms=3, label=a.label)
     ax.axhline(target.usable / GiB, color="black", ls="--", lw=1)
     ax.text(ax.get_xlim()[0], target.usable / GiB, f"  usable: {target.note}", va="bottom", fontsize=7)
     ax.set_xlabel("sequence length (tokens, batch 1)")

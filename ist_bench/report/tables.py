@@ -14,7 +14,7 @@ from importlib import resources
 
 import pandas as pd
 
-from ist_bench.results import case_label
+from ist_bench.results import case_label, row_key
 
 GiB = 1 << 30
 PAPER = json.loads((resources.files("ist_bench.report") / "paper.json").read_text())
@@ -43,10 +43,7 @@ def _column_order(cols) -> list[str]:
 
 def latest(rows: list[dict], kind: str) -> list[dict]:
     """The last row of each case of `kind` (a later run of a case replaces an earlier one)."""
-    out: dict[str, dict] = {}
-    for r in rows:
-        if r.get("kind", "memory") == kind:
-            out[json.dumps(r["case"], sort_keys=True)] = r
+    out = {row_key(r): r for r in rows if r.get("kind", "memory") == kind}
     return list(out.values())
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
+
+from ist_bench.results import case_key, case_label
 
 GiB = 1 << 30
 CATEGORIES = ("weights", "activations", "gradients", "optimizer")
@@ -13,7 +13,7 @@ CATEGORIES = ("weights", "activations", "gradients", "optimizer")
 def _key(row: dict) -> str:
     """Everything that defines the case except the backend (and its sim-only capacity)."""
     case = {k: v for k, v in row["case"].items() if k not in ("backend", "capacity")}
-    return json.dumps(case, sort_keys=True)
+    return case_key(case)
 
 
 def pair_rows(rows: list[dict]) -> list[tuple[dict, dict]]:
@@ -34,11 +34,10 @@ def validation_frame(rows: list[dict]) -> pd.DataFrame:
     records = []
     for cuda, sim in pair_rows(rows):
         c = cuda["case"]
-        method, select = c["method"]["name"], c["select"]
         knobs = "".join(f" {k}={c[k]}" for k in ("batch", "attn", "grad_checkpointing", "seq_len")
                         if k in c and c[k] != {"batch": 1, "attn": "eager", "grad_checkpointing": False,
                                                "seq_len": 1024}[k])
-        rec = {"model": c["model"], "method": (method if select == "none" else f"{method}+{select}") + knobs,
+        rec = {"model": c["model"], "method": case_label(c) + knobs,
                "cuda status": cuda["status"], "sim status": sim["status"]}
         if cuda["status"] == "ok" and sim["status"] == "ok":
             cs, ss = cuda["memory"]["summary"], sim["memory"]["summary"]

@@ -20,7 +20,7 @@ from ist_bench.data import TokenBatches, model_inputs, needs_mask
 from ist_bench.errors import UsageError, choice_error
 from ist_bench.measure import backends
 from ist_bench.methods import MethodSpec, apply_method
-from ist_bench.selection import OPTIMIZER_STATES, POLICIES, SelectionPolicy, make_policy
+from ist_bench.selection import SelectionPolicy, make_policy
 from ist_bench.units import parse_bytes
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -125,10 +125,6 @@ class Case:
 
     def policy(self) -> SelectionPolicy:
         """The selection policy, validated (not yet bound to a model)."""
-        if self.select not in POLICIES:
-            raise choice_error("selection policy", self.select, list(POLICIES))
-        if self.optimizer_state not in OPTIMIZER_STATES:
-            raise choice_error("optimizer-state policy", self.optimizer_state, OPTIMIZER_STATES)
         return make_policy(self.select, self.select_opts, seed=self.seed, optimizer_state=self.optimizer_state)
 
 

@@ -28,7 +28,6 @@ from pathlib import Path
 import yaml
 
 from ist_bench.errors import UsageError
-from ist_bench.results import case_key
 from ist_bench.runner.case import Case
 
 
@@ -130,6 +129,3 @@ def job_cost(job: dict) -> float:
     cfg = zoo.load_config(job["case"]["model"])
     return cfg.num_hidden_layers * cfg.hidden_size ** 2 * job["case"]["seq_len"] * (job["case"].get("steps", 1) + 1)
 
-
-def job_key(kind: str, case: dict) -> str:
-    return kind + case_key(case)

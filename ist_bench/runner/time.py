@@ -24,6 +24,7 @@ from ist_bench.measure.timing import (
     DeviceMarks,
     Timer,
     busy_by_phase,
+    busy_segments,
     count_flops,
     device_activity,
     host_steal_s,
@@ -197,19 +198,15 @@ def _overhead(b, run, first: int, blocks: int, cuda: bool) -> dict:
     if cuda:
         from torch.profiler import ProfilerActivity, profile
 
-        from ist_bench.measure.timing import MARK_CYCLES, is_marker, union_ms
+        marks = DeviceMarks()   # one marker before each block and one after: inside, Timer records only events
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for fn in (harness, bare):
-                torch.cuda._sleep(MARK_CYCLES)
+            for name, fn in (("harness", harness), ("bare", bare)):
+                marks.mark(name, step)
                 fn(range(step, step + OVERHEAD_BLOCK))
                 step += OVERHEAD_BLOCK
-            torch.cuda._sleep(MARK_CYCLES)
+            marks.mark("end", step)
             torch.cuda.synchronize()
-        acts = device_activity(prof)
-        bounds = [a[1] for a in acts if is_marker(a[0])]
-        # inside the harness block, its own phase markers do not exist (Timer only records events)
-        busy = [union_ms([(s, e) for n, s, e in acts if not is_marker(n) and bounds[k] <= s < bounds[k + 1]])
-                for k in range(2)]
+        busy = busy_segments(device_activity(prof), len(marks.marks))
         out.update(busy_ms_per_step={"harness": busy[0] / OVERHEAD_BLOCK, "bare": busy[1] / OVERHEAD_BLOCK},
                    busy_ratio=busy[0] / busy[1])
     return out

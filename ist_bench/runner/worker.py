@@ -30,7 +30,7 @@ def main() -> int:
     import transformers  # noqa: F401
 
     from ist_bench.errors import UsageError
-    from ist_bench.results import SCHEMA
+    from ist_bench.results import SCHEMA, write_atomic
     from ist_bench.runner.case import Case
     from ist_bench.runner.memory import measure_memory
     from ist_bench.runner.time import measure_time
@@ -61,10 +61,7 @@ def main() -> int:
         except UsageError as e:
             row = {"schema": SCHEMA, "kind": job["kind"], "case": job["case"], "backend": job["case"].get("backend"),
                    "status": "error", "error": f"UsageError: {e}"}
-        tmp = job["result"] + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(row, f)
-        os.replace(tmp, job["result"])
+        write_atomic(job["result"], json.dumps(row))
     return 0
 
 
