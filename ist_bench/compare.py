@@ -96,6 +96,10 @@ def compare_rows(base_rows: list[dict], cur_rows: list[dict], th: Thresholds | N
         check_environments(base_rows, cur_rows)
     base = {row_key(r): r for r in base_rows}
     cur = {row_key(r): r for r in cur_rows}
+    if base and cur and not base.keys() & cur.keys():
+        raise UsageError(f"no case of the current results is a case of the baseline ({_case_difference(base_rows, cur_rows)}), "
+                         f"so nothing would be compared; if the case settings changed on purpose, regenerate the "
+                         f"baseline with `ist-bench baseline update`")
     out = Comparison()
     for key, b in base.items():
         c = cur.get(key)
@@ -107,6 +111,18 @@ def compare_rows(base_rows: list[dict], cur_rows: list[dict], th: Thresholds | N
         if key not in base:
             out.findings.append(Finding(title(c), c.get("kind", "memory"), "case", "new"))
     return out
+
+
+def _case_difference(base_rows: list[dict], cur_rows: list[dict]) -> str:
+    """What sets the two files' cases apart: case fields only one side has, else 'other settings'."""
+    fields_b = {k for r in base_rows for k in r["case"]}
+    fields_c = {k for r in cur_rows for k in r["case"]}
+    parts = []
+    if fields_c - fields_b:
+        parts.append(f"only the current cases have {', '.join(sorted(fields_c - fields_b))}")
+    if fields_b - fields_c:
+        parts.append(f"only the baseline's have {', '.join(sorted(fields_b - fields_c))}")
+    return "; ".join(parts) or "their settings differ"
 
 
 def _compare_case(b: dict, c: dict, th: Thresholds) -> list[Finding]:

@@ -87,6 +87,17 @@ def test_a_missing_case_is_reported_and_does_not_fail_the_gate(tmp_path, baselin
     assert "1 missing" in capsys.readouterr().out
 
 
+def test_results_sharing_no_case_with_the_baseline_are_refused(tmp_path, baseline, capsys):
+    """A gate that pairs nothing cannot fail: e.g. a baseline made before the case gained a field."""
+    newer = copy.deepcopy(_memory_row())
+    newer["case"]["batch"] = 1
+    assert main(["compare", _write(tmp_path / "b.jsonl", [_memory_row()]), _write(tmp_path / "c.jsonl", [newer])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "only the current cases have batch" in err and "baseline update" in err and len(err.splitlines()) == 1
+    # one shared case is enough: the rest are reported as missing or new, as before
+    assert main(["compare", baseline, _write(tmp_path / "c2.jsonl", [_memory_row(), newer])]) == 0
+
+
 def test_results_from_another_gpu_are_refused_unless_allowed(tmp_path, baseline, capsys):
     other = "NVIDIA H200"
     cur = _write(tmp_path / "cur.jsonl", [_memory_row(gpu=other), _time_row("none", gpu=other),
