@@ -53,7 +53,7 @@ def tracker(backend: str, capacity: int | None = None) -> MemoryTracker:
     if backend != "sim":
         return MemoryTracker(device(backend).type, block=None if backend == "cpu" else sim.cuda_block_bytes)
     return MemoryTracker("meta", block=sim.cuda_block_bytes, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES,
-                         memo=True)
+                         memo=True, scratch=sim.cuda_scratch)
 
 
 def is_oom(exc: BaseException) -> bool:

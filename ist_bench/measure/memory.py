@@ -10,7 +10,8 @@ End-of-phase figures (what each phase leaves behind):
 
 At the peak (`at_peak`): the storages live at the moment of the step's peak, each filed under
 the category it belongs to (a weight, a gradient, optimizer or method state, an activation
-saved by this step's forward, else a temporary), plus the allocator's rounding of their blocks
+saved by this step's forward, else a temporary; on sim a kernel's own scratch at that moment
+counts as temporary too), plus the allocator's rounding of their blocks
 and the cuBLAS workspaces: modelled on sim; on cuda, `max_memory_allocated` minus the tracked
 blocks (workspaces and anything the tracker cannot see). These sum to the peak exactly: to sim's
 estimated allocated peak, to cuda's allocated peak, to `peak` on the CPU. `top_activations`
@@ -135,6 +136,7 @@ class MemoryMeter:
             out["rounding"] += e.blocks - e.nbytes
             if cat == "activations":
                 top[_group(e.tag)] += e.nbytes
+        out["temporary"] += t.peak_scratch   # kernels' own scratch at that moment (sim's model of it)
         out["workspace"] = t.outside if self.estimate else 0
         return out, dict(top.most_common(TOP_MODULES))
 
