@@ -73,8 +73,15 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
     case = _case_from(args).check()
     _check_writable(args.json)
-    row = measure_memory(case, busy_gpu=args.busy_gpu)
+    if args.timeline:
+        from ist_bench.measure.timeline import FORMATS
+        if Path(args.timeline).suffix not in FORMATS:
+            raise UsageError(f"--timeline {args.timeline!r}: the file must end in {', '.join(FORMATS)}")
+        _check_writable(args.timeline)
+    row = measure_memory(case, busy_gpu=args.busy_gpu, timeline=args.timeline)
     print_memory(row)
+    if row.get("timeline"):
+        print(f"timeline: wrote {', '.join(row['timeline'])}")
     _append_json(args.json, [row])
     return 0 if row["status"] in ("ok", "oom") else 1
 
@@ -239,11 +246,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ist_bench.results import read_rows, write_atomic
 
     _check_writable(args.md)
-    text = validation_report(read_rows(args.results))
+    if args.sample is not None:
+        rows = _validate_sample(args)
+    elif args.results:
+        rows = read_rows(args.results)
+    else:
+        raise UsageError("validate needs a results file, or --sample N to draw and measure N cells (on a GPU)")
+    text = validation_report(rows, worst_first=args.sample is not None)
     if args.md:
         write_atomic(args.md, text)
     print(text)
     return 0
+
+
+def _validate_sample(args: argparse.Namespace) -> list[dict]:
+    """`validate --sample N --seed S`: draw N cells, measure each on sim and cuda, return their rows."""
+    if args.results:
+        raise UsageError("validate takes a results file or --sample, not both")
+    if args.sample < 1:
+        raise UsageError(f"--sample must be >= 1, got {args.sample}")
+    import torch
+
+    from ist_bench.measure.cuda import card_memory
+    from ist_bench.report.console import console
+    from ist_bench.runner.sample import draw_cases, run_sample
+
+    if not torch.cuda.is_available():
+        raise UsageError("validate --sample measures each cell on cuda and sim: it needs a GPU (none is visible)")
+    out = args.out or f"results/validation/sample-{args.seed}.jsonl"
+    _check_writable(out)
+    cases = draw_cases(args.sample, args.seed)
+    console.print(f"validate: {len(cases)} cells drawn with seed {args.seed}; rows to {out}")
+    count = iter(range(1, 2 * len(cases) + 1))
+    return run_sample(cases, out, timeout_s=args.timeout, parallel=_cores(), card_bytes=card_memory(),
+                      on_row=lambda r: console.print(f"  {next(count)}: {r['backend']} {r['case']['model']} "
+                                                     f"{r['status']}", style="dim"))
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -471,6 +508,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                       "its allocator")
     _busy_arg(p)
     p.add_argument("--json", help="append the result row (bytes) to this JSONL file")
+    p.add_argument("--timeline", metavar="FILE", help="also write the memory timeline (live bytes by category over "
+                                                       "the steps, phases and peak marked): .png, .html (memory_viz), "
+                                                       ".pickle (a torch.cuda memory snapshot) or .json; on cuda the "
+                                                       "allocator's own snapshot goes beside it (.cuda.pickle)")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("time", help="per-phase time of controlled training steps (GPU; CPU for small models)",
@@ -510,10 +551,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _busy_arg(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="sim vs cuda, cell by cell, from a suite's results",
+    p = sub.add_parser("validate", help="sim vs cuda, cell by cell, from a suite's results or a random sample",
                        description="Compare sim with cuda for every case measured on both: peak allocated, "
-                                   "each category, and the gap in %%.")
-    p.add_argument("results", help="JSONL with cuda and sim rows of the same cases")
+                                   "each category, and the gap in %%. With --sample N, draw N cells at random "
+                                   "from the whole case space (models, methods, policies and their options, "
+                                   "batch, length, attention, checkpointing, dtype, optimizer, optimizer state), "
+                                   "measure each on sim and then on this machine's GPU, and list the worst "
+                                   "cells first (how to check sim on your own card).")
+    p.add_argument("results", nargs="?", help="JSONL with cuda and sim rows of the same cases")
+    p.add_argument("--sample", type=int, metavar="N", help="draw and measure N random cells (needs a GPU)")
+    p.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0): a seed names the same cells "
+                                                       "everywhere")
+    p.add_argument("--out", help="--sample's rows (default results/validation/sample-<seed>.jsonl; cells already "
+                                 "finished there are not run again)")
+    p.add_argument("--timeout", type=float, default=600, help="--sample: seconds before a cell is killed "
+                                                               "(default 600)")
     p.add_argument("--md", help="also write the markdown here")
     p.set_defaults(func=cmd_validate)
 

@@ -92,3 +92,63 @@ def test_a_composite_op_under_inference_mode_is_seen_in_its_parts():
         y = torch.softmax(x, dim=-1, dtype=torch.float32)
     assert y.dtype == torch.float32
     assert tracker.peak == x.numel() * (4 + 4)   # the fp32 copy and the fp32 result (x is untracked)
+
+
+def test_a_sample_is_a_function_of_its_seed_and_every_cell_can_run():
+    from ist_bench.runner.sample import draw_cases
+    a, b, c = draw_cases(6, seed=3), draw_cases(6, seed=3), draw_cases(6, seed=4)
+    assert [x.to_dict() for x in a] == [x.to_dict() for x in b]
+    assert [x.to_dict() for x in a] != [x.to_dict() for x in c]
+    assert len({json.dumps(x.to_dict(), sort_keys=True) for x in a}) == 6
+    assert len({(x.model, x.method.name, x.select) for x in draw_cases(12, seed=5)}) > 6   # spread, not one corner
+
+
+def test_run_sample_skips_cuda_where_sim_says_it_cannot_fit_and_resumes_without_rerunning(tmp_path):
+    from ist_bench.methods import MethodSpec
+    from ist_bench.runner.case import Case
+    from ist_bench.runner.sample import run_sample
+    cases = [Case(model="tiny-llama", method=MethodSpec(name=m), seq_len=32, steps=1, backend="sim").check()
+             for m in ("lora", "series")]
+    out = tmp_path / "sample.jsonl"
+    rows = run_sample(cases, out, card_bytes=1)   # nothing fits a 1-byte card: no cuda job is started
+    assert [r["backend"] for r in rows] == ["sim", "sim"] and all(r["status"] == "ok" for r in rows)
+    seen = []
+    again = run_sample(cases, out, card_bytes=1, on_row=seen.append)
+    assert seen == [] and len(again) == 2 and len(out.read_text().splitlines()) == 2
+
+
+def _timeline_case(tmp_path, capacity=None, suffix=".json"):
+    from ist_bench.methods import MethodSpec
+    from ist_bench.runner.case import Case
+    from ist_bench.runner.memory import measure_memory
+    case = Case(model="tiny-llama", method=MethodSpec(name="lora"), select="ist", seq_len=64, steps=2,
+                backend="sim", capacity=capacity).check()
+    path = tmp_path / f"tl{suffix}"
+    return measure_memory(case, timeline=str(path)), path
+
+
+def test_a_sim_timeline_reaches_the_estimated_peak_and_opens_in_torch_memory_viz(tmp_path):
+    from torch.cuda import _memory_viz
+
+    from ist_bench.measure.timeline import Timeline
+    row, path = _timeline_case(tmp_path)
+    tl = Timeline.load(path)
+    totals = [sum(v[i] for v in tl.live.values()) + tl.workspace for i in range(len(tl.clock))]
+    assert max(totals) == row["memory"]["summary"]["run_allocated_peak_est"] == tl.peak
+    assert {p for p, _, _ in tl.phases} >= {"start", "forward", "backward", "optimizer", "importance_start"}
+    row, pickle_path = _timeline_case(tmp_path, suffix=".pickle")
+    import pickle
+    snapshot = pickle.loads(pickle_path.read_bytes())
+    trace = snapshot["device_traces"][0]
+    assert f"{len(trace)} entries" in _memory_viz.trace(snapshot)   # torch's own reader of the format
+    held = sum(e["size"] for e in trace if e["action"] == "alloc") - \
+        sum(e["size"] for e in trace if e["action"] == "free_completed")
+    assert held == sum(v[-1] for v in Timeline.load(path).live.values())
+
+
+def test_a_timeline_is_written_up_to_a_simulated_oom(tmp_path):
+    from ist_bench.measure.timeline import Timeline
+    row, path = _timeline_case(tmp_path, capacity="66MiB")
+    assert row["status"] == "oom"
+    tl = Timeline.load(path)
+    assert tl.clock and tl.peak == row["peak_reached"]

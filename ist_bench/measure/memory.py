@@ -59,6 +59,8 @@ class MemoryMeter:
         self._row: dict = {}
         self._pending: dict = {}
         self._serials: dict[str, set[int]] = {}
+        self.marks: list[tuple[str, int, int]] = []   # (phase, step, tracker clock) of every mark: a timeline's phases
+        self.filed: dict[str, set[int]] = {c: set() for c in CATEGORIES[1:]}   # every step's storages by category
 
     # Module hooks tag each new storage with the module whose forward made it.
     def __enter__(self) -> MemoryMeter:
@@ -82,6 +84,7 @@ class MemoryMeter:
 
     def mark(self, phase: str, step: int) -> None:
         t = self.tracker
+        self.marks.append((phase, step, t.clock))
         if phase in ("start", "importance_start"):
             self._stack.clear()
             t.register(self._state_tensors())
@@ -114,6 +117,8 @@ class MemoryMeter:
             self._serials["optimizer"] |= self._serials_of(opt)
             self._serials["method_state"] |= self._serials_of(state)
         elif phase == "end":
+            for cat, serials in self._serials.items():
+                self.filed[cat] |= serials
             r = self._row
             r["peak"], r["peak_blocks"] = t.peak, t.peak_blocks
             r["at_peak"], r["top_activations"] = self._at_peak()
@@ -123,6 +128,13 @@ class MemoryMeter:
             if self.estimate:
                 r["allocated_peak_est"] = t.peak_estimate
             self.steps.append(r)
+
+    def category(self, serial: int) -> str:
+        """The category a storage of any measured step was filed under (`temporary` if none)."""
+        if serial in self._weight_serials:
+            return "weights"
+        return next((c for c in ("gradients", "optimizer", "method_state", "activations")
+                     if serial in self.filed[c] or serial in self._serials.get(c, ())), "temporary")
 
     def _at_peak(self) -> tuple[dict, dict]:
         t = self.tracker

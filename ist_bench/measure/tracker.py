@@ -59,8 +59,10 @@ class Storage:
 class MemoryTracker(TorchDispatchMode):
     def __init__(self, device_type: str, *, block: Callable[[int], int] | None = None,
                  capacity: int | None = None, outside: int = 0, memo: bool = False,
-                 scratch: Callable[..., int] | None = None):
+                 scratch: Callable[..., int] | None = None, history: bool = False):
         super().__init__()
+        self.history = history   # keep every storage's lifetime and each scratch (clock, blocks): a timeline
+        self.scratch_log: list[tuple[int, int]] = []
         self.scratch = scratch
         self.peak_scratch = 0   # kernel scratch bytes (blocks) included in `peak_blocks`
         self._device_key = {"meta": torch._C.DispatchKey.Meta, "cpu": torch._C.DispatchKey.CPU,
@@ -91,7 +93,8 @@ class MemoryTracker(TorchDispatchMode):
     def reset_peak(self) -> None:
         self.peak, self.peak_blocks, self.peak_moment = self.live, self.live_blocks, self.clock
         self.peak_scratch = 0
-        self.log = {s: e for s, e in self.log.items() if e.died is None}   # forget the dead
+        if not self.history:
+            self.log = {s: e for s, e in self.log.items() if e.died is None}   # forget the dead
 
     def serial(self, t: torch.Tensor) -> int | None:
         """The serial of a live tensor's storage (None if untracked)."""
@@ -168,6 +171,8 @@ class MemoryTracker(TorchDispatchMode):
             extra = self.scratch(func, args, kwargs, out)
             if extra:
                 blocks = self.block(extra)
+                if self.history:
+                    self.scratch_log.append((self.clock, blocks))
                 self._reach(self.live_blocks + blocks, blocks)
         return out
 

@@ -61,8 +61,10 @@ def validation_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def validation_report(rows: list[dict]) -> str:
+def validation_report(rows: list[dict], worst_first: bool = False) -> str:
     df = validation_frame(rows)
+    if worst_first and "gap %" in df:
+        df = df.loc[df["gap %"].abs().fillna(-1).sort_values(ascending=False, kind="stable").index]
     if df.empty:
         return "no case was measured on both cuda and sim\n"
     prov = next((r["provenance"] for r, _ in pair_rows(rows) if r.get("provenance")), {})

@@ -17,7 +17,7 @@ from ist_bench.runner.step import fill_optimizer_state, run_steps
 from ist_bench.units import parse_bytes
 
 
-def measure_memory(case: Case, busy_gpu: str = "refuse") -> dict:
+def measure_memory(case: Case, busy_gpu: str = "refuse", timeline: str | None = None) -> dict:
     """Measure memory over the steps of the protocol (docs/measurement.md); returns the result row.
 
     1. step 0, the *first* step, as a real run takes it (no optimizer state before it); with
@@ -29,16 +29,21 @@ def measure_memory(case: Case, busy_gpu: str = "refuse") -> dict:
        if they had trained the step before), the policy's importance round if it has one, and its
        worst-case draw (`SelectionPolicy.worst_case`). Its figures depend neither on `--steps`
        nor on the luck of the draw: they bound what a long run reaches.
+
+    `timeline`: also write the case's memory timeline there (measure/timeline.py; .png, .html,
+    .pickle or .json), up to the failure if the case fails or runs out of memory.
     """
     start = time.time()
     row = {"schema": SCHEMA, "kind": "memory", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None}
-    tracker = backends.tracker(case.backend, capacity=parse_bytes(case.capacity))
+    tracker = backends.tracker(case.backend, capacity=parse_bytes(case.capacity), history=timeline is not None)
     meter = policy = None
     nvml = contextlib.nullcontext()
     try:
         if case.backend == "cuda":
             row["gpu_guard"] = gpu_guard(busy_gpu)
             nvml = _cuda_setup(case)
+            if timeline:
+                torch.cuda.memory._record_memory_history(max_entries=1_000_000, context=None)
         with nvml:
             b = build(case)
             row.update(b.info)
@@ -80,9 +85,31 @@ def measure_memory(case: Case, busy_gpu: str = "refuse") -> dict:
         row["selection"]["rounds"] = getattr(policy, "rounds", [])
     if isinstance(nvml, NvmlPoller):
         row["nvml"] = nvml.result()
+    if timeline:
+        row["timeline"] = _write_timeline(timeline, case, row, tracker, meter)
     row["provenance"] = env.provenance()
     row["wall_s"] = round(time.time() - start, 3)
     return row
+
+
+def _write_timeline(path: str, case: Case, row: dict, tracker, meter) -> list[str]:
+    """The timeline (and on cuda the allocator's own snapshot beside it, `<stem>.cuda.pickle`)."""
+    import pickle
+    from pathlib import Path
+
+    from ist_bench.measure.timeline import Timeline
+    from ist_bench.results import case_label
+
+    summary = row.get("memory", {}).get("summary", {})
+    peak = summary.get("run_allocated_peak") or summary.get("run_allocated_peak_est") or row.get("peak_reached") or 0
+    tl = Timeline.of(tracker, meter, case.backend, f"{case.model} {case_label(case.to_dict())}", peak)
+    written = [str(tl.save(path))]
+    if case.backend == "cuda":
+        snapshot = Path(path).with_suffix(".cuda.pickle")
+        snapshot.write_bytes(pickle.dumps(torch.cuda.memory._snapshot()))
+        torch.cuda.memory._record_memory_history(enabled=None)
+        written.append(str(snapshot))
+    return written
 
 
 def _cuda_setup(case: Case) -> NvmlPoller:
