@@ -265,6 +265,8 @@ def _validate_sample(args: argparse.Namespace) -> list[dict]:
         raise UsageError("validate takes a results file or --sample, not both")
     if args.sample < 1:
         raise UsageError(f"--sample must be >= 1, got {args.sample}")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     import torch
 
     from ist_bench.measure.cuda import card_memory
@@ -278,7 +280,8 @@ def _validate_sample(args: argparse.Namespace) -> list[dict]:
     cases = draw_cases(args.sample, args.seed)
     console.print(f"validate: {len(cases)} cells drawn with seed {args.seed}; rows to {out}")
     count = iter(range(1, 2 * len(cases) + 1))
-    return run_sample(cases, out, timeout_s=args.timeout, parallel=_cores(), card_bytes=card_memory(),
+    lanes = args.jobs or max(1, min(12, os.cpu_count() or 1))   # sim cells at once (cuda cells one by one)
+    return run_sample(cases, out, timeout_s=args.timeout, parallel=lanes, card_bytes=card_memory(),
                       on_row=lambda r: console.print(f"  {next(count)}: {r['backend']} {r['case']['model']} "
                                                      f"{r['status']}", style="dim"))
 
@@ -566,6 +569,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                  "finished there are not run again)")
     p.add_argument("--timeout", type=float, default=600, help="--sample: seconds before a cell is killed "
                                                                "(default 600)")
+    p.add_argument("--jobs", type=int, help="--sample: sim cells at once (default: the cores, up to 12)")
     p.add_argument("--md", help="also write the markdown here")
     p.set_defaults(func=cmd_validate)
 
