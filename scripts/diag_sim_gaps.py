@@ -1,7 +1,9 @@
 """Where sim and the GPU part (issue 18): run cases on cuda with the allocator's history recorded, and on
 sim in the same process, and write what explains a gap between them.
 
-    python3 scripts/diag_sim_gaps.py OUT_DIR
+    python3 scripts/diag_sim_gaps.py OUT_DIR [CASES.jsonl]
+
+CASES.jsonl: one case dict a line (a result row's `case`); default: the cells of issue 18.
 
 For each case: the cuda row and the sim row (both with the tracker's categories), the allocator's
 `memory_stats()` (allocated vs requested peak: block rounding and unsplit remainders), and a
@@ -47,13 +49,16 @@ def sdpa_gqa_probe() -> dict:
     return {"grad_fn": type(out.grad_fn).__name__, "saved": saved}
 
 
-def main(out: Path) -> None:
+def main(out: Path, cases_file: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"sdpa_gqa": sdpa_gqa_probe(), "torch": torch.__version__, "gpu": torch.cuda.get_device_name()}
-    for name, kw in CASES.items():
+    cases = {name: Case(**kw).to_dict() for name, kw in CASES.items()}
+    if cases_file:
+        cases = {f"cell{i}": json.loads(line) for i, line in enumerate(Path(cases_file).read_text().splitlines())}
+    for name, d in cases.items():
         entry = {}
         for backend in ("sim", "cuda"):
-            case = Case(backend=backend, **kw).check()
+            case = Case.from_dict({**d, "backend": backend}).check()
             if backend == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -81,4 +86,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)
