@@ -29,10 +29,11 @@ def mem_row(model, method, select="none", peak=20.0, weights=12.5, backend="cuda
             "memory": {"summary": summary, "steps": [{"phase": "steady", "at_peak": at_peak,
                                                       "top_activations": {"model.layers.*.mlp": GiB}}]},
             "settings": {"data": "synthetic"}, "provenance": {"gpu": "Test GPU 80GB"},
+            "params": int(weights * GiB) // 2,   # bf16: the base model's weights are params x 2 bytes
             **({"peak_reached": int(90 * GiB)} if status == "oom" else {})}
 
 
-def time_row(method, select, fwd, bwd, s100, importance=0.0):
+def time_row(method, select, fwd, bwd, s100, importance=0.0, reward=0.005):
     phases = {p: {"median": v, "mean": v, "n": 100} for p, v in
               (("forward", fwd), ("backward", bwd), ("optimizer", 1.0), ("step", fwd + bwd + 1))}
     return {"schema": 1, "kind": "time", "backend": "cuda", "status": "ok",
@@ -41,7 +42,9 @@ def time_row(method, select, fwd, bwd, s100, importance=0.0):
             "provenance": {"gpu": "Test GPU 80GB"},
             "selection": {"policy": {"name": select},
                           "history": [{"step": s, "active": [s % 4], "importance": [0.1 * s, 0, -0.1 * s, 0]}
-                                      for s in range(20)] if select == "ist" else []}}
+                                      for s in range(20)] if select == "ist" else [],
+                          "rounds": [{"step": 10, "candidates": [[0, 1], [2, 3]], "losses": [2.0, 2.1],
+                                      "rewards": [reward, -reward]}] if select == "ist" else []}}
 
 
 @pytest.fixture
@@ -68,15 +71,16 @@ def test_report_puts_ours_and_the_papers_numbers_in_the_right_cells(results, tmp
     assert by["lora"] == "27.0 / 24 (1.12x)" and by["lora+ist"] == "21.6 / 20 (1.08x)"
     assert by["full"] == "OOM / 60"
     # the saving a policy brings: 1 - 21.6/27 = 20%; above the weights 1 - 9.1/14.5 = 37.2%
-    assert "20.0% of the peak, 37.2% of the memory above the weights" in md
+    assert "20.0% of the peak, 37.2% of the memory above the base model's weights" in md
     # Table 13: forward means and s/100 iter, ours / paper
     assert "60.0 / 135 (0.44x)" in md and "13.9 / 32.6 (0.43x)" in md and "50.0 / 101 (0.50x)" in md
     csv = pd.read_csv(tmp_path / "rep" / "t.csv")
     lora = csv[(csv["column"] == "lora")].iloc[0]
-    assert lora["allocated peak"] == pytest.approx(27.0) and lora["reserved peak"] == pytest.approx(28.0)
-    assert lora["paper_GB"] == 24
+    assert lora["allocated peak (GiB)"] == pytest.approx(27.0) and lora["reserved peak (GiB)"] == pytest.approx(28.0)
+    assert lora["paper (GiB)"] == 24
     tex = (tmp_path / "rep" / "t.tex").read_text()
-    assert r"\toprule" in tex and r"\bottomrule" in tex and "27.0 / 24 (1.12x)" in tex
+    # LaTeX: one column per model (a page fits it), ours / paper without the ratio
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"lora & 27.0 / 24 \\" in tex
     assert "lora+ist" in tex and r"\_" not in "lora+ist"
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
     assert pngs == ["t-cuda-breakdown.png", "t-cuda-savings.png", "t-importance.png", "t-time.png"]
