@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ist_bench.report import plots, tables, validation
+from ist_bench.report import cells as cellinfo
+from ist_bench.report import plots, tables
 from ist_bench.results import read_rows, write_atomic
 
 FIGURE = "allocated peak"
@@ -125,7 +126,7 @@ def _unchecked(backend: str):
     """A predicate (model, column) -> True when the cell is an estimate no GPU validation covers."""
     if backend == "cuda":
         return lambda model, col: False
-    covered = validation.validated()["cells"]
+    covered = cellinfo.validated()["cells"]
     return lambda model, col: f"{model} {col}" not in covered
 
 
@@ -134,7 +135,7 @@ def _check_line(cells: pd.DataFrame, backend: str, unchecked) -> str:
         return "Measured on the GPU: these are the allocator's own numbers."
     sub = cells[cells["backend"] == backend]
     miss = sorted({f"{m} {c}" for m, c in zip(sub["model"], sub["column"], strict=True) if unchecked(m, c)})
-    v = validation.validated()
+    v = cellinfo.validated()
     head = (f"Every cell here was checked against the {v['gpu']}: sim within {v['max_abs_gap_pct']}% of its "
             f"allocator peak (reports/validation.md)." if not miss else
             f"{tables.UNCHECKED} marks cells no GPU validation covers ({', '.join(miss)}): sim's unchecked "
@@ -144,7 +145,7 @@ def _check_line(cells: pd.DataFrame, backend: str, unchecked) -> str:
 
 
 def _coverage() -> str:
-    v = validation.validated()
+    v = cellinfo.validated()
     models = sorted({c.split(" ", 1)[0] for c in v["cells"]})
     cols = sorted({c.split(" ", 1)[1] for c in v["cells"]})
     return (f"reports/validation.md checked sim against the {v['gpu']} on {len(v['cells'])} cells: "

@@ -14,7 +14,7 @@ from importlib import resources
 
 import pandas as pd
 
-from ist_bench.results import case_label
+from ist_bench.report.cells import KNOB_DEFAULTS, column  # noqa: F401  (re-exported)
 
 GiB = 1 << 30
 PAPER = json.loads((resources.files("ist_bench.report") / "paper.json").read_text())
@@ -31,21 +31,7 @@ FIGURES = {
 }
 
 
-# Settings that make a case a different cell from the paper's: shown in its column label when not the default.
-KNOB_DEFAULTS = {"batch": 1, "attn": "eager", "grad_checkpointing": False, "seq_len": 1024, "dtype": "bf16",
-                 "optimizer_state": "keep"}
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-
-
-KNOB_LABELS = {"batch": "batch={}", "attn": "{}", "grad_checkpointing": "ckpt", "seq_len": "seq={}", "dtype": "{}",
-               "optimizer_state": "state-{}"}
-
-
-def column(case: dict) -> str:
-    """A Table-1 column: method + policy (`lora+ist`), then every knob off the paper's setting
-    (`lora batch=4`, `lora ckpt`, `lora sdpa`), so two different cases never share a cell."""
-    return case_label(case) + "".join(" " + KNOB_LABELS[k].format(case[k]) for k, d in KNOB_DEFAULTS.items()
-                                      if case.get(k, d) != d)
 
 
 def base_weights(row: dict) -> float | None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import textwrap
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -125,28 +123,6 @@ def coverage(rows: list[dict]) -> dict:
             "max_abs_gap_pct": round(float(ok["gap %"].abs().max()), 2) if len(ok) else None,
             "cells": {f"{m} {c}": round(float(g), 2) + 0.0 for m, c, g in zip(ok["model"], ok["method"], ok["gap %"],
                                                                              strict=True)}}
-
-
-@functools.cache
-def validated() -> dict:
-    return json.loads((resources.files("ist_bench.report") / "validated.json").read_text())
-
-
-def check_note(row: dict) -> str:
-    """One line saying whether this row's cell was checked against a GPU (reports/validation.md) and
-    what the validation covers when it was not. A sim or cpu figure is an estimate of the GPU's."""
-    backend = row.get("backend")
-    if backend == "cuda":
-        return "measured on the GPU (max_memory_allocated)."
-    v = validated()
-    cell = f"{row['case']['model']} {column(row['case'])}"
-    if cell in v["cells"]:
-        return (f"validated: on the {v['gpu']} this cell's sim estimate was {v['cells'][cell]:+.2f}% off the "
-                f"allocator peak ({v['report']}).")
-    models = sorted({c.split(" ", 1)[0] for c in v["cells"]})
-    cols = sorted({c.split(" ", 1)[1] for c in v["cells"]})
-    return (f"NOT validated against a GPU: {v['report']} covers {', '.join(models)} with "
-            f"{', '.join(cols)} (sim within {v['max_abs_gap_pct']}% there); this cell is sim's unchecked estimate.")
 
 
 if __name__ == "__main__":   # rewrite validated.json from the rows of reports/validation.md
