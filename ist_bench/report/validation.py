@@ -99,7 +99,7 @@ def validation_report(rows: list[dict]) -> str:
                    f"max_memory_allocated: {gaps.max():.2f}% (mean |gap| {gaps.mean():.2f}%).") if len(gaps) else
              f"{len(df)} cells; none finished on both backends.", "",
              _wrap("cuda = max_memory_allocated, sim = sim's estimate of it (tensor bytes in modelled allocator "
-                   "blocks plus the measured cuBLAS workspace), GiB; gap % = (sim - cuda) / cuda; tensors % "
+                   "blocks plus the measured cuBLAS workspace), GiB; gap % = 100 (sim-cuda)/cuda; tensors % "
                    "compares the tracker's tensor-level peak on both backends." +
                    (f" Largest |gap| of any category (weights, activations, gradients, optimizer state; maximum "
                     f"over steps): {cat_max:.2f}%." if cat_max is not None else "")), "",
