@@ -312,3 +312,18 @@ def test_latex_tables_fit_the_page(tmp_path, columns):
     log = (tmp_path / "doc.log").read_text(errors="replace")
     assert proc.returncode == 0, log[-2000:]
     assert "Overfull \\hbox" not in log, re.findall(r"Overfull \\hbox.*", log)
+
+
+def test_a_typical_that_is_one_seeds_median_is_not_printed_as_the_policys(tmp_path):
+    def with_draws(select, peaks, typical, steady):
+        r = mem_row("llama-7b", "lora", select, peak=steady)
+        r["memory"]["summary"]["allocated_peak"] = {"typical": int(typical * GiB)}
+        r["memory"]["steps"][:0] = [{"phase": "drawn", "allocated_peak": int(p * GiB)} for p in peaks]
+        return r
+    base = with_draws("none", [27.0, 27.0, 27.0], 27.0, 27.0)
+    legacy = with_draws("ist", [21.0, 21.6, 20.0], 21.0, 21.6)      # median_low of 20.0, 21.0, 21.6
+    md = _report(tmp_path, [base, legacy], "legacy")["r.md"].decode()
+    assert "Not shown: in 1 cell with" in md and "at the typical step" not in md
+    derived = with_draws("ist", [21.0, 21.6, 20.0], 20.7, 21.6)     # e.g. an expectation over draws
+    md = _report(tmp_path, [base, derived], "derived")["r.md"].decode()
+    assert "Not shown" not in md and "at the typical step: 23.3% of the peak" in md   # 1 - 20.7/27

@@ -46,7 +46,13 @@ def render(paths: list[str], out: str | Path) -> list[str]:
             tables.transposed(tables.table1(cells, backend, FIGURE, ratio=False, unchecked=unchecked)),
             f"Training memory in GiB, {backend}" + (f" on {gpu}" if gpu else "") + ", " + _lengths(cells, backend) +
             f": ours ({WHAT[backend]}) / the paper's Table 1 (printed as GB, read as GiB). Weights: the base model's."))
-        if cells[cells["backend"] == backend]["typical allocated peak"].notna().any():
+        legacy = cells[(cells["backend"] == backend) & cells["seed's median as typical"]]
+        if len(legacy):
+            md += ["### The typical step", "", f"Not shown: in {len(legacy)} cell{'s' if len(legacy) > 1 else ''} with a layer-selection policy "
+                   "the rows' *typical* is the median of one seed's few drawn steps (rows written before "
+                   "ist-bench derived it from the policy's draw distribution: docs/measurement.md, \"typical\"); "
+                   "re-run the rows to get it. The steady-state bound above does not depend on the draws.", ""]
+        elif cells[cells["backend"] == backend]["typical allocated peak"].notna().any():
             typical = tables.table1(cells, backend, "typical allocated peak", unchecked=unchecked)
             md += ["### The typical step", "", "The same cells at the *typical* step instead of the steady-state "
                    "bound: a property of the policy's draw distribution, not of one seed's draws (how it is "
