@@ -83,8 +83,10 @@ def read_rows(path: str | Path, *, warn=lambda msg: print(f"ist-bench: warning: 
 
 
 def load(*paths: str | Path):
-    """A flat DataFrame of result rows: case fields, status, the memory figures (bytes; `first_*`,
-    `steady_*`, `run_*`), time medians (ms), settings and provenance. The latest row of a case wins."""
+    """A flat DataFrame of result rows: case fields, status, the memory figures in bytes (`first_*`,
+    `typical_*`, `steady_*`, `max_*`, `run_*`, `at_peak_*`), times in ms (`<phase>_ms` median,
+    `_ms_mean`/`_p10`/`_p90`, `<phase>_busy_ms`), settings and provenance: every figure the console
+    prints (docs/results.md). The latest row of a case wins."""
     import pandas as pd
 
     latest: dict[str, dict] = {}
@@ -106,7 +108,7 @@ def flatten(row: dict) -> dict:
     summary = row.get("memory", {}).get("summary", {})
     for key, fig in summary.items():
         if isinstance(fig, dict):
-            for which in ("first", "steady", "max"):
+            for which in ("first", "typical", "steady", "max"):
                 if which in fig:
                     out[f"{which}_{key}"] = fig[which]
         else:
@@ -116,8 +118,14 @@ def flatten(row: dict) -> dict:
         out.update({f"at_peak_{k}": v for k, v in steps[-1]["at_peak"].items()})
     for phase, s in row.get("time", {}).get("phases_ms", {}).items():
         out[f"{phase}_ms"] = s.get("median")
-        out[f"{phase}_ms_mean"] = s.get("mean")
+        for stat in ("mean", "p10", "p90"):
+            out[f"{phase}_ms_{stat}"] = s.get(stat)
     t = row.get("time", {})
+    for phase, b in ((t.get("device") or {}).get("busy") or {}).items():
+        out[f"{phase}_busy_ms"] = b.get("median")
+    for key in ("wall_ratio", "busy_ratio"):
+        if key in (t.get("overhead") or {}):
+            out[f"overhead_{key}"] = t["overhead"][key]
     for key in ("s_per_100_iter", "tokens_per_s", "p90_over_p10", "importance_ms_per_iter"):
         if key in t:
             out[key] = t[key]
@@ -126,6 +134,10 @@ def flatten(row: dict) -> dict:
             out[f"device_{key}"] = value
     nvml = row.get("nvml") or {}
     out["nvml_peak"] = nvml.get("nvml_peak")
+    out["nvml_baseline"] = nvml.get("nvml_baseline")
+    st = row.get("settings") or {}
+    for key in ("attn_implementation", "gradient_checkpointing", "optimizer", "data"):
+        out[key] = st.get(key)
     prov = row.get("provenance", {})
     for key in ("gpu", "torch", "transformers", "peft", "git_commit"):
         out[key] = prov.get(key)

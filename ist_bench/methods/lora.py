@@ -1,4 +1,4 @@
-"""LoRA, DoRA and AdaLoRA through peft's current API (paper defaults from IST.md).
+"""LoRA, DoRA and AdaLoRA through peft's current API (paper defaults: docs/measurement.md).
 
 IST's suppression scales a LoRA-family module's output through peft's own per-adapter
 `scaling` dict: `scale_layer` multiplies the active adapters' entries, and the exact
