@@ -15,41 +15,64 @@ EPILOG = "Defaults follow the IST paper's Table 1 setting: batch 1, 1024 tokens,
 
 
 def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
-    from ist_bench.methods import METHODS, MethodSpec
-    from ist_bench.runner.case import DTYPES, OPTIM_IMPLS, Case
-    from ist_bench.selection import OPTIMIZER_STATES, POLICIES
+    """The case options; defaults and choices read from `Case`, `MethodSpec` and the registries
+    without importing them (ist_bench/catalog.py), so building the parser stays light."""
+    from ist_bench import catalog
 
-    c, m = Case(), MethodSpec()
-    p.add_argument("--model", default=c.model, help=f"zoo name (see `ist-bench models`) or a config.json path "
-                                                     f"(default {c.model})")
-    p.add_argument("--method", default=m.name, help=f"one of {', '.join(METHODS)} (default {m.name})")
-    p.add_argument("--select", default=c.select, help=f"layer selection policy: {', '.join(POLICIES)} "
-                                                      f"(default {c.select}; `ist-bench methods` lists their options)")
+    c, m, ch = catalog.case_defaults(), catalog.case_defaults()["method"], catalog.choices()
+    p.add_argument("--model", default=c["model"], help=f"zoo name (see `ist-bench models`) or a config.json path "
+                                                        f"(default {c['model']})")
+    p.add_argument("--method", default=m["name"], help=f"one of {', '.join(ch['method'])} (default {m['name']})")
+    p.add_argument("--select", default=c["select"], help=f"layer selection policy: {', '.join(ch['select'])} "
+                                                         f"(default {c['select']}; `ist-bench methods` lists their "
+                                                         f"options)")
     p.add_argument("--select-opt", metavar="K=V,...", default="",
                    help="policy options, e.g. layers=0.25 (rst, ist), beta=0.5,mu=100 (ist), gamma=2 (lisa)")
-    p.add_argument("--optimizer-state", default=c.optimizer_state,
-                   help=f"a deselected layer's AdamW state: {' | '.join(OPTIMIZER_STATES)} (default {c.optimizer_state})")
-    p.add_argument("--backend", default=c.backend,
+    p.add_argument("--optimizer-state", default=c["optimizer_state"],
+                   help=f"a deselected layer's AdamW state: {' | '.join(ch['optimizer_state'])} "
+                        f"(default {c['optimizer_state']})")
+    p.add_argument("--backend", default=c["backend"],
                    help="sim | cpu | cuda | auto (default auto: cuda if a GPU is present, else sim)")
-    steps = steps or c.steps
+    steps = steps or c["steps"]
     p.add_argument("--steps", type=int, default=steps, help=f"measured steps (default {steps})")
-    p.add_argument("--seq-len", type=int, default=c.seq_len, help=f"tokens per sequence (default {c.seq_len})")
-    p.add_argument("--batch", type=int, default=c.batch, help=f"sequences per step (default {c.batch})")
-    p.add_argument("--attn", default=c.attn, help=f"attention: eager (the paper's) or sdpa (flash kernels on a GPU; "
-                                                  f"default {c.attn})")
+    p.add_argument("--seq-len", type=int, default=c["seq_len"], help=f"tokens per sequence (default {c['seq_len']})")
+    p.add_argument("--batch", type=int, default=c["batch"], help=f"sequences per step (default {c['batch']})")
+    p.add_argument("--attn", default=c["attn"], help=f"attention: eager (the paper's) or sdpa (flash kernels on a "
+                                                     f"GPU; default {c['attn']})")
     p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on (default off)")
-    p.add_argument("--dtype", default=c.dtype, help=f"weight dtype: {', '.join(DTYPES)} (default {c.dtype})")
-    p.add_argument("--seed", type=int, default=c.seed)
+    p.add_argument("--dtype", default=c["dtype"], help=f"weight dtype: {', '.join(ch['dtype'])} (default {c['dtype']})")
+    p.add_argument("--seed", type=int, default=c["seed"])
     p.add_argument("--data", help="Alpaca-format JSON file (needs --tokenizer; else synthetic tokens)")
     p.add_argument("--tokenizer", help="local tokenizer.json or a folder holding one")
-    p.add_argument("--data-mode", default=c.data_mode,
+    p.add_argument("--data-mode", default=c["data_mode"],
                    help="pack: exactly --seq-len tokens per step; sample: one sample per step (default pack)")
-    p.add_argument("--optim", default=c.optim, help=f"AdamW kernel: {', '.join(OPTIM_IMPLS)} (default {c.optim})")
-    p.add_argument("--r", type=int, default=m.r, help=f"LoRA/DoRA rank (default {m.r})")
-    p.add_argument("--alpha", type=int, default=m.alpha, help=f"LoRA alpha (default {m.alpha})")
-    p.add_argument("--dropout", type=float, default=m.dropout, help=f"LoRA dropout (default {m.dropout})")
-    p.add_argument("--bottleneck", type=int, default=m.bottleneck,
-                   help=f"Series/Parallel adapter bottleneck (default {m.bottleneck})")
+    p.add_argument("--optim", default=c["optim"], help=f"AdamW kernel: {', '.join(ch['optim'])} "
+                                                       f"(default {c['optim']})")
+    p.add_argument("--r", type=int, default=m["r"], help=f"LoRA/DoRA rank (default {m['r']})")
+    p.add_argument("--alpha", type=int, default=m["alpha"], help=f"LoRA alpha (default {m['alpha']})")
+    p.add_argument("--dropout", type=float, default=m["dropout"], help=f"LoRA dropout (default {m['dropout']})")
+    p.add_argument("--bottleneck", type=int, default=m["bottleneck"],
+                   help=f"Series/Parallel adapter bottleneck (default {m['bottleneck']})")
+
+
+# The names a case option takes, with the words `Case.check` uses for them (same one-line message).
+_NAMED = {"method": "method", "select": "selection policy", "optimizer_state": "optimizer-state policy",
+          "dtype": "dtype", "optim": "optimizer implementation", "attn": "attention implementation"}
+
+
+def _check_names(args: argparse.Namespace) -> None:
+    """A misspelt name answers before torch is imported (Case.check repeats these checks, and the rest)."""
+    from ist_bench import catalog
+    from ist_bench.errors import choice_error
+
+    zoo = list(catalog.zoo_configs())
+    model = Path(args.model)
+    if args.model not in zoo and not (model.suffix == ".json" or model.is_dir() or model.exists()):
+        raise choice_error("model", args.model, zoo + ["<path/to/config.json>"])
+    valid = catalog.choices()
+    for key, what in _NAMED.items():
+        if getattr(args, key) not in valid[key]:
+            raise choice_error(what, getattr(args, key), valid[key])
 
 
 def _case_from(args: argparse.Namespace):
@@ -403,42 +426,38 @@ def _append_json(path: str | None, rows: list[dict]) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ist_bench import zoo
+    from ist_bench import catalog
     from ist_bench.report.console import console
 
     table = Table(title="ist-bench model zoo (published configs, random weights)", title_justify="left")
     for col in ("name", "family", "layers", "hidden", "params", "positions"):
         table.add_column(col, justify="left" if col in ("name", "family") else "right")
-    for name in zoo.names():
-        cfg = zoo.load_config(name)
-        table.add_row(name, cfg.model_type, str(cfg.num_hidden_layers), str(cfg.hidden_size),
-                      f"{zoo.count_parameters(cfg) / 1e6:,.1f}M", str(zoo.max_positions(cfg) or "-"))
+    for name, m in catalog.zoo_summary().items():
+        table.add_row(name, m["family"], str(m["layers"]), str(m["hidden"]), f"{m['params'] / 1e6:,.1f}M",
+                      str(m["positions"] or "-"))
     console.print(table)
     return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from rich.table import Table
 
-    from ist_bench.methods import METHODS
+    from ist_bench import catalog
     from ist_bench.report.console import console
-    from ist_bench.selection import POLICIES
 
     methods = Table(title="methods: what in a layer trains (--method)", title_justify="left", box=None)
     methods.add_column("name", style="bold", no_wrap=True)
     methods.add_column("")
-    for name, method in METHODS.items():
-        methods.add_row(name, method.description)
+    for m in catalog.methods():
+        methods.add_row(m.name, m.description)
     console.print(methods)
     policies = Table(title="selection policies: which layers train each step (--select; --select-opt K=V)",
                      title_justify="left", box=None)
     policies.add_column("name", style="bold", no_wrap=True)
     policies.add_column("")
-    for name, cls in POLICIES.items():
-        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Settings))
-        policies.add_row(name, cls.description + (f"\n[dim]options: {opts}[/]" if opts else ""))
+    for p in catalog.policies():
+        opts = ", ".join(f"{k}={v}" for k, v in p.options.items())
+        policies.add_row(p.name, p.description + (f"\n[dim]options: {opts}[/]" if opts else ""))
     console.print(policies)
     return 0
 
@@ -450,23 +469,22 @@ def _busy_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; the case options (whose defaults come from the heavy modules) are added only to
-    `command`'s subparser, so `report`, `models` or a bad option answer without importing torch."""
+    """The parser. Light: it imports neither torch nor transformers nor peft (defaults come from
+    ist_bench/catalog.py), so `--help`, `models` and a bad option answer at once. `command` is
+    accepted for callers of the old signature and ignored."""
+    from ist_bench import __version__
     from ist_bench.measure.cards import CARDS
-
-    def case_args(p: argparse.ArgumentParser, name: str, **kw) -> None:
-        if command in (None, name):
-            _case_args(p, **kw)
 
     parser = Parser(prog="ist-bench", description="Memory and throughput profiling for PEFT "
                     "and layer-sparse tuning (IST) of LLMs. Add --debug to any command for tracebacks.",
                     epilog=EPILOG + " " + EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"ist-bench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("memory", help="memory breakdown of one controlled training step",
                        description="Measure weights, activations, gradients, optimizer state and peak of "
                                    "controlled training steps. " + EPILOG)
-    case_args(p, "memory")
+    _case_args(p)
     p.add_argument("--capacity", help="memory to run against, e.g. 80GiB: sim simulates the OOM, cuda caps "
                                       "its allocator")
     _busy_arg(p)
@@ -476,7 +494,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("time", help="per-phase time of controlled training steps (GPU; CPU for small models)",
                        description="Time forward, backward and optimizer step with CUDA events (host clock on "
                                    "CPU), after uncounted warm-up steps; no memory tracker runs. " + EPILOG)
-    case_args(p, "time", steps=100)
+    _case_args(p, steps=100)
     p.add_argument("--warmup", type=int, default=10, help="uncounted warm-up steps (default 10)")
     p.add_argument("--compare-select", metavar="A,B",
                    help="A/B-compare two selection policies, alternating A B A B in fresh processes")
@@ -609,12 +627,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "optim"):   # a case command
+            _check_names(args)
         return args.func(args)
     except UsageError as e:
         if debug:

@@ -89,3 +89,68 @@ def test_validate_reports_malformed_and_unpaired_results(tmp_path, capsys):
                                      for b in ("cuda", "sim")) + "\n")
     assert main(["validate", str(only_errors)]) == 0
     assert "none finished on both backends" in capsys.readouterr().out
+
+
+HEAVY = ("torch", "transformers", "peft")
+LIGHT_COMMANDS = [["--help"], ["--version"], ["models"], ["methods"], ["memory", "--help"], ["time", "--help"],
+                  ["memory", "--steps", "abc"], ["memory", "--bogus"], ["memory", "--method", "prefix"],
+                  ["memory", "--select", "ist9"], ["memory", "--model", "llama-70b"], ["memory", "--dtype", "int8"],
+                  ["fit", "--help"], ["compare", "--help"], []]
+
+
+def test_help_listings_and_bad_arguments_import_no_torch_transformers_or_peft():
+    """Run each command in one fresh interpreter, in turn, and name the first that imports a heavy package."""
+    code = ("import json, sys\nfrom ist_bench.cli import main\n"
+            f"for argv in {LIGHT_COMMANDS!r}:\n"
+            "    try:\n        code = main(argv)\n    except SystemExit as e:\n        code = e.code\n"
+            f"    heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+            "    print('RESULT', json.dumps([argv, code, heavy]), file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stderr.splitlines() if line.startswith("RESULT ")]
+    assert [r[0] for r in results] == LIGHT_COMMANDS, proc.stderr[-2000:]
+    for argv, code, heavy in results:
+        assert heavy == [], f"`ist-bench {' '.join(argv)}` imported {heavy}"
+        assert code == (0 if argv in (["--help"], ["--version"], ["models"], ["methods"]) or argv[-1:] == ["--help"]
+                        else 2), argv
+
+
+def test_bad_names_answer_in_the_words_case_check_uses(capsys):
+    assert main(["memory", "--select", "ist9"]) == 2
+    assert "unknown selection policy 'ist9'; valid: none, rst, ist, ist-code, lisa, ila, lift" in capsys.readouterr().err
+    assert main(["memory", "--model", "llama-70b"]) == 2
+    assert "unknown model 'llama-70b'; valid: bloomz-7b1," in capsys.readouterr().err
+
+
+def test_version_prints_the_package_version(capsys):
+    from importlib.metadata import version
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ist-bench {version('ist-bench')}"
+
+
+def test_catalog_read_from_source_equals_the_imported_objects():
+    """ist_bench/catalog.py reads defaults and registries without importing them: every value it
+    gives must be what the imported modules hold."""
+    import dataclasses
+
+    from ist_bench import catalog
+    from ist_bench.methods import METHODS, MethodSpec
+    from ist_bench.runner.case import ATTENTION, DTYPES, OPTIM_IMPLS, Case
+    from ist_bench.selection import OPTIMIZER_STATES, POLICIES
+
+    case, spec = Case(), MethodSpec()
+    defaults = catalog.case_defaults()
+    assert {k: v for k, v in defaults.items() if k != "method"} == \
+        {f.name: getattr(case, f.name) for f in dataclasses.fields(Case) if f.name not in ("method", "select_opts")}
+    assert defaults["method"] == dataclasses.asdict(spec)
+    assert [(m.name, m.description) for m in catalog.methods()] == [(k, m.description) for k, m in METHODS.items()]
+    assert [(p.name, p.description, p.options) for p in catalog.policies()] == \
+        [(k, c.description, dataclasses.asdict(c.Settings())) for k, c in POLICIES.items()]
+    assert catalog.choices() == {"method": tuple(METHODS), "select": tuple(POLICIES), "dtype": tuple(DTYPES),
+                                 "optim": OPTIM_IMPLS, "attn": ATTENTION, "optimizer_state": OPTIMIZER_STATES}
+
+
+@pytest.mark.slow
+def test_zoo_summary_matches_the_models_built_on_meta():
+    from ist_bench import catalog
+    assert catalog.zoo_summary() == catalog.summarize_zoo(), "regenerate with catalog.write_zoo_summary()"
