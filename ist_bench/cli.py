@@ -330,8 +330,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from ist_bench import compare
     from ist_bench.report.console import console
     from ist_bench.results import write_atomic
@@ -347,15 +345,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for path in (args.markdown, args.junit):
         _check_writable(path)
     cmp = compare.compare_files(args.baseline, args.current, th, args.allow_mismatch)
-    table = Table(title=f"{args.baseline} -> {args.current}", title_justify="left")
-    for col in ("outcome", "case", "figure", "baseline", "current", "note"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("outcome", "figure", "baseline", "current"))
-    colors = {"regressed": "red", "improved": "green", "missing": "yellow", "new": "cyan", "advisory": "yellow"}
-    for f in cmp.findings:
-        if f.outcome != "unchanged" or args.all:
-            table.add_row(f"[{colors.get(f.outcome, 'white')}]{f.outcome}[/]", f.case, f.figure,
-                          compare._fmt(f.baseline), compare._fmt(f.current), f.note)
-    console.print(table)
+    _print_findings(console, [f for f in cmp.findings if f.outcome != "unchanged" or args.all],
+                    f"{args.baseline} -> {args.current}", compare._fmt)
     counts = cmp.counts()
     console.print(", ".join(f"{n} {k}" for k, n in counts.items()) +
                   (" -> [bold red]REGRESSION[/] (exit 1)" if counts["regressed"] else " -> no regression"))
@@ -364,6 +355,48 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.junit:
         write_atomic(args.junit, compare.junit(cmp))
     return 1 if counts["regressed"] else 0
+
+
+_OUTCOME_STYLE = {"regressed": "red", "improved": "green", "missing": "yellow", "new": "cyan", "advisory": "yellow"}
+_ROW = "  {outcome:<9} {figure:<21} {baseline:>10} {current:>10} {delta:>9}"
+
+
+def _print_findings(console, findings: list, title: str, fmt) -> None:
+    """Findings grouped by case: the case on its own line, then one line per figure with baseline,
+    current and the change in % (as pytest-benchmark and asv show it); the note follows on the line
+    when it fits the terminal, else under it. 80 columns are enough."""
+    from rich.markup import escape
+
+    console.print(escape(title), overflow="fold")
+    head = _ROW.format(outcome="outcome", figure="figure", baseline="baseline", current="current", delta="change")
+    console.print(head + "  note", style="dim", overflow="fold")
+    case = None
+    for f in findings:
+        if f.case != case:
+            case = f.case
+            console.print(escape(case), style="bold", overflow="fold")
+        line = _ROW.format(outcome=f.outcome, figure=f.figure, baseline=fmt(f.baseline), current=fmt(f.current),
+                           delta=_change(f.baseline, f.current))
+        style = _OUTCOME_STYLE.get(f.outcome, "")
+        text = escape(line) if not style else f"[{style}]{escape(line[:12])}[/]{escape(line[12:])}"
+        if f.note and len(line) + 2 + len(f.note) <= console.width:
+            console.print(f"{text}  [dim]{escape(f.note)}[/]", overflow="fold")
+        else:
+            console.print(text, overflow="fold")
+            if f.note:
+                console.print(" " * 12 + escape(f.note), style="dim", overflow="fold")
+
+
+def _change(baseline, current) -> str:
+    """current vs baseline in %: +7.1%, -0.25%, +3.7e-05% (a few bytes of 27 GiB), 0%; blank if not two numbers."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (baseline, current)):
+        return ""
+    if current == baseline:
+        return "0%"
+    if not baseline:
+        return "new" if current else ""
+    pct = (current - baseline) / abs(baseline) * 100
+    return f"{pct:+.1f}%" if abs(pct) >= 1 else f"{pct:+.2f}%" if abs(pct) >= 0.01 else f"{pct:+.1e}%"
 
 
 def _positive(name: str, value: float) -> float:

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -154,3 +155,20 @@ def test_catalog_read_from_source_equals_the_imported_objects():
 def test_zoo_summary_matches_the_models_built_on_meta():
     from ist_bench import catalog
     assert catalog.zoo_summary() == catalog.summarize_zoo(), "regenerate with catalog.write_zoo_summary()"
+
+
+def test_compare_table_fits_80_columns_and_shows_the_change_in_percent(tmp_path):
+    from test_compare import GiB, _memory_row, _time_row, _write
+
+    base = _write(tmp_path / "b.jsonl", [_memory_row(), _time_row("none")])
+    cur = _write(tmp_path / "c.jsonl", [_memory_row(activations=15 * GiB), _time_row("none", backward=95.0)])
+    proc = subprocess.run([sys.executable, "-m", "ist_bench.cli", "compare", base, cur, "--all"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(line for line in lines if len(line) > 80)
+    activations = next(line for line in lines if "steady activations" in line)
+    assert "regressed" in activations and f"+{(15 - 14) / 14 * 100:.1f}%" in activations   # +7.1%
+    backward = next(line for line in lines if "GPU busy backward" in line)
+    assert f"+{(95 * 0.97 - 80 * 0.97) / (80 * 0.97) * 100:.1f}%" in backward   # the rows' busy backward ms
+    assert next(line for line in lines if "steady weights" in line).split()[-1] == "0%"
