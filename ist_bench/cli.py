@@ -261,10 +261,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ist_bench.report.validation import validation_report
     from ist_bench.results import read_rows, write_atomic
 
-    _check_writable(args.md)
+    _check_writable(args.markdown)
     text = validation_report(read_rows(args.results))
-    if args.md:
-        write_atomic(args.md, text)
+    if args.markdown and args.markdown != "-":
+        write_atomic(args.markdown, text)
     print(text)
     return 0
 
@@ -332,7 +332,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ist_bench import compare
     from ist_bench.report.console import console
-    from ist_bench.results import write_atomic
     from ist_bench.units import parse_bytes
 
     th = compare.Thresholds(memory_pct=_positive("--memory-pct", args.memory_pct),
@@ -351,9 +350,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console.print(", ".join(f"{n} {k}" for k, n in counts.items()) +
                   (" -> [bold red]REGRESSION[/] (exit 1)" if counts["regressed"] else " -> no regression"))
     if args.markdown:
-        write_atomic(args.markdown, compare.markdown(cmp, args.baseline, args.current))
+        _write_text(args.markdown, compare.markdown(cmp, args.baseline, args.current))
     if args.junit:
-        write_atomic(args.junit, compare.junit(cmp))
+        _write_text(args.junit, compare.junit(cmp))
     return 1 if counts["regressed"] else 0
 
 
@@ -435,7 +434,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def _check_writable(path: str | None) -> None:
     """Fail before the work, not after it, on an output path we cannot write (leaves no file behind)."""
-    if not path:
+    if not path or path == "-":   # `-`: stdout
         return
     p = Path(path)
     existed = p.exists()
@@ -450,10 +449,28 @@ def _check_writable(path: str | None) -> None:
 
 
 def _append_json(path: str | None, rows: list[dict]) -> None:
-    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted."""
-    if path:
+    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted; `-`: stdout."""
+    if path == "-":
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows))
+    elif path:
+        from ist_bench.report.console import console
         from ist_bench.results import append_rows
         append_rows(path, rows)
+        console.print(f"appended {len(rows)} row{'s' * (len(rows) != 1)} to {path}", style="dim", soft_wrap=True)
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write (replace) a file atomically; `-`: stdout."""
+    if path == "-":
+        sys.stdout.write(text)
+    else:
+        from ist_bench.results import write_atomic
+        write_atomic(path, text)
+
+
+def _to_stdout(args: argparse.Namespace) -> bool:
+    """Whether an output option is `-`: the data then owns stdout and the human view goes to stderr."""
+    return "-" in (getattr(args, "json", None), getattr(args, "markdown", None), getattr(args, "junit", None))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -521,7 +538,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--capacity", help="memory to run against, e.g. 80GiB: sim simulates the OOM, cuda caps "
                                       "its allocator")
     _busy_arg(p)
-    p.add_argument("--json", help="append the result row (bytes) to this JSONL file")
+    p.add_argument("--json", metavar="FILE", help="append the result row (bytes) to this JSONL file (created if "
+                                                  "missing; '-': write it to stdout, the table to stderr)")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("time", help="per-phase time of controlled training steps (GPU; CPU for small models)",
@@ -539,7 +557,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="also time the harness against a bare PyTorch loop in this many interleaved pairs of "
                         "10-step blocks (default 0: off)")
     _busy_arg(p)
-    p.add_argument("--json", help="append the result row(s) to this JSONL file")
+    p.add_argument("--json", metavar="FILE", help="append the result row(s) to this JSONL file (created if missing; "
+                                                  "'-': write them to stdout, the table to stderr)")
     p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("run", help="run a suite (YAML grid) of cases in worker processes",
@@ -565,7 +584,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        description="Compare sim with cuda for every case measured on both: peak allocated, "
                                    "each category, and the gap in %%.")
     p.add_argument("results", help="JSONL with cuda and sim rows of the same cases")
-    p.add_argument("--md", help="also write the markdown here")
+    p.add_argument("--markdown", metavar="FILE", help="also write the Markdown here, replacing the file ('-': "
+                                                      "stdout only)")
+    p.add_argument("--md", dest="markdown", help=argparse.SUPPRESS)   # its old name
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("fit", help="the longest sequence and largest batch that fit a GPU, per method (sim, "
@@ -585,7 +606,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--optimizer-state", default="keep", help="keep | reset (default keep)")
-    p.add_argument("--json", help="append the answers to this JSONL file")
+    p.add_argument("--json", metavar="FILE", help="append the answers to this JSONL file (created if missing; '-': "
+                                                  "stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of peak memory vs length per method, with the card's line")
     p.set_defaults(func=cmd_fit)
 
@@ -614,8 +636,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--allow-mismatch", action="store_true", help="compare across GPUs, backends or versions")
     p.add_argument("--gate-wall", action="store_true", help="also fail on wall time where GPU busy time exists "
                                                             "(off: wall time then only moves with the host)")
-    p.add_argument("--markdown", help="also write a Markdown summary here (a PR comment)")
-    p.add_argument("--junit", help="also write JUnit XML here")
+    p.add_argument("--markdown", metavar="FILE", help="also write a Markdown summary (a PR comment) here, replacing "
+                                                      "the file ('-': stdout, the table to stderr)")
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML here, replacing the file ('-': stdout)")
     p.add_argument("--all", action="store_true", help="also list unchanged figures")
     p.set_defaults(func=cmd_compare)
 
@@ -668,6 +691,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "optim"):   # a case command
             _check_names(args)
+        if _to_stdout(args):
+            from ist_bench.report.console import console
+            console.stderr = True
+            try:
+                return args.func(args)
+            finally:
+                console.stderr = False
         return args.func(args)
     except UsageError as e:
         if debug:

@@ -172,3 +172,28 @@ def test_compare_table_fits_80_columns_and_shows_the_change_in_percent(tmp_path)
     backward = next(line for line in lines if "GPU busy backward" in line)
     assert f"+{(95 * 0.97 - 80 * 0.97) / (80 * 0.97) * 100:.1f}%" in backward   # the rows' busy backward ms
     assert next(line for line in lines if "steady weights" in line).split()[-1] == "0%"
+
+
+def test_json_dash_writes_the_row_to_stdout_and_the_table_to_stderr(capsys):
+    assert main(["memory", "--model", "tiny-llama", "--seq-len", "32", "--steps", "1", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 1 and rows[0]["case"]["seq_len"] == 32 and rows[0]["status"] == "ok"
+    assert "peak allocated (est.)" in err
+
+
+def test_json_file_says_it_appends(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"kept": true}\n')
+    assert main(["memory", "--model", "tiny-llama", "--seq-len", "32", "--steps", "1", "--json", str(out)]) == 0
+    assert f"appended 1 row to {out}" in capsys.readouterr().out
+    assert out.read_text().splitlines()[0] == '{"kept": true}' and len(out.read_text().splitlines()) == 2
+
+
+def test_validate_takes_markdown_like_compare_and_keeps_md_as_an_alias(tmp_path, capsys):
+    for flag in ("--markdown", "--md"):
+        md = tmp_path / f"v{flag}.md"
+        assert main(["validate", "results/empty.jsonl", flag, str(md)]) == 0
+        assert capsys.readouterr().out == md.read_text() + "\n"
+    assert "--md" not in subprocess.run([sys.executable, "-m", "ist_bench.cli", "validate", "--help"],
+                                        capture_output=True, text=True, timeout=60).stdout.replace("--markdown", "")
