@@ -16,8 +16,14 @@ from ist_bench.runner.case import Case  # noqa: E402
 from ist_bench.runner.memory import measure_memory  # noqa: E402
 
 
+@pytest.hookimpl(tryfirst=True)   # before pytest-benchmark reads its options
 def pytest_configure(config):
     torch.set_num_threads(1)   # also where torch was imported before OMP_NUM_THREADS was set
+    # A plain `pytest` runs each benchmark once, untimed (a smoke test); --benchmark-only or
+    # --benchmark-enable time them (a `--benchmark-disable` in addopts would refuse --benchmark-only).
+    opt = config.option
+    if hasattr(opt, "benchmark_disable") and not (opt.benchmark_only or opt.benchmark_enable):
+        opt.benchmark_disable = True
 
 
 def memory_row(model="tiny-llama", method="lora", backend="cpu", **kw):
