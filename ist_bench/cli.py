@@ -15,41 +15,64 @@ EPILOG = "Defaults follow the IST paper's Table 1 setting: batch 1, 1024 tokens,
 
 
 def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
-    from ist_bench.methods import METHODS, MethodSpec
-    from ist_bench.runner.case import DTYPES, OPTIM_IMPLS, Case
-    from ist_bench.selection import OPTIMIZER_STATES, POLICIES
+    """The case options; defaults and choices read from `Case`, `MethodSpec` and the registries
+    without importing them (ist_bench/catalog.py), so building the parser stays light."""
+    from ist_bench import catalog
 
-    c, m = Case(), MethodSpec()
-    p.add_argument("--model", default=c.model, help=f"zoo name (see `ist-bench models`) or a config.json path "
-                                                     f"(default {c.model})")
-    p.add_argument("--method", default=m.name, help=f"one of {', '.join(METHODS)} (default {m.name})")
-    p.add_argument("--select", default=c.select, help=f"layer selection policy: {', '.join(POLICIES)} "
-                                                      f"(default {c.select}; `ist-bench methods` lists their options)")
+    c, m, ch = catalog.case_defaults(), catalog.case_defaults()["method"], catalog.choices()
+    p.add_argument("--model", default=c["model"], help=f"zoo name (see `ist-bench models`) or a config.json path "
+                                                        f"(default {c['model']})")
+    p.add_argument("--method", default=m["name"], help=f"one of {', '.join(ch['method'])} (default {m['name']})")
+    p.add_argument("--select", default=c["select"], help=f"layer selection policy: {', '.join(ch['select'])} "
+                                                         f"(default {c['select']}; `ist-bench methods` lists their "
+                                                         f"options)")
     p.add_argument("--select-opt", metavar="K=V,...", default="",
                    help="policy options, e.g. layers=0.25 (rst, ist), beta=0.5,mu=100 (ist), gamma=2 (lisa)")
-    p.add_argument("--optimizer-state", default=c.optimizer_state,
-                   help=f"a deselected layer's AdamW state: {' | '.join(OPTIMIZER_STATES)} (default {c.optimizer_state})")
-    p.add_argument("--backend", default=c.backend,
+    p.add_argument("--optimizer-state", default=c["optimizer_state"],
+                   help=f"a deselected layer's AdamW state: {' | '.join(ch['optimizer_state'])} "
+                        f"(default {c['optimizer_state']})")
+    p.add_argument("--backend", default=c["backend"],
                    help="sim | cpu | cuda | auto (default auto: cuda if a GPU is present, else sim)")
-    steps = steps or c.steps
+    steps = steps or c["steps"]
     p.add_argument("--steps", type=int, default=steps, help=f"measured steps (default {steps})")
-    p.add_argument("--seq-len", type=int, default=c.seq_len, help=f"tokens per sequence (default {c.seq_len})")
-    p.add_argument("--batch", type=int, default=c.batch, help=f"sequences per step (default {c.batch})")
-    p.add_argument("--attn", default=c.attn, help=f"attention: eager (the paper's) or sdpa (flash kernels on a GPU; "
-                                                  f"default {c.attn})")
+    p.add_argument("--seq-len", type=int, default=c["seq_len"], help=f"tokens per sequence (default {c['seq_len']})")
+    p.add_argument("--batch", type=int, default=c["batch"], help=f"sequences per step (default {c['batch']})")
+    p.add_argument("--attn", default=c["attn"], help=f"attention: eager (the paper's) or sdpa (flash kernels on a "
+                                                     f"GPU; default {c['attn']})")
     p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on (default off)")
-    p.add_argument("--dtype", default=c.dtype, help=f"weight dtype: {', '.join(DTYPES)} (default {c.dtype})")
-    p.add_argument("--seed", type=int, default=c.seed)
+    p.add_argument("--dtype", default=c["dtype"], help=f"weight dtype: {', '.join(ch['dtype'])} (default {c['dtype']})")
+    p.add_argument("--seed", type=int, default=c["seed"])
     p.add_argument("--data", help="Alpaca-format JSON file (needs --tokenizer; else synthetic tokens)")
     p.add_argument("--tokenizer", help="local tokenizer.json or a folder holding one")
-    p.add_argument("--data-mode", default=c.data_mode,
+    p.add_argument("--data-mode", default=c["data_mode"],
                    help="pack: exactly --seq-len tokens per step; sample: one sample per step (default pack)")
-    p.add_argument("--optim", default=c.optim, help=f"AdamW kernel: {', '.join(OPTIM_IMPLS)} (default {c.optim})")
-    p.add_argument("--r", type=int, default=m.r, help=f"LoRA/DoRA rank (default {m.r})")
-    p.add_argument("--alpha", type=int, default=m.alpha, help=f"LoRA alpha (default {m.alpha})")
-    p.add_argument("--dropout", type=float, default=m.dropout, help=f"LoRA dropout (default {m.dropout})")
-    p.add_argument("--bottleneck", type=int, default=m.bottleneck,
-                   help=f"Series/Parallel adapter bottleneck (default {m.bottleneck})")
+    p.add_argument("--optim", default=c["optim"], help=f"AdamW kernel: {', '.join(ch['optim'])} "
+                                                       f"(default {c['optim']})")
+    p.add_argument("--r", type=int, default=m["r"], help=f"LoRA/DoRA rank (default {m['r']})")
+    p.add_argument("--alpha", type=int, default=m["alpha"], help=f"LoRA alpha (default {m['alpha']})")
+    p.add_argument("--dropout", type=float, default=m["dropout"], help=f"LoRA dropout (default {m['dropout']})")
+    p.add_argument("--bottleneck", type=int, default=m["bottleneck"],
+                   help=f"Series/Parallel adapter bottleneck (default {m['bottleneck']})")
+
+
+# The names a case option takes, with the words `Case.check` uses for them (same one-line message).
+_NAMED = {"method": "method", "select": "selection policy", "optimizer_state": "optimizer-state policy",
+          "dtype": "dtype", "optim": "optimizer implementation", "attn": "attention implementation"}
+
+
+def _check_names(args: argparse.Namespace) -> None:
+    """A misspelt name answers before torch is imported (Case.check repeats these checks, and the rest)."""
+    from ist_bench import catalog
+    from ist_bench.errors import choice_error
+
+    zoo = list(catalog.zoo_configs())
+    model = Path(args.model)
+    if args.model not in zoo and not (model.suffix == ".json" or model.is_dir() or model.exists()):
+        raise choice_error("model", args.model, zoo + ["<path/to/config.json>"])
+    valid = catalog.choices()
+    for key, what in _NAMED.items():
+        if getattr(args, key) not in valid[key]:
+            raise choice_error(what, getattr(args, key), valid[key])
 
 
 def _case_from(args: argparse.Namespace):
@@ -81,7 +104,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
     row = measure_memory(case, busy_gpu=args.busy_gpu, timeline=args.timeline)
     print_memory(row)
     if row.get("timeline"):
-        print(f"timeline: wrote {', '.join(row['timeline'])}")
+        from ist_bench.report.console import console
+        console.print(f"timeline: wrote {', '.join(row['timeline'])}", soft_wrap=True)
     _append_json(args.json, [row])
     return 0 if row["status"] in ("ok", "oom") else 1
 
@@ -245,7 +269,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ist_bench.report.validation import validation_report
     from ist_bench.results import read_rows, write_atomic
 
-    _check_writable(args.md)
+    _check_writable(args.markdown)
     if args.sample is not None:
         rows = _validate_sample(args)
     elif args.results:
@@ -253,8 +277,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         raise UsageError("validate needs a results file, or --sample N to draw and measure N cells (on a GPU)")
     text = validation_report(rows, worst_first=args.sample is not None)
-    if args.md:
-        write_atomic(args.md, text)
+    if args.markdown and args.markdown != "-":
+        write_atomic(args.markdown, text)
     print(text)
     return 0
 
@@ -347,11 +371,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from ist_bench import compare
     from ist_bench.report.console import console
-    from ist_bench.results import write_atomic
     from ist_bench.units import parse_bytes
 
     th = compare.Thresholds(memory_pct=_positive("--memory-pct", args.memory_pct),
@@ -364,23 +385,58 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for path in (args.markdown, args.junit):
         _check_writable(path)
     cmp = compare.compare_files(args.baseline, args.current, th, args.allow_mismatch)
-    table = Table(title=f"{args.baseline} -> {args.current}", title_justify="left")
-    for col in ("outcome", "case", "figure", "baseline", "current", "note"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("outcome", "figure", "baseline", "current"))
-    colors = {"regressed": "red", "improved": "green", "missing": "yellow", "new": "cyan", "advisory": "yellow"}
-    for f in cmp.findings:
-        if f.outcome != "unchanged" or args.all:
-            table.add_row(f"[{colors.get(f.outcome, 'white')}]{f.outcome}[/]", f.case, f.figure,
-                          compare._fmt(f.baseline), compare._fmt(f.current), f.note)
-    console.print(table)
+    _print_findings(console, [f for f in cmp.findings if f.outcome != "unchanged" or args.all],
+                    f"{args.baseline} -> {args.current}", compare._fmt)
     counts = cmp.counts()
     console.print(", ".join(f"{n} {k}" for k, n in counts.items()) +
                   (" -> [bold red]REGRESSION[/] (exit 1)" if counts["regressed"] else " -> no regression"))
     if args.markdown:
-        write_atomic(args.markdown, compare.markdown(cmp, args.baseline, args.current))
+        _write_text(args.markdown, compare.markdown(cmp, args.baseline, args.current))
     if args.junit:
-        write_atomic(args.junit, compare.junit(cmp))
+        _write_text(args.junit, compare.junit(cmp))
     return 1 if counts["regressed"] else 0
+
+
+_OUTCOME_STYLE = {"regressed": "red", "improved": "green", "missing": "yellow", "new": "cyan", "advisory": "yellow"}
+_ROW = "  {outcome:<9} {figure:<21} {baseline:>10} {current:>10} {delta:>9}"
+
+
+def _print_findings(console, findings: list, title: str, fmt) -> None:
+    """Findings grouped by case: the case on its own line, then one line per figure with baseline,
+    current and the change in % (as pytest-benchmark and asv show it); the note follows on the line
+    when it fits the terminal, else under it. 80 columns are enough."""
+    from rich.markup import escape
+
+    console.print(escape(title), overflow="fold")
+    head = _ROW.format(outcome="outcome", figure="figure", baseline="baseline", current="current", delta="change")
+    console.print(head + "  note", style="dim", overflow="fold")
+    case = None
+    for f in findings:
+        if f.case != case:
+            case = f.case
+            console.print(escape(case), style="bold", overflow="fold")
+        line = _ROW.format(outcome=f.outcome, figure=f.figure, baseline=fmt(f.baseline), current=fmt(f.current),
+                           delta=_change(f.baseline, f.current))
+        style = _OUTCOME_STYLE.get(f.outcome, "")
+        text = escape(line) if not style else f"[{style}]{escape(line[:12])}[/]{escape(line[12:])}"
+        if f.note and len(line) + 2 + len(f.note) <= console.width:
+            console.print(f"{text}  [dim]{escape(f.note)}[/]", overflow="fold")
+        else:
+            console.print(text, overflow="fold")
+            if f.note:
+                console.print(" " * 12 + escape(f.note), style="dim", overflow="fold")
+
+
+def _change(baseline, current) -> str:
+    """current vs baseline in %: +7.1%, -0.25%, +3.7e-05% (a few bytes of 27 GiB), 0%; blank if not two numbers."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (baseline, current)):
+        return ""
+    if current == baseline:
+        return "0%"
+    if not baseline:
+        return "new" if current else ""
+    pct = (current - baseline) / abs(baseline) * 100
+    return f"{pct:+.1f}%" if abs(pct) >= 1 else f"{pct:+.2f}%" if abs(pct) >= 0.01 else f"{pct:+.1e}%"
 
 
 def _positive(name: str, value: float) -> float:
@@ -419,7 +475,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def _check_writable(path: str | None) -> None:
     """Fail before the work, not after it, on an output path we cannot write (leaves no file behind)."""
-    if not path:
+    if not path or path == "-":   # `-`: stdout
         return
     p = Path(path)
     existed = p.exists()
@@ -434,51 +490,65 @@ def _check_writable(path: str | None) -> None:
 
 
 def _append_json(path: str | None, rows: list[dict]) -> None:
-    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted."""
-    if path:
+    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted; `-`: stdout."""
+    if path == "-":
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows))
+    elif path:
+        from ist_bench.report.console import console
         from ist_bench.results import append_rows
         append_rows(path, rows)
+        console.print(f"appended {len(rows)} row{'s' * (len(rows) != 1)} to {path}", style="dim", soft_wrap=True)
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write (replace) a file atomically; `-`: stdout."""
+    if path == "-":
+        sys.stdout.write(text)
+    else:
+        from ist_bench.results import write_atomic
+        write_atomic(path, text)
+
+
+def _to_stdout(args: argparse.Namespace) -> bool:
+    """Whether an output option is `-`: the data then owns stdout and the human view goes to stderr."""
+    return "-" in (getattr(args, "json", None), getattr(args, "markdown", None), getattr(args, "junit", None))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ist_bench import zoo
+    from ist_bench import catalog
     from ist_bench.report.console import console
 
     table = Table(title="ist-bench model zoo (published configs, random weights)", title_justify="left")
     for col in ("name", "family", "layers", "hidden", "params", "positions"):
         table.add_column(col, justify="left" if col in ("name", "family") else "right")
-    for name in zoo.names():
-        cfg = zoo.load_config(name)
-        table.add_row(name, cfg.model_type, str(cfg.num_hidden_layers), str(cfg.hidden_size),
-                      f"{zoo.count_parameters(cfg) / 1e6:,.1f}M", str(zoo.max_positions(cfg) or "-"))
+    for name, m in catalog.zoo_summary().items():
+        table.add_row(name, m["family"], str(m["layers"]), str(m["hidden"]), f"{m['params'] / 1e6:,.1f}M",
+                      str(m["positions"] or "-"))
     console.print(table)
     return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from rich.table import Table
 
-    from ist_bench.methods import METHODS
+    from ist_bench import catalog
     from ist_bench.report.console import console
-    from ist_bench.selection import POLICIES
 
     methods = Table(title="methods: what in a layer trains (--method)", title_justify="left", box=None)
     methods.add_column("name", style="bold", no_wrap=True)
     methods.add_column("")
-    for name, method in METHODS.items():
-        methods.add_row(name, method.description)
+    for m in catalog.methods():
+        methods.add_row(m.name, m.description)
     console.print(methods)
     policies = Table(title="selection policies: which layers train each step (--select; --select-opt K=V)",
                      title_justify="left", box=None)
     policies.add_column("name", style="bold", no_wrap=True)
     policies.add_column("")
-    for name, cls in POLICIES.items():
-        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Settings))
-        policies.add_row(name, cls.description + (f"\n[dim]options: {opts}[/]" if opts else ""))
+    for p in catalog.policies():
+        opts = ", ".join(f"{k}={v}" for k, v in p.options.items())
+        policies.add_row(p.name, p.description + (f"\n[dim]options: {opts}[/]" if opts else ""))
     console.print(policies)
     return 0
 
@@ -490,27 +560,27 @@ def _busy_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; the case options (whose defaults come from the heavy modules) are added only to
-    `command`'s subparser, so `report`, `models` or a bad option answer without importing torch."""
+    """The parser. Light: it imports neither torch nor transformers nor peft (defaults come from
+    ist_bench/catalog.py), so `--help`, `models` and a bad option answer at once. `command` is
+    accepted for callers of the old signature and ignored."""
+    from ist_bench import __version__
     from ist_bench.measure.cards import CARDS
-
-    def case_args(p: argparse.ArgumentParser, name: str, **kw) -> None:
-        if command in (None, name):
-            _case_args(p, **kw)
 
     parser = Parser(prog="ist-bench", description="Memory and throughput profiling for PEFT "
                     "and layer-sparse tuning (IST) of LLMs. Add --debug to any command for tracebacks.",
                     epilog=EPILOG + " " + EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"ist-bench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("memory", help="memory breakdown of one controlled training step",
                        description="Measure weights, activations, gradients, optimizer state and peak of "
                                    "controlled training steps. " + EPILOG)
-    case_args(p, "memory")
+    _case_args(p)
     p.add_argument("--capacity", help="memory to run against, e.g. 80GiB: sim simulates the OOM, cuda caps "
                                       "its allocator")
     _busy_arg(p)
-    p.add_argument("--json", help="append the result row (bytes) to this JSONL file")
+    p.add_argument("--json", metavar="FILE", help="append the result row (bytes) to this JSONL file (created if "
+                                                  "missing; '-': write it to stdout, the table to stderr)")
     p.add_argument("--timeline", metavar="FILE", help="also write the memory timeline (live bytes by category over "
                                                        "the steps, phases and peak marked): .png, .html (memory_viz), "
                                                        ".pickle (a torch.cuda memory snapshot) or .json; on cuda the "
@@ -520,7 +590,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("time", help="per-phase time of controlled training steps (GPU; CPU for small models)",
                        description="Time forward, backward and optimizer step with CUDA events (host clock on "
                                    "CPU), after uncounted warm-up steps; no memory tracker runs. " + EPILOG)
-    case_args(p, "time", steps=100)
+    _case_args(p, steps=100)
     p.add_argument("--warmup", type=int, default=10, help="uncounted warm-up steps (default 10)")
     p.add_argument("--compare-select", metavar="A,B",
                    help="A/B-compare two selection policies, alternating A B A B in fresh processes")
@@ -532,7 +602,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="also time the harness against a bare PyTorch loop in this many interleaved pairs of "
                         "10-step blocks (default 0: off)")
     _busy_arg(p)
-    p.add_argument("--json", help="append the result row(s) to this JSONL file")
+    p.add_argument("--json", metavar="FILE", help="append the result row(s) to this JSONL file (created if missing; "
+                                                  "'-': write them to stdout, the table to stderr)")
     p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("run", help="run a suite (YAML grid) of cases in worker processes",
@@ -570,7 +641,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600, help="--sample: seconds before a cell is killed "
                                                                "(default 600)")
     p.add_argument("--jobs", type=int, help="--sample: sim cells at once (default: the cores, up to 12)")
-    p.add_argument("--md", help="also write the markdown here")
+    p.add_argument("--markdown", metavar="FILE", help="also write the Markdown here, replacing the file ('-': "
+                                                      "stdout only)")
+    p.add_argument("--md", dest="markdown", help=argparse.SUPPRESS)   # its old name
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("fit", help="the longest sequence and largest batch that fit a GPU, per method (sim, "
@@ -590,7 +663,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--optimizer-state", default="keep", help="keep | reset (default keep)")
-    p.add_argument("--json", help="append the answers to this JSONL file")
+    p.add_argument("--json", metavar="FILE", help="append the answers to this JSONL file (created if missing; '-': "
+                                                  "stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of peak memory vs length per method, with the card's line")
     p.set_defaults(func=cmd_fit)
 
@@ -619,8 +693,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--allow-mismatch", action="store_true", help="compare across GPUs, backends or versions")
     p.add_argument("--gate-wall", action="store_true", help="also fail on wall time where GPU busy time exists "
                                                             "(off: wall time then only moves with the host)")
-    p.add_argument("--markdown", help="also write a Markdown summary here (a PR comment)")
-    p.add_argument("--junit", help="also write JUnit XML here")
+    p.add_argument("--markdown", metavar="FILE", help="also write a Markdown summary (a PR comment) here, replacing "
+                                                      "the file ('-': stdout, the table to stderr)")
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML here, replacing the file ('-': stdout)")
     p.add_argument("--all", action="store_true", help="also list unchanged figures")
     p.set_defaults(func=cmd_compare)
 
@@ -665,12 +740,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "optim"):   # a case command
+            _check_names(args)
+        if _to_stdout(args):
+            from ist_bench.report.console import console
+            console.stderr = True
+            try:
+                return args.func(args)
+            finally:
+                console.stderr = False
         return args.func(args)
     except UsageError as e:
         if debug:

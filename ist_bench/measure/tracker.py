@@ -57,6 +57,12 @@ class Storage:
 
 
 class MemoryTracker(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's hook in torch._disable_dynamo (a Python frame per op, ~10% of a sim step);
+        # the tracker never runs under torch.compile, so it takes the hook unwrapped
+        return False
+
     def __init__(self, device_type: str, *, block: Callable[[int], int] | None = None,
                  capacity: int | None = None, outside: int = 0, memo: bool = False,
                  scratch: Callable[..., int] | None = None, history: bool = False):
@@ -78,6 +84,9 @@ class MemoryTracker(TorchDispatchMode):
         self.live = self.peak = 0
         self.live_blocks = self.peak_blocks = 0
         self.peak_moment = 0   # the clock when `peak_blocks` was reached
+        self._self_ref = weakref.ref(self)  # for the free callbacks: they must not keep the tracker alive
+        meta = device_type == "meta"
+        self._here = (lambda t: t.is_meta) if meta else (lambda t: t.device.type == device_type)
 
     # -- counting -------------------------------------------------------------------
     def register(self, tensors: Iterable[torch.Tensor]) -> None:
@@ -105,7 +114,7 @@ class MemoryTracker(TorchDispatchMode):
         return {s: e for s, e in self.log.items() if e.born <= moment and (e.died is None or e.died > moment)}
 
     def _add(self, t: torch.Tensor) -> None:
-        if not isinstance(t, torch.Tensor) or t.device.type != self.device_type or t.is_sparse:
+        if not isinstance(t, torch.Tensor) or not self._here(t) or t.is_sparse:
             return
         storage = t.untyped_storage()
         key = id(storage)
@@ -132,7 +141,7 @@ class MemoryTracker(TorchDispatchMode):
                                f"({self.outside} of them workspace) > capacity {self.capacity}")
 
     def _freed(self, key: int):
-        self_ref = weakref.ref(self)  # the callback must not keep the tracker alive
+        self_ref = self._self_ref
 
         def callback(_ref):
             tracker = self_ref()
@@ -222,7 +231,7 @@ class _Unkeyable(Exception):
 
 def _key_of(x):
     if isinstance(x, torch.Tensor):
-        if x.device.type != "meta" or x.is_sparse or (type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter):
+        if (type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter) or not x.is_meta or x.is_sparse:
             raise _Unkeyable
         return (x.shape, x.stride(), x.storage_offset(), x.dtype)
     if isinstance(x, (tuple, list)):
@@ -249,10 +258,13 @@ def _template(out):
     def of(x):
         if isinstance(x, torch.Tensor):
             st = x.untyped_storage()
-            if x.device.type != "meta" or id(st) in seen:
+            if not x.is_meta or id(st) in seen:
                 raise _Unkeyable
             seen.add(id(st))
-            return ("T", tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, st.nbytes())
+            shape, stride, offset, nbytes = tuple(x.shape), x.stride(), x.storage_offset(), st.nbytes()
+            if offset == 0 and nbytes == _dense_bytes(shape, stride, x.dtype):
+                return ("E", shape, stride, x.dtype)   # what empty_strided makes (one call, not three)
+            return ("T", shape, stride, offset, x.dtype, nbytes)
         if isinstance(x, (tuple, list)):
             return (type(x), tuple(of(v) for v in x))
         raise _Unkeyable
@@ -262,7 +274,16 @@ def _template(out):
         return None
 
 
+def _dense_bytes(shape, stride, dtype) -> int:
+    """The storage bytes `torch.empty_strided(shape, stride)` allocates."""
+    if 0 in shape:
+        return 0
+    return (1 + sum((n - 1) * s for n, s in zip(shape, stride, strict=True))) * dtype.itemsize
+
+
 def _rebuild(template):
+    if template[0] == "E":
+        return torch.empty_strided(template[1], template[2], dtype=template[3], device="meta")
     if template[0] == "T":
         _, shape, stride, offset, dtype, nbytes = template
         t = torch.empty(0, dtype=dtype, device="meta")

@@ -8,6 +8,7 @@ process, and returns the result row; an OOM becomes `status: oom` with the peak 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import traceback
@@ -176,7 +177,8 @@ def build(case: Case) -> Built:
     device = backends.device(case.backend)
     model = zoo.build_model(config, dtype=DTYPES[case.dtype], device=device, seed=case.seed, attn=case.attn)
     n_params = sum(p.numel() for p in model.parameters())
-    model = apply_method(model, case.method)
+    with torch.device(device) if device.type == "meta" else contextlib.nullcontext():
+        model = apply_method(model, case.method)   # sim: adapters born on meta, not initialised on the CPU
     if os.environ.get("IST_BENCH_INJECT") == "unfreeze":
         # A deliberate regression for testing the gate (never set it otherwise): the bug of forgetting
         # to freeze the base model, so every parameter trains while the case still says its method.
