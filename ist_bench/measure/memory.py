@@ -179,7 +179,7 @@ def _group(tag: str | None) -> str:
     return f"{m.group(1)}.*" + (f".{m.group(2)}" if m.group(2) else "") if m else tag
 
 
-def summarize(steps: list[dict]) -> dict:
+def summarize(steps: list[dict], weights=None) -> dict:
     """first / typical / steady / min / median / max / last of each per-step figure, plus the run's
     peaks. `steady` is the run's last step when it is the steady-state step (`phase: steady`);
     `typical` the median of the drawn steps (`phase: drawn`), where there are any."""

@@ -10,14 +10,14 @@ import torch
 from ist_bench.measure import backends, env
 from ist_bench.measure.cuda import NvmlPoller, gpu_guard
 from ist_bench.measure.memory import MemoryMeter, summarize
-from ist_bench.methods import after_optimizer_step, method_state
+from ist_bench.methods import after_optimizer_step, fill_method_state, method_state
 from ist_bench.results import SCHEMA
 from ist_bench.runner.case import Case, build, record_failure
 from ist_bench.runner.step import fill_optimizer_state, run_steps
 from ist_bench.units import parse_bytes
 
 
-def measure_memory(case: Case, busy_gpu: str = "refuse") -> dict:
+def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | list = False) -> dict:
     """Measure memory over the steps of the protocol (docs/measurement.md); returns the result row.
 
     1. step 0, the *first* step, as a real run takes it (no optimizer state before it); with
@@ -34,6 +34,7 @@ def measure_memory(case: Case, busy_gpu: str = "refuse") -> dict:
     row = {"schema": SCHEMA, "kind": "memory", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None}
     tracker = backends.tracker(case.backend, capacity=parse_bytes(case.capacity))
     meter = policy = None
+    n_measured = 0
     nvml = contextlib.nullcontext()
     try:
         if case.backend == "cuda":
@@ -48,33 +49,45 @@ def measure_memory(case: Case, busy_gpu: str = "refuse") -> dict:
             if policy.eval_batch:
                 tracker.register(policy.eval_batch.values())
 
-            def run(steps, force=None):
+            def run(steps, force=None, data_step=None):
                 run_steps(b.model, b.optimizer, b.batches, b.device, policy, steps, meters=[meter], force=force,
-                          after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
+                          after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s),
+                          data_step=data_step)
             with backends.step_context(case.backend), tracker, meter:
                 trained = [p for g in b.optimizer.param_groups for p in g["params"]]
                 in_blocks = {id(p) for block in policy.gate.blocks for p in block}
+
+                def steady(draw, step):
+                    """One step under a long run's conditions with `draw` forced (docs/measurement.md)."""
+                    policy.gate.apply(draw)       # `reset` frees the state of the layers it leaves out
+                    held = trained if draw is None else [p for i in draw for p in policy.gate.blocks[i]] + \
+                        [p for p in trained if id(p) not in in_blocks]    # e.g. LISA's embeddings and head
+                    fill_optimizer_state(b.optimizer, held)
+                    fill_method_state(b.model, case.method)             # AdaLoRA's EMAs exist after step 0
+                    run([step], force={"active": draw, "importance": policy.needs_eval_batch},
+                        data_step=b.batches.longest_step())             # sample mode: the longest sample
                 if case.steps:
                     run([0])
                 if case.optimizer_state == "keep":   # a long run's state: every layer has been drawn
                     fill_optimizer_state(b.optimizer, trained)
                 run(range(1, case.steps))
-                worst = policy.worst_case()
-                policy.gate.apply(worst)      # `reset` frees the state of the layers it leaves out
-                held = trained if worst is None else [p for i in worst for p in policy.gate.blocks[i]] + \
-                    [p for p in trained if id(p) not in in_blocks]    # e.g. LISA's embeddings and head
-                fill_optimizer_state(b.optimizer, held)
-                run([case.steps], force={"active": worst, "importance": policy.needs_eval_batch})
+                steady(policy.worst_case(), case.steps)
+                n_measured = len(meter.steps)
+                for draw in (policy.possible_draws() if probe_draws is True else probe_draws or ()):
+                    steady(draw, case.steps)
     except Exception as e:  # one case must never take the others down: its failure is its row
         record_failure(row, e)
         row["peak_reached"] = _peak_reached(case.backend, tracker)
     if meter is not None:
-        active = {h["step"]: h["active"] for h in policy.history}
-        for i, r in enumerate(meter.steps):
-            last = i == len(meter.steps) - 1 and row["status"] == "ok"
-            r["phase"] = "steady" if last else "first" if i == 0 and case.steps else "drawn"
-            r["active_layers"] = active.get(r["step"])
-        row["memory"] = {"steps": meter.steps, "summary": summarize(meter.steps)}
+        n = n_measured or len(meter.steps)     # n_measured: set once the steady step is done
+        steps, probes = meter.steps[:n], meter.steps[n:]
+        for i, (r, h) in enumerate(zip(meter.steps, policy.history)):   # one history entry per step begun
+            last = i == n - 1 and n_measured > 0
+            r["phase"] = "probe" if i >= n else "steady" if last else "first" if i == 0 and case.steps else "drawn"
+            r["active_layers"] = h["active"]
+        row["memory"] = {"steps": steps, "summary": summarize(steps, policy.typical_weights())}
+        if probes:
+            row["memory"]["probes"] = probes
     if policy is not None and policy.gate is not None:
         row["selection"]["history"] = policy.history
         row["selection"]["rounds"] = getattr(policy, "rounds", [])

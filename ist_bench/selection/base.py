@@ -23,6 +23,7 @@ LISA's and IST's public code do) or `reset` (they are freed on deselection).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -176,6 +177,25 @@ class SelectionPolicy(TrainerCallback):
         stack) and the top n_active - 1 (their gradients appear while most activations live)."""
         k, n = self.n_active, self.n_layers
         return None if k >= n else [0, *range(n - k + 1, n)]
+
+    def possible_draws(self, limit: int = 64) -> list[list[int] | None]:
+        """Draws the policy can make (every set of n_active layers; `none`: all layers), at most
+        `limit` of them: beyond that a fixed sample, the worst case and the top layers included.
+        The brute-force bound tests force each under the steady step's conditions."""
+        k, n = self.n_active, self.n_layers
+        if k >= n:
+            return [None]
+        total = math.comb(n, k)
+        if total <= limit:
+            return [list(c) for c in itertools.combinations(range(n), k)]
+        g = rng(self.seed, 2**31 - 2)
+        sample = [sorted(g.choice(n, size=k, replace=False).tolist()) for _ in range(limit - 2)]
+        return [[0, *range(n - k + 1, n)], list(range(n - k, n)), *sample]
+
+    def typical_weights(self) -> np.ndarray | None:
+        """P(lowest trained layer = m), m = 0 .. L-1, under the policy's draw distribution on sim
+        (docs/measurement.md, "typical"); None where no layer is ever left out."""
+        return None
 
     def describe(self) -> dict:
         """Settings recorded in every result row."""

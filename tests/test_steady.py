@@ -1,0 +1,124 @@
+"""The steady step is a bound: no step a real run of the policy can take peaks above it.
+
+Each test compares the steady step's figures with steps measured here on sim: the steps a run
+takes (warm-ups, importance rounds, every sample), and every draw the policy can make, each
+forced under the steady step's conditions (`probe_draws`)."""
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from ist_bench.methods import MethodSpec
+from ist_bench.runner.case import Case
+from ist_bench.runner.memory import measure_memory
+
+PEAKS = ("peak", "peak_blocks", "allocated_peak_est")
+WIDE = str(Path(__file__).parent / "configs" / "wide-llama.json")   # a layer's gradients outweigh its activations
+
+
+def row_of(tokenizer=None, probe=False, **kw):
+    data = {"data": None, "tokenizer": None}
+    if tokenizer is not None:
+        from ist_bench.data import SAMPLE_FILE
+        data = {"data": str(SAMPLE_FILE), "tokenizer": str(tokenizer)}
+    method = kw.pop("method", "lora")
+    case = Case(model=kw.pop("model", "tiny-llama"), method=MethodSpec(name=method), backend="sim",
+                seq_len=kw.pop("seq_len", 64), **data, **kw).check()
+    row = measure_memory(case, probe_draws=probe)
+    assert row["status"] == "ok", row.get("traceback") or row["error"]
+    return row
+
+
+def steady_of(row) -> dict:
+    return next(s for s in row["memory"]["steps"] if s["phase"] == "steady")
+
+
+def assert_bounded(row, steps):
+    steady = steady_of(row)
+    for s in steps:
+        for k in PEAKS:
+            assert s[k] <= steady[k], (k, s["step"], s.get("phase"), s.get("active_layers"), s[k] - steady[k])
+        for k in ("importance_peak", "importance_allocated_peak_est"):
+            if k in s:
+                assert s[k] <= steady[k], (k, s["step"])
+
+
+# -- the four under-reports of issue 16, each pinned ----------------------------------------
+def test_ila_steady_step_covers_its_warmup_where_every_layer_trains():
+    row = row_of(select="ila", select_opts={"warmup": 3}, steps=6)
+    warm = [s for s in row["memory"]["steps"] if s["phase"] != "steady" and s["step"] < 3]
+    assert warm and all(s["active_layers"] is None for s in warm)
+    assert_bounded(row, row["memory"]["steps"])
+
+
+def test_adalora_steady_step_holds_its_importance_emas_at_steps_zero():
+    zero = steady_of(row_of(method="adalora", select="rst", steps=0))
+    later = row_of(method="adalora", select="rst", steps=3)
+    assert zero["method_state"] == steady_of(later)["method_state"] > 0
+    for k in PEAKS:
+        assert zero[k] == steady_of(later)[k], k
+    assert_bounded(later, later["memory"]["steps"])
+
+
+def test_sample_mode_steady_step_trains_the_longest_sample_whatever_steps(tokenizer_file):
+    rows = [row_of(tokenizer_file, select="rst", data_mode="sample", seq_len=512, steps=n) for n in (0, 3, 7)]
+    steadies = [steady_of(r) for r in rows]
+    assert all(s[k] == steadies[0][k] for s in steadies for k in PEAKS)     # the bound does not move with --steps
+    # and it is at least every sample's step: run one step per sample of the file
+    from ist_bench.data import SAMPLE_FILE, load_samples
+    every = row_of(tokenizer_file, select="rst", data_mode="sample", seq_len=512, steps=len(load_samples(SAMPLE_FILE)))
+    assert all(steady_of(every)[k] == steadies[0][k] for k in PEAKS)
+    assert_bounded(every, every["memory"]["steps"])
+
+
+@pytest.mark.parametrize("seq_len", [64, 256])
+@pytest.mark.parametrize("select", ["lift", "lisa", "rst"])
+def test_full_finetuning_worst_draw_is_the_top_layers_when_embeddings_train(select, seq_len):
+    row = row_of(model=WIDE, method="full", select=select, steps=0, probe=True, seq_len=seq_len)
+    n = row["selection"]["n_active"]
+    assert steady_of(row)["active_layers"] == list(range(4 - n, 4))
+    assert row["memory"]["probes"]
+    assert_bounded(row, row["memory"]["probes"])
+
+
+# -- brute force: every policy x a few methods x data modes -----------------------------------
+POLICIES = {
+    "none": {}, "rst": {}, "ist": {"interval": 2}, "ist-code": {"interval": 2},
+    "lisa": {"gamma": 2, "interval": 1}, "ila": {"warmup": 2}, "lift": {"interval": 1},
+}
+METHODS = ("lora", "full", "series", "adalora")
+
+
+def _cells():
+    for (select, opts), method in itertools.product(POLICIES.items(), METHODS):
+        if select.startswith("ist") and method == "full":
+            continue
+        yield select, opts, method
+
+
+@pytest.mark.parametrize("select,opts,method", list(_cells()))
+@pytest.mark.parametrize("state", ["keep", "reset"])
+@pytest.mark.parametrize("model", ["tiny-llama", WIDE])
+def test_no_step_or_draw_of_a_policy_peaks_above_its_steady_step(select, opts, method, state, model):
+    """tiny-llama and its wide variant (4 layers), 64 tokens: a 6-step run (warm-ups, rounds, every LIFT/LISA position) and
+    every draw of the policy's size, each forced under steady conditions."""
+    row = row_of(model=model, method=method, select=select, select_opts=opts, steps=6, optimizer_state=state,
+                 probe=True)
+    assert_bounded(row, row["memory"]["steps"] + row["memory"]["probes"])
+
+
+@pytest.mark.parametrize("select", ["rst", "lift", "ila", "lisa"])
+def test_sample_mode_no_step_or_draw_peaks_above_steady(select, tokenizer_file):
+    row = row_of(tokenizer_file, select=select, select_opts={"warmup": 2} if select == "ila" else {},
+                 data_mode="sample", seq_len=512, steps=8, probe=True)
+    assert_bounded(row, row["memory"]["steps"] + row["memory"]["probes"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,seq_len", [("tiny-gpt2", 256), ("gpt2-small", 128)])
+@pytest.mark.parametrize("method,select", [("lora", "rst"), ("full", "lift"), ("full", "lisa"), ("lora", "ila")])
+def test_mid_size_models_no_draw_peaks_above_steady(model, seq_len, method, select):
+    row = row_of(model=model, method=method, select=select, seq_len=seq_len, steps=3, probe=True,
+                 select_opts={"warmup": 1} if select == "ila" else {})
+    assert_bounded(row, row["memory"]["steps"] + row["memory"]["probes"])
