@@ -91,24 +91,27 @@ METHODS = ("lora", "full", "series", "adalora")
 
 
 def _cells():
-    for (select, opts), method in itertools.product(POLICIES.items(), METHODS):
+    """Fast tier: the wide model (where a draw's position matters most), keep, LoRA and full, and
+    LoRA with reset; every other combination in the slow tier."""
+    for (select, opts), method, state, model in itertools.product(POLICIES.items(), METHODS, ("keep", "reset"),
+                                                                   (WIDE, "tiny-llama")):
         if select.startswith("ist") and method == "full":
             continue
-        yield select, opts, method
+        fast = model == WIDE and (method, state) in (("lora", "keep"), ("full", "keep"), ("lora", "reset"))
+        yield pytest.param(select, opts, method, state, model, marks=() if fast else pytest.mark.slow,
+                           id=f"{select}-{method}-{state}-{Path(model).stem}")
 
 
-@pytest.mark.parametrize("select,opts,method", list(_cells()))
-@pytest.mark.parametrize("state", ["keep", "reset"])
-@pytest.mark.parametrize("model", ["tiny-llama", WIDE])
+@pytest.mark.parametrize("select,opts,method,state,model", list(_cells()))
 def test_no_step_or_draw_of_a_policy_peaks_above_its_steady_step(select, opts, method, state, model):
-    """tiny-llama and its wide variant (4 layers), 64 tokens: a 6-step run (warm-ups, rounds, every LIFT/LISA position) and
-    every draw of the policy's size, each forced under steady conditions."""
+    """4 layers, 64 tokens: a 6-step run (warm-ups, rounds, every LIFT/LISA position) and every draw
+    of the policy's size, each forced under steady conditions."""
     row = row_of(model=model, method=method, select=select, select_opts=opts, steps=6, optimizer_state=state,
                  probe=True)
     assert_bounded(row, row["memory"]["steps"] + row["memory"]["probes"])
 
 
-@pytest.mark.parametrize("select", ["rst", "lift", "ila", "lisa"])
+@pytest.mark.parametrize("select", ["rst", *(pytest.param(p, marks=pytest.mark.slow) for p in ("lift", "ila", "lisa"))])
 def test_sample_mode_no_step_or_draw_peaks_above_steady(select, tokenizer_file):
     row = row_of(tokenizer_file, select=select, select_opts={"warmup": 2} if select == "ila" else {},
                  data_mode="sample", seq_len=512, steps=8, probe=True)

@@ -84,7 +84,7 @@ class AdaLora(Method):
     def fill_state(self, model: nn.Module) -> None:
         """AdaLoRA's EMAs (one of each per adapter parameter) as the first step creates them."""
         allocator = model.base_model.rankallocator
-        for n, p in model.named_parameters():
+        for n, p in model.base_model.model.named_parameters():   # the names update_ipt sees
             if "lora_" in n and allocator.adapter_name in n:
                 _ensure_ipt(allocator, n, p)
 
