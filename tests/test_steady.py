@@ -125,3 +125,41 @@ def test_mid_size_models_no_draw_peaks_above_steady(model, seq_len, method, sele
     row = row_of(model=model, method=method, select=select, seq_len=seq_len, steps=3, probe=True,
                  select_opts={"warmup": 1} if select == "ila" else {})
     assert_bounded(row, row["memory"]["steps"] + row["memory"]["probes"])
+
+
+# -- typical: the expected step over the policy's draws -----------------------------------------
+@pytest.mark.parametrize("select,opts,steps,state", [
+    ("rst", {}, 0, "keep"), ("rst", {}, 5, "keep"), ("lisa", {"interval": 1}, 4, "keep"),
+    ("lift", {"interval": 1}, 3, "keep"), ("rst", {}, 4, "reset"),
+    ("ist", {}, 4, "keep")])
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
+def test_typical_is_the_mean_over_every_draw_of_the_policy(select, opts, steps, state, model):
+    """Every draw of the policy's size is equally likely on sim (uniform draws; LIFT visits each
+    layer once a pass; ILA's kept set with nothing learned), so typical = the mean of the figures
+    of every draw, each measured here under the steady step's conditions: exactly, to the byte."""
+    row = row_of(model=model, select=select, select_opts=opts, steps=steps, optimizer_state=state, seq_len=256,
+                 probe=True)
+    summary = row["memory"]["summary"]
+    probes = [p for p in row["memory"]["probes"] if p["active_layers"] is not None]   # not ILA's warm-up
+    for k in ("peak", "peak_blocks", "allocated_peak_est", "activations", "gradients", "optimizer"):
+        mean = sum(p[k] for p in probes) / len(probes)
+        assert summary[k]["typical"] == pytest.approx(mean, abs=1), k
+    assert summary["peak"]["typical"] < summary["peak"]["steady"]
+
+
+def test_typical_of_a_wide_toy_model_is_within_a_layers_temporaries_of_the_mean():
+    """On a model whose layers' weight-gradient temporaries outweigh their activations (64 tokens,
+    wide layers) the lowest layer is not all that matters: typical is then within 0.1% of the mean."""
+    row = row_of(model=WIDE, select="rst", steps=0, probe=True)
+    probes = row["memory"]["probes"]
+    mean = sum(p["allocated_peak_est"] for p in probes) / len(probes)
+    assert row["memory"]["summary"]["allocated_peak_est"]["typical"] == pytest.approx(mean, rel=1e-3)
+
+
+@pytest.mark.parametrize("method,select", [("lora", "none"), ("full", "lisa"), ("lora", "ila")])
+def test_typical_is_the_steady_step_where_no_draw_changes_the_lowest_trained_layer(method, select):
+    row = row_of(method=method, select=select, steps=2)
+    summary = row["memory"]["summary"]
+    assert all(v["typical"] == v["steady"] for k, v in summary.items()
+               if isinstance(v, dict) and "typical" in v and k != "reserved_peak")
+    assert not any(s.get("phase") == "anchor" for s in row["memory"]["steps"])   # no extra step

@@ -71,13 +71,19 @@ def memory_table(row: dict) -> Table:
     return table
 
 
+def _draw(row) -> str:
+    steady = next((s for s in row.get("memory", {}).get("steps", []) if s.get("phase") == "steady"), {})
+    return f"layers {steady['active_layers']}" if steady.get("active_layers") else "every layer"
+
+
 def _steady_note(row: dict) -> str:
     sel = row.get("selection", {})
     pol = sel.get("policy", {})
     keep = pol.get("optimizer_state", "keep") == "keep"
     what = ("every layer trains" if pol.get("name", "none") == "none" else
-            f"the worst draw of {sel.get('n_active')} of {row['n_layers']} layers (layer 0 and the top ones)")
-    return (f"first: step 0, no optimizer state yet. typical: median of the drawn steps. steady: the bound a long "
+            f"the worst draw of {sel.get('n_active')} of {row['n_layers']} layers ({_draw(row)})")
+    return (f"first: step 0, no optimizer state yet. typical: the expected step over the policy's draws. steady: the "
+            f"bound a long "
             f"run reaches: {what}; optimizer state {'keep (every layer' if keep else 'reset (the active layers'}"
             f"'s moments held). at peak: what is live at the steady step's peak, summing to it.")
 

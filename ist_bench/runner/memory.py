@@ -24,7 +24,7 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
        `steps=0` only the steady step runs (what `ist-bench fit` probes);
     2. steps 1 .. steps-1 as the policy draws them (*drawn*), with the optimizer state a long run
        holds (`keep`: every layer's, filled in after the first step; `reset`: the state a run
-       creates and frees); their median is the *typical* step;
+       creates and frees);
     3. one *steady*-state step per candidate worst draw (`SelectionPolicy.worst_cases`), with that
        optimizer state (with `reset`, the drawn layers' state as if they had trained the step
        before), the method's state as after its first step (AdaLoRA's EMAs), the policy's
@@ -32,12 +32,16 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
        candidate that peaks highest is the *steady* step; the others are kept as `candidate`.
        Its figures depend neither on `--steps` nor on the luck of the draw: they bound what a
        long run reaches (tests/test_steady.py checks every draw and step by brute force).
+       The *typical* figures follow from the steady step and one anchor step whose lowest layer
+       is not 0 (measure.memory.typical): a drawn step where those run under the steady step's
+       conditions, else one more step with the top layers drawn, before the candidates.
     """
     start = time.time()
     row = {"schema": SCHEMA, "kind": "memory", "case": case.to_dict(), "backend": case.backend, "status": "ok", "error": None}
     tracker = backends.tracker(case.backend, capacity=parse_bytes(case.capacity))
     meter = policy = None
     n_measured = candidates = 0
+    weights = anchor = None
     nvml = contextlib.nullcontext()
     try:
         if case.backend == "cuda":
@@ -74,6 +78,15 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
                 if case.optimizer_state == "keep":   # a long run's state: every layer has been drawn
                     fill_optimizer_state(b.optimizer, trained)
                 run(range(1, case.steps))
+                weights = policy.typical_weights()
+                # typical's anchor: a drawn step whose lowest layer is not 0 where the drawn steps run
+                # under the steady step's conditions (keep, batches of one length), else the top layers
+                reuse = case.optimizer_state == "keep" and b.batches.longest_step() == 0
+                anchor = next((i for i, h in enumerate(policy.history) if i and reuse and h["active"]
+                               and min(h["active"]) > 0), None)
+                if weights is not None and anchor is None:
+                    anchor = len(meter.steps)
+                    steady(list(range(policy.n_layers - policy.n_active, policy.n_layers)), case.steps)
                 for draw in policy.worst_cases():
                     steady(draw, case.steps)
                 candidates = len(policy.worst_cases())
@@ -88,6 +101,10 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
         for i, (r, h) in enumerate(zip(meter.steps, policy.history, strict=False)):   # a failed step: no row
             r["phase"] = "probe" if i >= n else "first" if i == 0 and case.steps else "drawn"
             r["active_layers"] = h["active"]
+        if n_measured and weights is not None:
+            meter.steps[anchor]["typical_anchor"] = True
+            if anchor >= case.steps:        # not a drawn step: one run for the anchor alone
+                meter.steps[anchor]["phase"] = "anchor"
         if n_measured:   # the steady step: the candidate worst draw that peaks highest, placed last
             tried = meter.steps[n - candidates:n]
             for r in tried:
@@ -97,7 +114,7 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
             tried.remove(worst)
             meter.steps[n - candidates:n] = [*tried, worst]
         steps, probes = meter.steps[:n], meter.steps[n:]
-        row["memory"] = {"steps": steps, "summary": summarize(steps, policy.typical_weights())}
+        row["memory"] = {"steps": steps, "summary": summarize(steps, weights)}
         if probes:
             row["memory"]["probes"] = probes
     if policy is not None and policy.gate is not None:

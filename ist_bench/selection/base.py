@@ -220,9 +220,15 @@ class SelectionPolicy(TrainerCallback):
         return [[0, *range(n - k + 1, n)], list(range(n - k, n)), *sample]
 
     def typical_weights(self) -> np.ndarray | None:
-        """P(lowest trained layer = m), m = 0 .. L-1, under the policy's draw distribution on sim
-        (docs/measurement.md, "typical"); None where no layer is ever left out."""
-        return None
+        """P(lowest trained layer = m), m = 0 .. L-1, for a long run's draws on sim (docs/measurement.md,
+        "typical"): n_active of L layers uniformly (RST, LISA; IST's and ILA's draws with the
+        importance sim can learn, none; LIFT visits every layer equally), so P = C(L-1-m, k-1) / C(L, k).
+        None where the draw cannot change a step's figures through its lowest layer: every layer
+        trains, or something below the blocks trains (backward reaches every block anyway)."""
+        k, n = self.n_active, self.n_layers
+        if k >= n or self.grad_below:
+            return None
+        return np.array([math.comb(n - 1 - m, k - 1) for m in range(n)], dtype=float) / math.comb(n, k)
 
     def describe(self) -> dict:
         """Settings recorded in every result row."""

@@ -48,6 +48,11 @@ class ILA(SelectionPolicy):
     def worst_cases(self) -> list[list[int] | None]:
         return [None]   # every run starts with the warm-up (at least one step), where every layer trains
 
+    def typical_weights(self):
+        """None: typical is the steady (warm-up) step. After the warm-up ILA's draw is fixed by what
+        it learned, which sim cannot know; the steady step is the only draw-free figure."""
+        return None
+
     def possible_draws(self, limit: int = 64) -> list[list[int] | None]:
         return [None, *super().possible_draws(limit - 1)]   # the warm-up trains every layer
 
