@@ -129,6 +129,13 @@ class TokenBatches:
         positions = torch.arange(step * n, (step + 1) * n) % len(self._stream)
         return self._stream[positions].view(self.batch, self.seq_len)  # the packed stream, wrapping around
 
+    def longest_step(self) -> int:
+        """A step whose batch has the most tokens: in `sample` mode the (first) longest sample's,
+        else any step (every batch is seq_len long)."""
+        if self.kind == "synthetic" or self.mode != "sample":
+            return 0
+        return max(range(len(self.samples)), key=lambda i: min(len(self.samples[i]), self.seq_len))
+
     def heldout(self, n: int) -> torch.Tensor:
         """Token ids (n, seq_len) for IST's importance forwards: synthetic draws from a stream no
         training step uses, or the last n x seq_len tokens of the packed Alpaca stream."""
