@@ -43,7 +43,7 @@ CATALOGUE = [
     (["memory", "--backend", "tpu"], "unknown backend 'tpu'; valid: auto, sim, cpu, cuda"),
     (["memory", "--dtype", "int8"], "unknown dtype 'int8'; valid: bf16, fp16, fp32"),
     (["memory", "--attn", "flash"], "unknown attention implementation 'flash'; valid: eager, sdpa"),
-    (["memory", "--batch", "0"], "--batch must be >= 1, got 0"),
+    (["memory", "--batch", "0"], "batch must be >= 1, got 0"),
     (["memory", "--data", "{alpaca.json}"], "--data and --tokenizer go together"),
     (["memory", "--data", "nope.json", "--tokenizer", "nope.json"], "data file not found: nope.json"),
     (["memory", "--backend", "cpu", "--model", "llama-13b"], "llama-13b on --backend cpu needs about"),
