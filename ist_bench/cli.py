@@ -152,7 +152,7 @@ def _options_for(name: str, options: dict, names: list[str]) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.timeout is not None and args.timeout <= 0:
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):   # nan too
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     if args.resume and args.append:
         raise UsageError("--resume and --append exclude each other: --resume skips finished cases, --append adds rows")
@@ -344,13 +344,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _positive(name: str, value: float) -> float:
-    if value < 0:
-        raise UsageError(f"{name} must be >= 0, got {value:g}")
+    if not value >= 0 or value == float("inf"):   # nan and inf too
+        raise UsageError(f"{name} must be a finite number >= 0, got {value:g}")
     return value
 
 
 def _factor(name: str, value: float) -> float:
-    if value < 1:
+    if not value >= 1 or value == float("inf"):
         raise UsageError(f"{name} is a slow-down factor >= 1, got {value:g}")
     return value
 
