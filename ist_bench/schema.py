@@ -81,7 +81,7 @@ def usage_error(e: ValidationError, where: str, schema: type[BaseModel] | None =
                 label=lambda name: name) -> UsageError:
     """The first error of `e` as one line: `<where><field> must be <allowed>, got <value>`."""
     err = e.errors(include_url=False)[0]
-    loc = [p for p in err["loc"] if isinstance(p, int) or "[" not in str(p)]
+    loc = _in_data(data, err["loc"], err["type"] == "missing")
     fields = getattr(schema, "model_fields", {}) if schema is not None else {}
     field = fields.get(loc[0]) if len(loc) == 1 and isinstance(loc[0], str) else None
     name = label(".".join(str(p) for p in loc)) if loc else ""
@@ -93,6 +93,21 @@ def usage_error(e: ValidationError, where: str, schema: type[BaseModel] | None =
     if not name:    # a check across fields: its message names them
         return UsageError(where + err["msg"].removeprefix("Value error, "))
     return UsageError(f"{where}{name} must be {_allowed(err, field)}, got {show(err.get('input'))}")
+
+
+def _in_data(data: Any, loc: tuple, missing: bool) -> list:
+    """The parts of an error's location that are keys or indexes of the data (pydantic adds the names
+    of union members and constrained types in between); a missing field keeps its name at the end."""
+    out, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (missing and i == len(loc) - 1):
+            continue
+        out.append(part)
+    return out
 
 
 def validate(schema, data: Any, where: str, label=lambda name: name):
@@ -109,7 +124,7 @@ def bounded(value: Any, depth: int = 0, path: str = "") -> str | None:
     """Where (a dotted path) `value` holds a number that is not finite or not within int64, or nests
     deeper than MAX_DEPTH; None if nowhere."""
     if depth > MAX_DEPTH:
-        return f"{path or 'the value'} nests deeper than {MAX_DEPTH} levels"
+        return f"{path.split('.')[0] or 'the value'} nests deeper than {MAX_DEPTH} levels"
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return None
     if isinstance(value, int):

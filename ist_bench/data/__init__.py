@@ -80,7 +80,10 @@ def _tokenized(data: str, tokenizer: str, data_mtime: float, tok_mtime: float) -
     samples = load_samples(data)
     tok = load_tokenizer(tokenizer)
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    return tuple(tuple(tok(render(s), add_special_tokens=True)["input_ids"] + eos) for s in samples)
+    try:
+        return tuple(tuple(tok(render(s), add_special_tokens=True)["input_ids"] + eos) for s in samples)
+    except Exception as e:  # tokenizers raises its own exception types
+        raise UsageError(f"tokenizer {tokenizer} cannot tokenize {data}: {' '.join(str(e).split())[:160]}") from None
 
 
 class TokenBatches:
