@@ -595,7 +595,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line naming it (no usage block), exit code 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 def _one_line(message: str) -> str:
