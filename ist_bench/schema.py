@@ -310,7 +310,7 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
 
-class _MethodRow(_Open):
+class _MethodRow(_Open):     # a method, or a selection policy: a name and its settings
     name: str
 
 
@@ -322,32 +322,60 @@ class _CaseRow(_Open):
 
 
 Number = Annotated[float, Field(allow_inf_nan=False)] | int
+Optional = Number | None
 
 
-class _Figure(_Open):
+class _Figure(_Open):           # one memory figure over the steps (measure/memory.py's summarize)
+    first: Number
     max: Number
-    steady: Number | None = None
-    first: Number | None = None
+    min: Optional = None
+    median: Optional = None
+    last: Optional = None
+    steady: Optional = None
+    typical: Optional = None
+
+
+class _Step(_Open):
+    at_peak: dict[str, Number] | None = None
+    top_activations: dict[str, Any] | None = None
 
 
 class _Memory(_Open):
     summary: dict[str, _Figure | Number]
-    steps: list[dict[str, Any]] = Field(default_factory=list)
+    steps: list[_Step] = Field(default_factory=list)
 
 
 class _Phase(_Open):
     median: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Annotated[int, Field(gt=0)]
+    mean: Optional = None
+    n: int | None = None
+
+
+class _Device(_Open):
+    busy_ms: dict[str, Number] = Field(default_factory=dict)
 
 
 class _Time(_Open):
     phases_ms: dict[str, _Phase]
     steps_ms: list[Number] = Field(min_length=1)
+    device: _Device | None = None
 
     @model_validator(mode="after")
     def _step(self):
         if "step" not in self.phases_ms:
             raise ValueError("time.phases_ms has no 'step' phase")
         return self
+
+
+class _History(_Open):
+    step: int
+    active: list[int] | None = None
+    importance: list[Number] | None = None
+
+
+class _Selection(_Open):
+    policy: _MethodRow | None = None
+    history: list[_History] = Field(default_factory=list)
 
 
 class Row(_Open):
@@ -359,8 +387,17 @@ class Row(_Open):
     case: _CaseRow
     status: Literal[STATUSES]
     backend: str | None = None
-    memory: _Memory | None = None
-    time: _Time | None = None
+    error: str | None = None
+    memory: _Memory = None          # absent, not null: readers take row.get("memory", {})
+    time: _Time = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    selection: _Selection = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    nvml: dict[str, Any] = Field(default_factory=dict)
+    n_layers: Annotated[int, Field(ge=0)] | None = None
+    params: Annotated[int, Field(ge=0)] | None = None
+    trainable_params: Annotated[int, Field(ge=0)] | None = None
+    peak_reached: Optional = None
 
     @model_validator(mode="before")
     @classmethod

@@ -8,7 +8,7 @@ import pytest
 from ist_bench.cli import main
 
 ROW = {"schema": 1, "kind": "memory", "case": {"model": "m", "method": {"name": "lora"}}, "status": "ok",
-       "memory": {"summary": {"peak": {"max": 1}}}}
+       "memory": {"summary": {"peak": {"first": 1, "max": 1}}}}
 JAMBA = {"model_type": "jamba", "num_hidden_layers": 4, "hidden_size": 64, "intermediate_size": 128,
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "attn_layer_period": 2,
          "attn_layer_offset": 1, "expert_layer_period": 100, "num_experts": 1}
@@ -27,8 +27,8 @@ FILES = {
     "nostatus.jsonl": json.dumps({k: v for k, v in ROW.items() if k != "status"}) + "\n",
     "nocase.jsonl": json.dumps({k: v for k, v in ROW.items() if k != "case"}) + "\n",
     "nomemory.jsonl": json.dumps({k: v for k, v in ROW.items() if k != "memory"}) + "\n",
-    "huge.jsonl": json.dumps({**ROW, "memory": {"summary": {"peak": {"max": 10**400}}}}) + "\n",
-    "inf.jsonl": json.dumps({**ROW, "memory": {"summary": {"peak": {"max": 1e400}}}}) + "\n",   # Infinity
+    "huge.jsonl": json.dumps({**ROW, "memory": {"summary": {"peak": {"first": 1, "max": 10**400}}}}) + "\n",
+    "inf.jsonl": json.dumps({**ROW, "memory": {"summary": {"peak": {"first": 1, "max": 1e400}}}}) + "\n",   # Infinity
     "zerolayers.json": json.dumps({"model_type": "llama", "num_hidden_layers": 0}),
     "neghidden.json": json.dumps({"model_type": "llama", "hidden_size": -64}),
     "millionlayers.json": json.dumps({"model_type": "llama", "num_hidden_layers": 10**6}),
@@ -128,6 +128,8 @@ CATALOGUE = [
     (["memory", "--backend", "sim", "--select", "rst", "--select-opt", "layers=inf"], "--select rst: layers must be"),
     (["memory", "--backend", "sim", "--dropout", "nan"], "--dropout must be in [0, 1), got nan"),
     (["memory", "--backend", "sim", "--seed", "-1"], "seed must be >= 0, got -1"),
+    (["memory", "--backend", "sim", "--capacity", "9" * 400 + "GiB"], "is beyond any memory; at most 8 EiB"),
+    (["compare", "{ok.jsonl}", "{ok.jsonl}", "--memory-floor", "1" + "0" * 400 + "B"], "is beyond any memory"),
     (["run", "{s.yaml}", "--timeout", "nan"], "--timeout must be > 0 seconds, got nan"),
     (["run", "{s.yaml}", "--timeout", "inf"], "--timeout must be > 0 seconds, got inf"),
     (["compare", "{ok.jsonl}", "{ok.jsonl}", "--memory-pct", "nan"], "--memory-pct must be a finite number >= 0"),

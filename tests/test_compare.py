@@ -165,13 +165,13 @@ def test_the_gate_refuses_empty_input(tmp_path, capsys, base_rows, cur_rows, mes
      "gc.jsonl:1: status is missing"),
     ({"status": "ok", "case": {"model": "llama-7b", "method": {"name": "lora"}}},
      "a finished memory row needs its 'memory' figures"),
-    ({"status": "ok", "case": {"method": {"name": "lora"}}, "memory": {"summary": {"peak": {"max": 1}}}},
+    ({"status": "ok", "case": {"method": {"name": "lora"}}, "memory": {"summary": {"peak": {"first": 1, "max": 1}}}},
      "gc.jsonl:1: case.model is missing"),
     ({"status": "done", "case": {"model": "m", "method": {"name": "lora"}}}, "status must be 'ok', 'oom'"),
     ({"status": "ok", "case": {"model": "m", "method": {"name": "lora"}}, "memory": {"summary": {}}},
      "a finished memory row has an empty memory.summary"),
     ({"status": "ok", "case": {"model": "m", "method": {"name": "lora"}},
-      "memory": {"summary": {"peak": {"max": 10**400}}}}, "memory.summary.peak.max must be a number within int64"),
+      "memory": {"summary": {"peak": {"first": 1, "max": 10**400}}}}, "memory.summary.peak.max must be a number within int64"),
     ({"status": "ok", "case": {"model": "m", "method": {"name": "lora"}},
       "memory": {"summary": {"peak": {"max": "12GiB"}}}}, "gc.jsonl:1: memory.summary.peak"),
     ({"status": "ok", "case": {"model": 7, "method": {"name": "lora"}}}, "case.model must be"),
@@ -185,8 +185,8 @@ def test_the_gate_refuses_garbage_rows_naming_file_line_and_field(tmp_path, caps
 
 def test_the_gate_refuses_rows_that_share_no_figure(tmp_path, capsys):
     only_weights, only_peak = copy.deepcopy(_memory_row()), copy.deepcopy(_memory_row())
-    only_weights["memory"]["summary"] = {"weights": {"max": 1, "steady": 1}}
-    only_peak["memory"]["summary"] = {"peak": {"max": 1, "steady": 1}}
+    only_weights["memory"]["summary"] = {"weights": {"first": 1, "max": 1, "steady": 1}}
+    only_peak["memory"]["summary"] = {"peak": {"first": 1, "max": 1, "steady": 1}}
     assert _gate(tmp_path, [only_weights], [only_peak]) == 2
     err = capsys.readouterr().err
     assert "share no memory figure (baseline: weights; current: peak)" in err and err.count("\n") == 1

@@ -9,7 +9,8 @@ output path. The work behind accepted input (a sim step, a worker pool) is repla
 raises `Accepted`: what is fuzzed is the validation, which must answer before any work starts.
 
 CI runs a modest number of examples (derandomized: the same ones every run, in well under a minute).
-The long campaign: `HYPOTHESIS_PROFILE=long pytest tests/test_fuzz_inputs.py` (50x the examples).
+The long campaign: `HYPOTHESIS_PROFILE=long pytest tests/test_fuzz_inputs.py` (50x the examples;
+IST_BENCH_FUZZ_FACTOR=N for N x).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from ist_bench.cli import main
 from ist_bench.errors import UsageError
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+FACTOR = int(os.environ.get("IST_BENCH_FUZZ_FACTOR", "50")) if LONG else 1
 
 
 def budget(n: int):
-    """Hypothesis settings for a property worth `n` examples in CI (50 n in the long campaign)."""
-    return settings(max_examples=n * 50 if LONG else n, derandomize=True, deadline=None, database=None,
+    """Hypothesis settings for a property worth `n` examples in CI (FACTOR x n in the long campaign)."""
+    return settings(max_examples=n * FACTOR, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                            HealthCheck.data_too_large])
 
