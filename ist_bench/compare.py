@@ -141,8 +141,10 @@ def _compare_memory(name: str, b: dict, c: dict, th: Thresholds) -> list[Finding
     sb, sc = b["memory"]["summary"], c["memory"]["summary"]
     exact = b.get("backend") == "sim"
     out = []
-    pairs = [(f"steady {k}", sb[k].get("steady", sb[k]["max"]), sc[k].get("steady", sc[k]["max"]))
-             for k in MEMORY_FIGURES if k in sb and k in sc]
+    def steady(fig: dict):
+        return fig.get("steady", fig.get("max"))
+    pairs = [(f"steady {k}", steady(sb[k]), steady(sc[k])) for k in MEMORY_FIGURES
+             if k in sb and k in sc and steady(sb[k]) is not None and steady(sc[k]) is not None]
     pairs += [(k, sb[k], sc[k]) for k in RUN_FIGURES if k in sb and k in sc]
     if not pairs:
         raise UsageError(f"{name}: the baseline's and the current row share no memory figure (baseline: "
@@ -169,6 +171,10 @@ def _compare_time(name: str, b: dict, c: dict, th: Thresholds) -> list[Finding]:
         outcome = "regressed" if ratio > th.device_factor else "improved" if ratio < 1 / th.device_factor \
             else "unchanged"
         out.append(Finding(name, "time", f"GPU busy {phase} ms", outcome, x, y, f"x{ratio:.3f}"))
+    if len(tb.get("steps_ms", [])) < 2 or len(tc.get("steps_ms", [])) < 2:
+        if not out:
+            raise UsageError(f"{name}: nothing to compare (no GPU busy time, and fewer than 2 per-step samples)")
+        return out   # no per-step samples for the U test: the wall median is not gated
     x, y = tb["phases_ms"]["step"]["median"], tc["phases_ms"]["step"]["median"]
     ratio = y / x
     slower = mannwhitneyu(tc["steps_ms"], tb["steps_ms"], alternative="greater").pvalue

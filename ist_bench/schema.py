@@ -49,12 +49,17 @@ def show(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return repr(value)
     if isinstance(value, int) and abs(value) >= 10**15:
-        return f"{'-' if value < 0 else ''}10**{len(str(abs(value))) - 1}"
+        return f"{float(value):.3g}" if abs(value) < 10**300 else f"{'-' if value < 0 else ''}10**{len(str(abs(value))) - 1}"
     if isinstance(value, dict):
         return "a mapping" if value else "{}"
-    text = repr(value)
-    text = " ".join(text.split())
+    text = " ".join(repr(value).split())
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _key(key: Any) -> str:
+    """A key of a path as the error line shows it (a key of odd characters as its short repr)."""
+    text = str(key)
+    return text if text.isprintable() and text.strip() == text and text and len(text) <= 40 else show(key)
 
 
 def _allowed(err: dict, field) -> str:
@@ -84,13 +89,13 @@ def usage_error(e: ValidationError, where: str, schema: type[BaseModel] | None =
     loc = _in_data(data, err["loc"], err["type"] == "missing")
     fields = getattr(schema, "model_fields", {}) if schema is not None else {}
     field = fields.get(loc[0]) if len(loc) == 1 and isinstance(loc[0], str) else None
-    name = label(".".join(str(p) for p in loc)) if loc else ""
+    name = label(".".join(_key(p) for p in loc)) if loc else ""
     if err["type"] == "extra_forbidden":
-        return UsageError(f"unknown key {'.'.join(map(str, loc))!r} in {where.removeprefix('malformed ').rstrip(': ')}; "
+        return UsageError(f"unknown key {'.'.join(map(_key, loc))!r} in {where.removeprefix('malformed ').rstrip(': ')}; "
                           f"valid: {', '.join(fields) if fields else '(see the docs)'}")
     if err["type"] == "missing":
         return UsageError(f"{where}{name} is missing")
-    if not name:    # a check across fields: its message names them
+    if not name or err["type"] == "value_error":    # a check across fields: its message names them
         return UsageError(where + err["msg"].removeprefix("Value error, "))
     return UsageError(f"{where}{name} must be {_allowed(err, field)}, got {show(err.get('input'))}")
 
@@ -133,7 +138,7 @@ def bounded(value: Any, depth: int = 0, path: str = "") -> str | None:
         return None if math.isfinite(value) else f"{path} must be a finite number, got {value}"
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, v in items:
-        found = bounded(v, depth + 1, f"{path}.{key}" if path else str(key))
+        found = bounded(v, depth + 1, f"{path}.{_key(key)}" if path else _key(key))
         if found:
             return found
     return None
@@ -327,12 +332,12 @@ Optional = Number | None
 
 class _Figure(_Open):           # one memory figure over the steps (measure/memory.py's summarize)
     first: Number
-    max: Number
-    min: Optional = None
-    median: Optional = None
-    last: Optional = None
-    steady: Optional = None
-    typical: Optional = None
+    max: Number = None
+    min: Number = None               # absent or a number (never null): readers take .get(k, default)
+    median: Number = None
+    last: Number = None
+    steady: Number = None
+    typical: Number = None
 
 
 class _Step(_Open):
@@ -341,8 +346,26 @@ class _Step(_Open):
 
 
 class _Memory(_Open):
-    summary: dict[str, _Figure | Number]
+    summary: dict[str, Any]          # run_<figure>: a number over the run; any other key: a _Figure
     steps: list[_Step] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _figures(self):
+        for key, value in self.summary.items():
+            if key == "run_peak_blocks":
+                continue
+            try:
+                _RUN.validate_python(value) if key.startswith("run_") else _Figure.model_validate(value)
+            except ValidationError as e:
+                detail, where = str(usage_error(e, "", data=value)), f"memory.summary.{_key(key)}"
+                if detail.startswith("Input should"):    # the value itself is of the wrong type
+                    figure = "a number" if key.startswith("run_") else "a mapping with first, max, ..."
+                    raise ValueError(f"{where} must be {figure}, got {show(value)}") from None
+                raise ValueError(f"{where}.{detail}") from None
+        return self
+
+
+_RUN = TypeAdapter(Number, config=ConfigDict(strict=True))
 
 
 class _Phase(_Open):
@@ -357,7 +380,7 @@ class _Device(_Open):
 
 class _Time(_Open):
     phases_ms: dict[str, _Phase]
-    steps_ms: list[Number] = Field(min_length=1)
+    steps_ms: list[Number] = Field(default_factory=list)
     device: _Device | None = None
 
     @model_validator(mode="after")
