@@ -183,7 +183,7 @@ def _options_for(name: str, options: dict, names: list[str]) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.timeout is not None and args.timeout <= 0:
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):   # nan too
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     if args.resume and args.append:
         raise UsageError("--resume and --append exclude each other: --resume skips finished cases, --append adds rows")
@@ -440,13 +440,13 @@ def _change(baseline, current) -> str:
 
 
 def _positive(name: str, value: float) -> float:
-    if value < 0:
-        raise UsageError(f"{name} must be >= 0, got {value:g}")
+    if not value >= 0 or value == float("inf"):   # nan and inf too
+        raise UsageError(f"{name} must be a finite number >= 0, got {value:g}")
     return value
 
 
 def _factor(name: str, value: float) -> float:
-    if value < 1:
+    if not value >= 1 or value == float("inf"):
         raise UsageError(f"{name} is a slow-down factor >= 1, got {value:g}")
     return value
 
@@ -726,7 +726,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line naming it (no usage block), exit code 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 def _one_line(message: str) -> str:

@@ -16,9 +16,10 @@ import os
 import sys
 from pathlib import Path
 
+from ist_bench import schema
 from ist_bench.errors import UsageError
 
-SCHEMA = 1
+SCHEMA = schema.SCHEMA
 GiB = 1 << 30
 
 
@@ -73,11 +74,14 @@ def read_rows(path: str | Path, *, warn=lambda msg: print(f"ist-bench: warning: 
                 warn(f"{path}:{i} is a truncated last line (an interrupted write); skipped")
                 continue
             raise UsageError(f"{path}:{i} is not an ist-bench result row (not JSON)") from None
+        except (ValueError, RecursionError):   # an integer of > 4300 digits, nesting deeper than Python's stack
+            raise UsageError(f"{path}:{i} is not an ist-bench result row (a number or nesting out of bounds)") from None
         if not isinstance(row, dict) or not isinstance(row.get("case"), dict):
             raise UsageError(f"{path}:{i} is not an ist-bench result row")
-        schema = row.get("schema", SCHEMA)
-        if schema != SCHEMA:
-            raise UsageError(f"{path}:{i} has result schema {schema!r}; this ist-bench reads schema {SCHEMA}")
+        version = row.get("schema", SCHEMA)
+        if version != SCHEMA:
+            raise UsageError(f"{path}:{i} has result schema {schema.show(version)}; this ist-bench reads schema {SCHEMA}")
+        schema.check_row(row, f"{path}:{i}: ")
         rows.append(row)
     return rows
 
