@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ist_bench.report.tables import MODEL_ORDER, _column_order, column, latest  # noqa: E402
+from ist_bench.safeio import save_figure  # noqa: E402
 
 GiB = 1 << 30
 PARTS = (("weights", "weights", "#4c72b0"), ("activations", "activations", "#dd8452"),
@@ -21,7 +22,7 @@ PARTS = (("weights", "weights", "#4c72b0"), ("activations", "activations", "#dd8
 
 def _save(fig, path) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)   # atomic (ist_bench/safeio.py)
     plt.close(fig)
     return str(path)
 

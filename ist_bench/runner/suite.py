@@ -25,10 +25,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ist_bench.errors import UsageError
 from ist_bench.runner.case import Case
+from ist_bench.safeio import load_yaml
 
 
 @dataclass
@@ -48,10 +47,7 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"suite file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f"malformed suite {path}: {str(e).splitlines()[0]}") from None
+    spec = load_yaml(path, "suite", keys=SUITE_KEYS) or {}   # bounded: size, UTF-8, depth, aliases
     if not isinstance(spec, dict) or not isinstance(spec.get("grid", {}), dict):
         raise UsageError(f"malformed suite {path}: expected keys {', '.join(SUITE_KEYS)}")
     unknown = sorted(set(spec) - set(SUITE_KEYS))
