@@ -244,10 +244,14 @@ class ResultsLock:
             os.close(self.fd)
             raise UsageError(f"{path} is being written by another ist-bench run (it holds the file's lock); "
                              f"wait for it, or pass another --out") from None
-        self.path = target
+        self.path, self.created = target, create
 
     def close(self) -> None:
+        """Release the lock; a file this run created and never wrote a row to is removed."""
         if self.fd >= 0:
+            if self.created and os.fstat(self.fd).st_size == 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
             os.close(self.fd)     # closing the descriptor releases the lock
             self.fd = -1
 
