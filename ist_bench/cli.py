@@ -163,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--resume and --append exclude each other: --resume skips finished cases, --append adds rows")
     # Before any worker starts: the suite must be a readable, bounded YAML mapping (no torch needed), and
     # there are never more workers than cores or than the suite's cases.
-    spec = load_yaml(args.suite, "suite")
+    spec = load_yaml(args.suite, "suite", keys=())
     if not isinstance(spec, dict):
         raise UsageError(f"malformed suite {args.suite}: expected a mapping with keys name, grid or cases, ...")
     args.jobs_asked, args.jobs = args.jobs, args.jobs and min(args.jobs, _cores(cap=None))
@@ -208,7 +208,10 @@ def _run_suite(args: argparse.Namespace, ready: list) -> int:
     with ResultsLock(out, create=mode == "written to"):      # held until the run ends: a second run refuses
         repair_tail(out, warn=lambda m: print(f"ist-bench: warning: {m}", file=sys.stderr))
         found = leftovers(out)                                # rows a SIGKILLed run's workers finished
-        if found:
+        if found and mode == "written to":                    # for a file since removed: theirs, not ours
+            print(f"ist-bench: warning: dropped {len(found)} row(s) a killed run left for an earlier {out}",
+                  file=sys.stderr)
+        elif found:
             append_rows(out, found)
             print(f"ist-bench: recovered {len(found)} row(s) a killed run left in its temp folder", file=sys.stderr)
         todo = jobs(suite, busy_gpu=args.busy_gpu)

@@ -356,7 +356,8 @@ def load_yaml(path: str | Path, what: str = "suite", *, keys: tuple[str, ...] | 
     """yaml.safe_load of a file, bounded: size, encoding, nesting depth, alias expansion. Every refusal
     is one UsageError line naming the file (and line/column), never quoting its content. `keys`: the
     top-level keys allowed; a top-level key that is not even a name (a line of some other file, e.g.
-    `run /etc/shadow`) is refused here by its line number, so no later message can quote it."""
+    `run /etc/shadow`) is refused here by its line number, so no later message can quote it (`keys=()`:
+    only that check)."""
     text = decode_text(read_bounded(path, f"{what} file", max_bytes), path, f"{what} file")
     loader = _BoundedLoader(text)
     loader.max_depth = max_depth
@@ -375,7 +376,8 @@ def load_yaml(path: str | Path, what: str = "suite", *, keys: tuple[str, ...] | 
             for k, _ in node.value:
                 if not (isinstance(k, yaml.ScalarNode) and (k.value in keys or NAME.fullmatch(k.value))):
                     raise UsageError(f"{path} is not a{'n' if what[0] in 'aeiou' else ''} {what} file: the "
-                                     f"key at line {k.start_mark.line + 1} is not one of {', '.join(keys)}")
+                                     f"key at line {k.start_mark.line + 1} is not a name"
+                                     + (f" (valid: {', '.join(keys)})" if keys else ""))
         return loader.construct_document(node)
     except _TooDeep as e:
         raise UsageError(f"{what} file {path} nests deeper than {max_depth} levels "
@@ -388,3 +390,20 @@ def load_yaml(path: str | Path, what: str = "suite", *, keys: tuple[str, ...] | 
         raise UsageError(f"malformed {what} {path}: not YAML") from None
     finally:
         loader.dispose()
+
+
+def terminal_width() -> int | None:
+    """Make the console safe for any environment, for rich's Console(width=...): an output stream whose
+    encoding cannot hold a character (PYTHONIOENCODING=ascii) writes `?` instead of raising, and a
+    COLUMNS that is not a usable width (0, negative, junk: rich would then print nothing) means 80."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors="replace")
+    cols = os.environ.get("COLUMNS")
+    if cols is None:
+        return None
+    return int(cols) if cols.strip().isdigit() and int(cols) >= 20 else 80
