@@ -426,9 +426,12 @@ def _check_writable(path: str | None) -> None:
 
 
 def _append_json(path: str | None, rows: list[dict]) -> None:
-    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted."""
+    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted, after repairing
+    a cut last line (so the new row is never glued onto it)."""
     if path:
-        from ist_bench.results import append_rows
+        from ist_bench.safeio import append_rows, repair_tail
+        if Path(path).exists():
+            repair_tail(path, warn=lambda m: print(f"ist-bench: warning: {m}", file=sys.stderr))
         append_rows(path, rows)
 
 

@@ -17,9 +17,9 @@ python -m venv "$venv"
 new=$(mktemp); "$venv/bin/pip" freeze | grep -v '^-e\|^#' | sed 's/^torch==\(.*\)+cpu$/torch==\1/' | sort -f > "$new"
 
 echo "== packages that moved (pinned -> newest) =="
-join -i -t= -j1 -a1 -a2 -e '(none)' -o 0,1.2,2.2 \
-    <(grep -v '^#' constraints.txt | sort -f -t= -k1,1) <(sort -f -t= -k1,1 "$new") \
-  | awk -F= '$2 != $3 {printf "  %-24s %s -> %s\n", $1, $2, $3; n++} END {if (!n) print "  none"}'
+pins() { grep -v '^#' "$1" | sed 's/==/ /' | sort -f -k1,1; }
+join -i -a1 -a2 -e '(none)' -o 0,1.2,2.2 <(pins constraints.txt) <(pins "$new") \
+  | awk '$2 != $3 {printf "  %-24s %s -> %s\n", $1, $2, $3; n++} END {if (!n) print "  none"}'
 
 echo "== sim memory gate on the newest releases =="
 gate=$(mktemp -d)
