@@ -344,16 +344,20 @@ def _dead_pid() -> int:
     return p.pid
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ACTIONS)
-def test_no_row_is_lost_or_duplicated_after_any_sequence_of_faults(monkeypatch, actions):
+@settings(max_examples=int(os.environ.get("IST_BENCH_FUZZ_EXAMPLES", "25")), deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=ACTIONS)
+def test_no_row_is_lost_or_duplicated_after_any_sequence_of_faults(tmp_path, actions):
     """Runs with fast fake workers (the CLI, the lock, the repair, the leftover collection and the appends are
     the real ones); each run meets one fault after k rows, then a clean --resume finishes."""
+    with pytest.MonkeyPatch.context() as mp:
+        _fault_sequence(mp, Path(tempfile.mkdtemp(dir=tmp_path)), actions)
+
+
+def _fault_sequence(mp, tmp: Path, actions) -> None:
     from ist_bench.runner import isolate
-    tmp = Path(tempfile.mkdtemp())
     suite, out = _suite(tmp, N_CASES), tmp / "o.jsonl"
     (tmp / "t").mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp / "t"))
+    mp.setattr(tempfile, "tempdir", str(tmp / "t"))
     disk = {"full": False}
     real_write = safeio._write_all
 
@@ -362,8 +366,8 @@ def test_no_row_is_lost_or_duplicated_after_any_sequence_of_faults(monkeypatch, 
             real_write(fd, data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(fd, data)
-    monkeypatch.setattr(safeio, "_write_all", write)
-    monkeypatch.setattr(isolate, "Worker", _FakeWorker)
+    mp.setattr(safeio, "_write_all", write)
+    mp.setattr(isolate, "Worker", _FakeWorker)
     plan: list = []
 
     def fake_run(todo, *, out=None, **kw):
@@ -382,7 +386,7 @@ def test_no_row_is_lost_or_duplicated_after_any_sequence_of_faults(monkeypatch, 
                     (d / "1.json").write_text(json.dumps(_row(job)))
                     raise _Killed
             yield _row(job)
-    monkeypatch.setattr(isolate, "run_isolated", fake_run)
+    mp.setattr(isolate, "run_isolated", fake_run)
     first = True
     for step in actions:
         plan[:] = [step]
