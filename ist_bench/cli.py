@@ -158,12 +158,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     if args.timeout is not None and not 0 < args.timeout < float("inf"):
-        raise UsageError(f"--timeout must be a finite number of seconds > 0, got {args.timeout:g}")
+        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     if args.resume and args.append:
         raise UsageError("--resume and --append exclude each other: --resume skips finished cases, --append adds rows")
     # Before any worker starts: the suite must be a readable, bounded YAML mapping (no torch needed), and
     # there are never more workers than cores or than the suite's cases.
-    spec = load_yaml(args.suite, "suite", keys=())
+    spec = load_yaml(args.suite, "suite", keys=()) or {}
     if not isinstance(spec, dict):
         raise UsageError(f"malformed suite {args.suite}: expected a mapping with keys name, grid or cases, ...")
     args.jobs_asked, args.jobs = args.jobs, args.jobs and min(args.jobs, _cores(cap=None))

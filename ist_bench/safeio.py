@@ -68,11 +68,11 @@ def resolve_target(path: str | Path) -> Path:
     if stat.S_ISLNK(st.st_mode):
         real = Path(os.path.realpath(p))
         if not real.exists():
-            raise UsageError(f"cannot write {p}: it is a dangling symlink (to {os.readlink(p)}); remove it or "
+            raise UsageError(f"cannot write results to {p}: it is a dangling symlink (to {os.readlink(p)}); remove it or "
                              f"choose another path")
         return resolve_target(real)
     if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"cannot write {p}: it is {_kind(st.st_mode)}, not a regular file")
+        raise UsageError(f"cannot write results to {p}: it is {_kind(st.st_mode)}, not a regular file")
     return p
 
 
@@ -82,14 +82,14 @@ def _open_regular(path: Path, flags: int) -> int:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as e:
         if e.errno == errno.ENXIO:          # a FIFO with no reader: opening it for writing would block
-            raise UsageError(f"cannot write {path}: it is a FIFO, not a regular file") from None
+            raise UsageError(f"cannot write results to {path}: it is a FIFO, not a regular file") from None
         if e.errno == errno.ELOOP:
-            raise UsageError(f"cannot write {path}: it became a symlink") from None
+            raise UsageError(f"cannot write results to {path}: it became a symlink") from None
         raise
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise UsageError(f"cannot write {path}: it is {_kind(mode)}, not a regular file")
+        raise UsageError(f"cannot write results to {path}: it is {_kind(mode)}, not a regular file")
     os.set_blocking(fd, True)
     return fd
 
@@ -109,7 +109,7 @@ def check_writable(path: str | Path | None) -> None:
             os.close(fd)
             os.unlink(tmp)
     except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+        raise UsageError(f"cannot write results to {path}: {e.strerror or e}") from None
 
 
 def _fsync_dir(folder: Path) -> None:
