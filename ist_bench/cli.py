@@ -181,15 +181,25 @@ def _options_for(name: str, options: dict, names: list[str]) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from ist_bench.safeio import load_yaml
+    for signum in (signal.SIGTERM, signal.SIGHUP):   # a closed terminal stops a run as Ctrl-C does (exit 130)
+        signal.signal(signum, _raise_interrupt)
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     if args.timeout is not None and not 0 < args.timeout < float("inf"):   # nan too
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     if args.resume and args.append:
         raise UsageError("--resume and --append exclude each other: --resume skips finished cases, --append adds rows")
-    # Workers import torch, transformers and peft while this process does the same to load the suite.
+    # Before any worker starts: the suite must be a readable, bounded YAML mapping (no torch needed), and
+    # there are never more workers than cores or than the suite's cases.
+    spec = load_yaml(args.suite, "suite", keys=()) or {}
+    if not isinstance(spec, dict):
+        raise UsageError(f"malformed suite {args.suite}: expected a mapping with keys name, grid or cases, ...")
+    args.jobs_asked, args.jobs = args.jobs, args.jobs and min(args.jobs, _cores(cap=None))
     from ist_bench.runner.isolate import Worker
-    guess = args.jobs or (_cores() if args.backend in ("sim", "cpu") else 1)
+    guess = min(args.jobs or (_cores() if args.backend in ("sim", "cpu") else 1), _most_cases(spec))
     ready = [Worker() for _ in range(guess)]
     try:
         return _run_suite(args, ready)
@@ -198,13 +208,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             w.close()
 
 
+def _most_cases(spec: dict) -> int:
+    """An upper bound on a suite's cases from its raw YAML (before exclusions), without importing torch."""
+    grid = spec.get("grid") if isinstance(spec.get("grid"), dict) else {}
+    n = 1
+    for v in grid.values():
+        n *= len(v) if isinstance(v, list) else 1
+    listed = spec.get("cases")
+    kinds = spec.get("kind")
+    return max(1, n * (len(listed) if isinstance(listed, list) and listed else 1)
+               * (len(kinds) if isinstance(kinds, list) and kinds else 1))
+
+
 def _run_suite(args: argparse.Namespace, ready: list) -> int:
     import signal
 
     from ist_bench.report.console import console, print_suite_progress
-    from ist_bench.results import read_rows, row_key
-    from ist_bench.runner.isolate import run_isolated
+    from ist_bench.results import append_rows, read_rows, row_key
+    from ist_bench.runner.isolate import leftovers, run_isolated
     from ist_bench.runner.suite import job_cost, jobs, load_suite
+    from ist_bench.safeio import ResultsLock, repair_tail
 
     suite = load_suite(args.suite, backend=args.backend)
     gpu_or_timed = "time" in suite.kinds or any(c.backend == "cuda" for c in suite.cases)
@@ -213,30 +236,40 @@ def _run_suite(args: argparse.Namespace, ready: list) -> int:
                          "memory suites only")
     args.jobs = args.jobs or (1 if gpu_or_timed else _cores())
     out, mode = _run_output(args, suite)
-    _check_writable(str(out))
-    todo = jobs(suite, busy_gpu=args.busy_gpu)
-    if args.resume:
-        finished = {row_key(r) for r in read_rows(out) if r["status"] in ("ok", "oom")}
-        todo = [j for j in todo if row_key(j) not in finished]
-    if args.jobs > 1:
-        todo.sort(key=job_cost, reverse=True)   # the largest first: lanes finish together
-    console.print(f"{suite.name}: {len(todo)} of {len(suite.cases) * len(suite.kinds)} cases to run; rows {mode} {out}")
-    resume = f"ist-bench run {args.suite} --out {out} --resume" + (f" --backend {args.backend}" if args.backend else "")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        rows = run_isolated(todo, timeout_s=args.timeout, parallel=args.jobs, ready=ready)
-        failed = print_suite_progress(suite, rows, out, total=len(todo))
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, lambda *a: os._exit(130))   # a second Ctrl-C leaves at once
-        print(f"ist-bench: interrupted; finished cases are in {out}. Resume with: {resume}", file=sys.stderr)
-        return 130
+    with ResultsLock(out, create=mode == "written to"):      # held until the run ends: a second run refuses
+        repair_tail(out, warn=lambda m: print(f"ist-bench: warning: {m}", file=sys.stderr))
+        found = leftovers(out)                                # rows a SIGKILLed run's workers finished
+        if found and mode == "written to":                    # for a file since removed: theirs, not ours
+            print(f"ist-bench: warning: dropped {len(found)} row(s) a killed run left for an earlier {out}",
+                  file=sys.stderr)
+        elif found:
+            append_rows(out, found)
+            print(f"ist-bench: recovered {len(found)} row(s) a killed run left in its temp folder", file=sys.stderr)
+        todo = jobs(suite, busy_gpu=args.busy_gpu)
+        if args.resume:
+            finished = {row_key(r) for r in read_rows(out) if r.get("status") in ("ok", "oom")}
+            todo = [j for j in todo if row_key(j) not in finished]
+        if args.jobs > 1:
+            todo.sort(key=job_cost, reverse=True)   # the largest first: lanes finish together
+        capped = f" (--jobs {args.jobs_asked} capped at {args.jobs} cores)" if (args.jobs_asked or 0) > args.jobs else ""
+        console.print(f"{suite.name}: {len(todo)} of {len(suite.cases) * len(suite.kinds)} cases to run; rows {mode} "
+                      f"{out}{capped}")
+        resume = f"ist-bench run {args.suite} --out {out} --resume" + (f" --backend {args.backend}" if args.backend else "")
+        try:
+            rows = run_isolated(todo, timeout_s=args.timeout, parallel=args.jobs, ready=ready, out=out)
+            failed = print_suite_progress(suite, rows, out, total=len(todo))
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, lambda *a: os._exit(130))   # a second Ctrl-C leaves at once
+            print(f"ist-bench: interrupted; finished cases are in {out}. Resume with: {resume}", file=sys.stderr)
+            return 130
     if failed:
         console.print(f"{failed} case(s) failed (their rows say why); exit code 1. Re-run them with: {resume}")
     return 1 if failed else 0
 
 
-def _cores() -> int:
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+def _cores(cap: int | None = 4) -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cap or n, n))
 
 
 def _raise_interrupt(signum, frame):
@@ -244,21 +277,28 @@ def _raise_interrupt(signum, frame):
 
 
 def _run_output(args: argparse.Namespace, suite) -> tuple[Path, str]:
-    """Where `run` writes, and how: a new file (never over an old one), or --resume / --append."""
+    """Where `run` writes, and how: a new file (never over an old one), or --resume / --append. A suite's
+    name becomes a file name in results/, never a path."""
+    from ist_bench.safeio import safe_name
+
     if args.out:
         out = Path(args.out)
     else:
-        stem = f"results/{suite.name}" + (f"-{args.backend}" if args.backend else "")
+        stem = "results/" + safe_name(suite.name, "suite name") + (f"-{safe_name(args.backend, '--backend')}"
+                                                                   if args.backend else "")
         out = Path(f"{stem}.jsonl")
         if not (args.resume or args.append):
             n = 2
             while out.exists():
                 out, n = Path(f"{stem}.{n}.jsonl"), n + 1
+    _check_writable(str(out))
     if args.resume:
         if not out.exists():
             raise UsageError(f"--resume: no results to resume at {out}")
         return out, "appended to"
     if args.append:
+        if not out.exists():
+            return out, "written to"
         return out, "appended to"
     if out.exists():
         raise UsageError(f"{out} exists; pass --resume to finish its run, --append to add rows, or another --out")
@@ -459,7 +499,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     rows = [r for p in args.results for r in read_rows(p)]
     if not rows:
         raise UsageError("no result rows to make a baseline of")
-    path = Path(args.dir) / f"{args.name or compare.baseline_name(rows)}.jsonl"
+    from ist_bench.safeio import safe_name
+    path = Path(args.dir) / f"{safe_name(args.name or compare.baseline_name(rows), 'baseline name')}.jsonl"
     if args.action == "path":
         print(path)
         return 0
@@ -474,28 +515,24 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _check_writable(path: str | None) -> None:
-    """Fail before the work, not after it, on an output path we cannot write (leaves no file behind)."""
-    if not path or path == "-":   # `-`: stdout
+    """Fail before the work, not after it, on an output path we cannot write: a non-regular file (device,
+    FIFO), a dangling symlink, an unwritable folder. Creates nothing but the parent folders. `-`: stdout."""
+    if not path or path == "-":
         return
-    p = Path(path)
-    existed = p.exists()
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "a"):
-            pass
-        if not existed:
-            p.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot write results to {path}: {e.strerror or e}") from None
+    from ist_bench.safeio import check_writable
+    check_writable(path)
 
 
 def _append_json(path: str | None, rows: list[dict]) -> None:
-    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted; `-`: stdout."""
+    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted, after repairing
+    a cut last line (so the new row is never glued onto it); `-`: stdout."""
     if path == "-":
         sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows))
     elif path:
         from ist_bench.report.console import console
-        from ist_bench.results import append_rows
+        from ist_bench.safeio import append_rows, repair_tail
+        if Path(path).exists():
+            repair_tail(path, warn=lambda m: print(f"ist-bench: warning: {m}", file=sys.stderr))
         append_rows(path, rows)
         console.print(f"appended {len(rows)} row{'s' * (len(rows) != 1)} to {path}", style="dim", soft_wrap=True)
 

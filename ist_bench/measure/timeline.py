@@ -74,16 +74,18 @@ class Timeline:
         return {"segments": [], "device_traces": [trace], "allocator_settings": {}}
 
     def save(self, path: str | Path) -> Path:
+        from ist_bench.safeio import write_atomic
+
         path = Path(path)
         if path.suffix == ".json":
             data = asdict(self)
             data.pop("events")
-            path.write_text(json.dumps(data))
+            write_atomic(path, json.dumps(data))
         elif path.suffix == ".pickle":
-            path.write_bytes(pickle.dumps(self.to_snapshot()))
+            write_atomic(path, pickle.dumps(self.to_snapshot()))
         elif path.suffix == ".html":
             from torch.cuda._memory_viz import trace_plot
-            path.write_text(trace_plot(self.to_snapshot()))
+            write_atomic(path, trace_plot(self.to_snapshot()))
         else:
             from ist_bench.report.timeline import plot_timelines
             plot_timelines([self], path)

@@ -9,9 +9,10 @@ from rich.table import Table
 
 from ist_bench.report.cells import check_note
 from ist_bench.results import case_label
+from ist_bench.safeio import terminal_width
 from ist_bench.units import human, in_unit, unit_for
 
-console = Console()
+console = Console(width=terminal_width())   # ist_bench/safeio.py: PYTHONIOENCODING=ascii, COLUMNS=0
 NOISY = 1.05  # step-time p90/p10 above which a timing run is flagged
 
 def _title(case: dict) -> str:

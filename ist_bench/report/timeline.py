@@ -52,7 +52,8 @@ def plot_timelines(timelines: list, path: str | Path) -> Path:
     axes[0][0].set_ylim(0, top / GiB * 1.15)
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=130)
+    from ist_bench.safeio import save_figure
+
+    save_figure(fig, path, dpi=130, metadata={"Software": None})   # atomic; no version stamp
     plt.close(fig)
-    return path
+    return Path(path)

@@ -149,7 +149,8 @@ def _write_timeline(path: str, case: Case, row: dict, tracker, meter) -> list[st
     written = [str(tl.save(path))]
     if case.backend == "cuda":
         snapshot = Path(path).with_suffix(".cuda.pickle")
-        snapshot.write_bytes(pickle.dumps(torch.cuda.memory._snapshot()))
+        from ist_bench.safeio import write_atomic
+        write_atomic(snapshot, pickle.dumps(torch.cuda.memory._snapshot()))
         torch.cuda.memory._record_memory_history(enabled=None)
         written.append(str(snapshot))
     return written

@@ -25,11 +25,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ist_bench import schema
 from ist_bench.errors import UsageError
 from ist_bench.runner.case import Case
+from ist_bench.safeio import load_yaml
 from ist_bench.schema import SuiteSpec
 
 
@@ -50,11 +49,7 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"suite file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        first = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"malformed suite {path}: {first[:120]}") from None
+    raw = load_yaml(path, "suite", keys=tuple(SuiteSpec.model_fields)) or {}   # bounded: size, UTF-8, depth, aliases
     if not isinstance(raw, dict):
         raise UsageError(f"malformed suite {path}: expected a mapping with keys {', '.join(SuiteSpec.model_fields)}")
     found = schema.bounded(raw)
