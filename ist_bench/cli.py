@@ -331,6 +331,8 @@ def _validate_sample(args: argparse.Namespace) -> list[dict]:
         raise UsageError(f"--sample must be >= 1, got {args.sample}")
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.timeline_worst and not args.timeline_worst.endswith(".png"):
+        raise UsageError(f"--timeline-worst {args.timeline_worst!r}: a .png file")
     import torch
 
     from ist_bench.measure.cuda import card_memory
@@ -341,6 +343,7 @@ def _validate_sample(args: argparse.Namespace) -> list[dict]:
         raise UsageError("validate --sample measures each cell on cuda and sim: it needs a GPU (none is visible)")
     out = args.out or f"results/validation/sample-{args.seed}.jsonl"
     _check_writable(out)
+    _check_writable(args.timeline_worst)
     cases = draw_cases(args.sample, args.seed)
     console.print(f"validate: {len(cases)} cells drawn with seed {args.seed}; rows to {out}")
     count = iter(range(1, 2 * len(cases) + 1))
@@ -678,6 +681,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600, help="--sample: seconds before a cell is killed "
                                                                "(default 600)")
     p.add_argument("--jobs", type=int, help="--sample: sim cells at once (default: the cores, up to 12)")
+    p.add_argument("--timeline-worst", metavar="PNG", help="--sample: measure the worst cell again on both backends "
+                                                          "and draw their memory timelines side by side here")
     p.add_argument("--markdown", metavar="FILE", help="also write the Markdown here, replacing the file ('-': "
                                                       "stdout only)")
     p.add_argument("--md", dest="markdown", help=argparse.SUPPRESS)   # its old name

@@ -152,3 +152,23 @@ def test_a_timeline_is_written_up_to_a_simulated_oom(tmp_path):
     assert row["status"] == "oom"
     tl = Timeline.load(path)
     assert tl.clock and tl.peak == row["peak_reached"]
+
+
+def test_the_worst_cell_is_measured_again_and_both_timelines_drawn(tmp_path):
+    # The pairing reads each row's backend; the re-measurement runs each row's case. A cpu case filed as the
+    # "cuda" row lets this run without a GPU.
+    from ist_bench.methods import MethodSpec
+    from ist_bench.runner.case import Case
+    from ist_bench.runner.memory import measure_memory
+    from ist_bench.runner.sample import worst_cell_timelines
+    rows = []
+    for backend in ("sim", "cpu"):
+        case = Case(model="tiny-llama", method=MethodSpec(name="lora"), seq_len=32, steps=1, backend=backend).check()
+        row = measure_memory(case)
+        if backend == "cpu":
+            row["backend"] = "cuda"
+            row["memory"]["summary"]["run_allocated_peak"] = row["memory"]["summary"]["run_peak"]
+        rows.append(row)
+    rows[0]["case"] = {**rows[1]["case"], "backend": "sim"}   # one cell: the same case on both
+    out = worst_cell_timelines(rows, tmp_path / "worst.png")
+    assert out and (tmp_path / "worst.png").stat().st_size > 10_000

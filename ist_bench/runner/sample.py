@@ -93,3 +93,32 @@ def run_sample(cases: list[Case], out, *, timeout_s: float | None = None, parall
             fits.append(job(c, "cuda"))
     run(fits, 1)
     return rows
+
+
+def worst_cell_timelines(rows: list[dict], path, *, timeout_s: float | None = None) -> str | None:
+    """The timelines of the cell whose sim estimate is farthest from cuda's peak, measured again on both
+    backends (each in its own process) and drawn side by side into `path` (a PNG). None if no cell
+    finished on both."""
+    import tempfile
+    from pathlib import Path
+
+    from ist_bench.measure.timeline import Timeline
+    from ist_bench.report.timeline import plot_timelines
+    from ist_bench.report.validation import pair_rows
+    from ist_bench.runner.isolate import run_isolated
+
+    def gap(pair):
+        cuda, sim = (r["memory"]["summary"] for r in pair)
+        return abs(sim["run_allocated_peak_est"] - cuda["run_allocated_peak"]) / cuda["run_allocated_peak"]
+    pairs = [p for p in pair_rows(rows) if all(r["status"] == "ok" for r in p)]
+    if not pairs:
+        return None
+    worst = max(pairs, key=gap)
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [{"kind": "memory", "case": r["case"], "busy_gpu": "refuse", "timeline": f"{tmp}/{r['backend']}.json"}
+                for r in worst]
+        for row in run_isolated(jobs, timeout_s=timeout_s):
+            if row["status"] != "ok":
+                return None
+        plot_timelines([Timeline.load(f"{tmp}/{r['backend']}.json") for r in worst], Path(path))
+    return str(path)
