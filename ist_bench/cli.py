@@ -348,9 +348,14 @@ def _validate_sample(args: argparse.Namespace) -> list[dict]:
     console.print(f"validate: {len(cases)} cells drawn with seed {args.seed}; rows to {out}")
     count = iter(range(1, 2 * len(cases) + 1))
     lanes = args.jobs or max(1, min(12, os.cpu_count() or 1))   # sim cells at once (cuda cells one by one)
-    return run_sample(cases, out, timeout_s=args.timeout, parallel=lanes, card_bytes=card_memory(),
+    rows = run_sample(cases, out, timeout_s=args.timeout, parallel=lanes, card_bytes=card_memory(),
                       on_row=lambda r: console.print(f"  {next(count)}: {r['backend']} {r['case']['model']} "
                                                      f"{r['status']}", style="dim"))
+    if args.timeline_worst:
+        from ist_bench.runner.sample import worst_cell_timelines
+        drawn = worst_cell_timelines(rows, args.timeline_worst, timeout_s=args.timeout)
+        console.print(f"worst cell's timelines (cuda, sim): {drawn or 'none: no cell finished on both'}")
+    return rows
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
