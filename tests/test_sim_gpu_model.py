@@ -172,3 +172,24 @@ def test_the_worst_cell_is_measured_again_and_both_timelines_drawn(tmp_path):
     rows[0]["case"] = {**rows[1]["case"], "backend": "sim"}   # one cell: the same case on both
     out = worst_cell_timelines(rows, tmp_path / "worst.png")
     assert out and (tmp_path / "worst.png").stat().st_size > 10_000
+
+
+def test_an_fp16_softmax_to_fp32_runs_as_cudas_single_half_to_float_kernel():
+    # Measured on the H200 (results/probes/h200-half-softmax.json), x of (1, 32, 2048, 2048): fp16 runs
+    # _softmax (512 MiB fp32 out) with no cast before it, and its backward returns fp16 (256 MiB) with a
+    # 512 MiB scratch; bf16 casts to fp32 first (512 MiB) and its backward returns fp32.
+    probes = json.loads((PROBES / "h200-half-softmax.json").read_text())
+    assert probes["torch.float16"][0] == ["aten._softmax.default", 512.0, 0.0]
+    assert ["aten._softmax_backward_data.default", 256.0, 512.0] in probes["torch.float16"]
+    assert probes["torch.bfloat16"][0][0] == "aten._to_copy.default"
+    x = _meta(1, 32, 2048, 2048, dtype=torch.float16, grad=True)
+    with sim.cuda_kernels():
+        y = F.softmax(x, dim=-1, dtype=torch.float32)
+    assert y.dtype == torch.float32 and type(y.grad_fn).__name__ == "SoftmaxBackward0"
+    g = torch.empty_like(y)
+    gi = aten._softmax_backward_data(g, y, -1, torch.float16)
+    assert gi.dtype == torch.float16
+    assert sim.cuda_scratch(aten._softmax_backward_data.default, (g, y, -1, torch.float16), {}, gi) == 512 << 20
+    b = _meta(1, 32, 64, 64, grad=True)   # bf16 keeps the cast
+    with sim.cuda_kernels():
+        assert type(F.softmax(b, dim=-1, dtype=torch.float32).grad_fn).__name__ == "SoftmaxBackward0"

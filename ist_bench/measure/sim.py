@@ -43,12 +43,20 @@ def cuda_kernels():
     """Make meta tensors take the kernels CUDA takes where their saved tensors differ (dropout,
     SDPA). A patch of torch.nn.functional rather than a TorchFunctionMode: function modes are off
     while activation checkpointing recomputes in backward, a patch is not."""
-    dropout, sdpa = F.dropout, F.scaled_dot_product_attention
+    dropout, sdpa, softmax = F.dropout, F.scaled_dot_product_attention, F.softmax
 
     def cuda_dropout(input, p=0.5, training=True, inplace=False):
         if input.is_meta and training and 0.0 < p < 1.0 and input.numel() > 0 and not inplace:
             return torch.ops.aten.native_dropout(input, p, True)[0]
         return dropout(input, p, training, inplace)
+
+    def cuda_softmax(input, dim=None, _stacklevel=3, dtype=None):
+        # CUDA computes an fp16 input's fp32 softmax in one kernel (`half_to_float`; fp16 only, bf16 is cast
+        # first): no fp32 copy of the input, and backward returns fp16 (measured on the H200,
+        # scripts/probe_half_softmax.py). Meta would cast first, as the CPU does.
+        if input.is_meta and input.dtype == torch.float16 and dtype == torch.float32 and dim is not None:
+            return torch.ops.aten._softmax(input, dim, True)
+        return softmax(input, dim, _stacklevel, dtype)
 
     def cuda_sdpa(*args, **kwargs):
         out = _cuda_attention(*args, **kwargs)
@@ -64,6 +72,7 @@ def cuda_kernels():
         return None if position_ids.is_meta else packed(position_ids)
 
     with (mock.patch.object(F, "dropout", cuda_dropout), mock.patch.object(F, "scaled_dot_product_attention", cuda_sdpa),
+          mock.patch.object(F, "softmax", cuda_softmax),
           mock.patch.object(masking, "find_packed_sequence_indices", unpacked_on_meta)):
         yield
 
@@ -104,9 +113,10 @@ def cuda_scratch(func, args, kwargs, out) -> int:
 
 
 def _softmax_backward_scratch(args, kwargs, out) -> int:
-    # A buffer the size of the gradient it returns, for every softmax length (256 .. 32000) and dtype
-    # measured: at 2048 tokens, LLaMA-7B's eager attention takes 512 MiB more in each layer's backward.
-    return out.untyped_storage().nbytes()
+    # A buffer the size of the incoming gradient, for every softmax length (256 .. 32000) and dtype
+    # measured: at 2048 tokens, LLaMA-7B's eager attention takes 512 MiB more in each layer's backward;
+    # with an fp16 input (half_to_float) the gradient is fp32 and the result fp16: still the gradient's size.
+    return args[0].untyped_storage().nbytes()
 
 
 def _cudnn_attention_backward_scratch(args, kwargs, out) -> int:
