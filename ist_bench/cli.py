@@ -15,41 +15,64 @@ EPILOG = "Defaults follow the IST paper's Table 1 setting: batch 1, 1024 tokens,
 
 
 def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
-    from ist_bench.methods import METHODS, MethodSpec
-    from ist_bench.runner.case import DTYPES, OPTIM_IMPLS, Case
-    from ist_bench.selection import OPTIMIZER_STATES, POLICIES
+    """The case options; defaults and choices read from `Case`, `MethodSpec` and the registries
+    without importing them (ist_bench/catalog.py), so building the parser stays light."""
+    from ist_bench import catalog
 
-    c, m = Case(), MethodSpec()
-    p.add_argument("--model", default=c.model, help=f"zoo name (see `ist-bench models`) or a config.json path "
-                                                     f"(default {c.model})")
-    p.add_argument("--method", default=m.name, help=f"one of {', '.join(METHODS)} (default {m.name})")
-    p.add_argument("--select", default=c.select, help=f"layer selection policy: {', '.join(POLICIES)} "
-                                                      f"(default {c.select}; `ist-bench methods` lists their options)")
+    c, m, ch = catalog.case_defaults(), catalog.case_defaults()["method"], catalog.choices()
+    p.add_argument("--model", default=c["model"], help=f"zoo name (see `ist-bench models`) or a config.json path "
+                                                        f"(default {c['model']})")
+    p.add_argument("--method", default=m["name"], help=f"one of {', '.join(ch['method'])} (default {m['name']})")
+    p.add_argument("--select", default=c["select"], help=f"layer selection policy: {', '.join(ch['select'])} "
+                                                         f"(default {c['select']}; `ist-bench methods` lists their "
+                                                         f"options)")
     p.add_argument("--select-opt", metavar="K=V,...", default="",
                    help="policy options, e.g. layers=0.25 (rst, ist), beta=0.5,mu=100 (ist), gamma=2 (lisa)")
-    p.add_argument("--optimizer-state", default=c.optimizer_state,
-                   help=f"a deselected layer's AdamW state: {' | '.join(OPTIMIZER_STATES)} (default {c.optimizer_state})")
-    p.add_argument("--backend", default=c.backend,
+    p.add_argument("--optimizer-state", default=c["optimizer_state"],
+                   help=f"a deselected layer's AdamW state: {' | '.join(ch['optimizer_state'])} "
+                        f"(default {c['optimizer_state']})")
+    p.add_argument("--backend", default=c["backend"],
                    help="sim | cpu | cuda | auto (default auto: cuda if a GPU is present, else sim)")
-    steps = steps or c.steps
+    steps = steps or c["steps"]
     p.add_argument("--steps", type=int, default=steps, help=f"measured steps (default {steps})")
-    p.add_argument("--seq-len", type=int, default=c.seq_len, help=f"tokens per sequence (default {c.seq_len})")
-    p.add_argument("--batch", type=int, default=c.batch, help=f"sequences per step (default {c.batch})")
-    p.add_argument("--attn", default=c.attn, help=f"attention: eager (the paper's) or sdpa (flash kernels on a GPU; "
-                                                  f"default {c.attn})")
+    p.add_argument("--seq-len", type=int, default=c["seq_len"], help=f"tokens per sequence (default {c['seq_len']})")
+    p.add_argument("--batch", type=int, default=c["batch"], help=f"sequences per step (default {c['batch']})")
+    p.add_argument("--attn", default=c["attn"], help=f"attention: eager (the paper's) or sdpa (flash kernels on a "
+                                                     f"GPU; default {c['attn']})")
     p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on (default off)")
-    p.add_argument("--dtype", default=c.dtype, help=f"weight dtype: {', '.join(DTYPES)} (default {c.dtype})")
-    p.add_argument("--seed", type=int, default=c.seed)
+    p.add_argument("--dtype", default=c["dtype"], help=f"weight dtype: {', '.join(ch['dtype'])} (default {c['dtype']})")
+    p.add_argument("--seed", type=int, default=c["seed"])
     p.add_argument("--data", help="Alpaca-format JSON file (needs --tokenizer; else synthetic tokens)")
     p.add_argument("--tokenizer", help="local tokenizer.json or a folder holding one")
-    p.add_argument("--data-mode", default=c.data_mode,
+    p.add_argument("--data-mode", default=c["data_mode"],
                    help="pack: exactly --seq-len tokens per step; sample: one sample per step (default pack)")
-    p.add_argument("--optim", default=c.optim, help=f"AdamW kernel: {', '.join(OPTIM_IMPLS)} (default {c.optim})")
-    p.add_argument("--r", type=int, default=m.r, help=f"LoRA/DoRA rank (default {m.r})")
-    p.add_argument("--alpha", type=int, default=m.alpha, help=f"LoRA alpha (default {m.alpha})")
-    p.add_argument("--dropout", type=float, default=m.dropout, help=f"LoRA dropout (default {m.dropout})")
-    p.add_argument("--bottleneck", type=int, default=m.bottleneck,
-                   help=f"Series/Parallel adapter bottleneck (default {m.bottleneck})")
+    p.add_argument("--optim", default=c["optim"], help=f"AdamW kernel: {', '.join(ch['optim'])} "
+                                                       f"(default {c['optim']})")
+    p.add_argument("--r", type=int, default=m["r"], help=f"LoRA/DoRA rank (default {m['r']})")
+    p.add_argument("--alpha", type=int, default=m["alpha"], help=f"LoRA alpha (default {m['alpha']})")
+    p.add_argument("--dropout", type=float, default=m["dropout"], help=f"LoRA dropout (default {m['dropout']})")
+    p.add_argument("--bottleneck", type=int, default=m["bottleneck"],
+                   help=f"Series/Parallel adapter bottleneck (default {m['bottleneck']})")
+
+
+# The names a case option takes, with the words `Case.check` uses for them (same one-line message).
+_NAMED = {"method": "method", "select": "selection policy", "optimizer_state": "optimizer-state policy",
+          "dtype": "dtype", "optim": "optimizer implementation", "attn": "attention implementation"}
+
+
+def _check_names(args: argparse.Namespace) -> None:
+    """A misspelt name answers before torch is imported (Case.check repeats these checks, and the rest)."""
+    from ist_bench import catalog
+    from ist_bench.errors import choice_error
+
+    zoo = list(catalog.zoo_configs())
+    model = Path(args.model)
+    if args.model not in zoo and not (model.suffix == ".json" or model.is_dir() or model.exists()):
+        raise choice_error("model", args.model, zoo + ["<path/to/config.json>"])
+    valid = catalog.choices()
+    for key, what in _NAMED.items():
+        if getattr(args, key) not in valid[key]:
+            raise choice_error(what, getattr(args, key), valid[key])
 
 
 def _case_from(args: argparse.Namespace):
@@ -73,8 +96,16 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
     case = _case_from(args).check()
     _check_writable(args.json)
-    row = measure_memory(case, busy_gpu=args.busy_gpu)
+    if args.timeline:
+        from ist_bench.measure.timeline import FORMATS
+        if Path(args.timeline).suffix not in FORMATS:
+            raise UsageError(f"--timeline {args.timeline!r}: the file must end in {', '.join(FORMATS)}")
+        _check_writable(args.timeline)
+    row = measure_memory(case, busy_gpu=args.busy_gpu, timeline=args.timeline)
     print_memory(row)
+    if row.get("timeline"):
+        from ist_bench.report.console import console
+        console.print(f"timeline: wrote {', '.join(row['timeline'])}", soft_wrap=True)
     _append_json(args.json, [row])
     return 0 if row["status"] in ("ok", "oom") else 1
 
@@ -150,15 +181,25 @@ def _options_for(name: str, options: dict, names: list[str]) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from ist_bench.safeio import load_yaml
+    for signum in (signal.SIGTERM, signal.SIGHUP):   # a closed terminal stops a run as Ctrl-C does (exit 130)
+        signal.signal(signum, _raise_interrupt)
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.timeout is not None and args.timeout <= 0:
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):   # nan too
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     if args.resume and args.append:
         raise UsageError("--resume and --append exclude each other: --resume skips finished cases, --append adds rows")
-    # Workers import torch, transformers and peft while this process does the same to load the suite.
+    # Before any worker starts: the suite must be a readable, bounded YAML mapping (no torch needed), and
+    # there are never more workers than cores or than the suite's cases.
+    spec = load_yaml(args.suite, "suite", keys=()) or {}
+    if not isinstance(spec, dict):
+        raise UsageError(f"malformed suite {args.suite}: expected a mapping with keys name, grid or cases, ...")
+    args.jobs_asked, args.jobs = args.jobs, args.jobs and min(args.jobs, _cores(cap=None))
     from ist_bench.runner.isolate import Worker
-    guess = args.jobs or (_cores() if args.backend in ("sim", "cpu") else 1)
+    guess = min(args.jobs or (_cores() if args.backend in ("sim", "cpu") else 1), _most_cases(spec))
     ready = [Worker() for _ in range(guess)]
     try:
         return _run_suite(args, ready)
@@ -167,13 +208,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             w.close()
 
 
+def _most_cases(spec: dict) -> int:
+    """An upper bound on a suite's cases from its raw YAML (before exclusions), without importing torch."""
+    grid = spec.get("grid") if isinstance(spec.get("grid"), dict) else {}
+    n = 1
+    for v in grid.values():
+        n *= len(v) if isinstance(v, list) else 1
+    listed = spec.get("cases")
+    kinds = spec.get("kind")
+    return max(1, n * (len(listed) if isinstance(listed, list) and listed else 1)
+               * (len(kinds) if isinstance(kinds, list) and kinds else 1))
+
+
 def _run_suite(args: argparse.Namespace, ready: list) -> int:
     import signal
 
     from ist_bench.report.console import console, print_suite_progress
-    from ist_bench.results import read_rows, row_key
-    from ist_bench.runner.isolate import run_isolated
+    from ist_bench.results import append_rows, read_rows, row_key
+    from ist_bench.runner.isolate import leftovers, run_isolated
     from ist_bench.runner.suite import job_cost, jobs, load_suite
+    from ist_bench.safeio import ResultsLock, repair_tail
 
     suite = load_suite(args.suite, backend=args.backend)
     gpu_or_timed = "time" in suite.kinds or any(c.backend == "cuda" for c in suite.cases)
@@ -182,30 +236,40 @@ def _run_suite(args: argparse.Namespace, ready: list) -> int:
                          "memory suites only")
     args.jobs = args.jobs or (1 if gpu_or_timed else _cores())
     out, mode = _run_output(args, suite)
-    _check_writable(str(out))
-    todo = jobs(suite, busy_gpu=args.busy_gpu)
-    if args.resume:
-        finished = {row_key(r) for r in read_rows(out) if r["status"] in ("ok", "oom")}
-        todo = [j for j in todo if row_key(j) not in finished]
-    if args.jobs > 1:
-        todo.sort(key=job_cost, reverse=True)   # the largest first: lanes finish together
-    console.print(f"{suite.name}: {len(todo)} of {len(suite.cases) * len(suite.kinds)} cases to run; rows {mode} {out}")
-    resume = f"ist-bench run {args.suite} --out {out} --resume" + (f" --backend {args.backend}" if args.backend else "")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        rows = run_isolated(todo, timeout_s=args.timeout, parallel=args.jobs, ready=ready)
-        failed = print_suite_progress(suite, rows, out, total=len(todo))
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, lambda *a: os._exit(130))   # a second Ctrl-C leaves at once
-        print(f"ist-bench: interrupted; finished cases are in {out}. Resume with: {resume}", file=sys.stderr)
-        return 130
+    with ResultsLock(out, create=mode == "written to"):      # held until the run ends: a second run refuses
+        repair_tail(out, warn=lambda m: print(f"ist-bench: warning: {m}", file=sys.stderr))
+        found = leftovers(out)                                # rows a SIGKILLed run's workers finished
+        if found and mode == "written to":                    # for a file since removed: theirs, not ours
+            print(f"ist-bench: warning: dropped {len(found)} row(s) a killed run left for an earlier {out}",
+                  file=sys.stderr)
+        elif found:
+            append_rows(out, found)
+            print(f"ist-bench: recovered {len(found)} row(s) a killed run left in its temp folder", file=sys.stderr)
+        todo = jobs(suite, busy_gpu=args.busy_gpu)
+        if args.resume:
+            finished = {row_key(r) for r in read_rows(out) if r.get("status") in ("ok", "oom")}
+            todo = [j for j in todo if row_key(j) not in finished]
+        if args.jobs > 1:
+            todo.sort(key=job_cost, reverse=True)   # the largest first: lanes finish together
+        capped = f" (--jobs {args.jobs_asked} capped at {args.jobs} cores)" if (args.jobs_asked or 0) > args.jobs else ""
+        console.print(f"{suite.name}: {len(todo)} of {len(suite.cases) * len(suite.kinds)} cases to run; rows {mode} "
+                      f"{out}{capped}")
+        resume = f"ist-bench run {args.suite} --out {out} --resume" + (f" --backend {args.backend}" if args.backend else "")
+        try:
+            rows = run_isolated(todo, timeout_s=args.timeout, parallel=args.jobs, ready=ready, out=out)
+            failed = print_suite_progress(suite, rows, out, total=len(todo))
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, lambda *a: os._exit(130))   # a second Ctrl-C leaves at once
+            print(f"ist-bench: interrupted; finished cases are in {out}. Resume with: {resume}", file=sys.stderr)
+            return 130
     if failed:
         console.print(f"{failed} case(s) failed (their rows say why); exit code 1. Re-run them with: {resume}")
     return 1 if failed else 0
 
 
-def _cores() -> int:
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+def _cores(cap: int | None = 4) -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cap or n, n))
 
 
 def _raise_interrupt(signum, frame):
@@ -213,21 +277,28 @@ def _raise_interrupt(signum, frame):
 
 
 def _run_output(args: argparse.Namespace, suite) -> tuple[Path, str]:
-    """Where `run` writes, and how: a new file (never over an old one), or --resume / --append."""
+    """Where `run` writes, and how: a new file (never over an old one), or --resume / --append. A suite's
+    name becomes a file name in results/, never a path."""
+    from ist_bench.safeio import safe_name
+
     if args.out:
         out = Path(args.out)
     else:
-        stem = f"results/{suite.name}" + (f"-{args.backend}" if args.backend else "")
+        stem = "results/" + safe_name(suite.name, "suite name") + (f"-{safe_name(args.backend, '--backend')}"
+                                                                   if args.backend else "")
         out = Path(f"{stem}.jsonl")
         if not (args.resume or args.append):
             n = 2
             while out.exists():
                 out, n = Path(f"{stem}.{n}.jsonl"), n + 1
+    _check_writable(str(out))
     if args.resume:
         if not out.exists():
             raise UsageError(f"--resume: no results to resume at {out}")
         return out, "appended to"
     if args.append:
+        if not out.exists():
+            return out, "written to"
         return out, "appended to"
     if out.exists():
         raise UsageError(f"{out} exists; pass --resume to finish its run, --append to add rows, or another --out")
@@ -238,12 +309,45 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ist_bench.report.validation import validation_report
     from ist_bench.results import read_rows, write_atomic
 
-    _check_writable(args.md)
-    text = validation_report(read_rows(args.results))
-    if args.md:
-        write_atomic(args.md, text)
+    _check_writable(args.markdown)
+    if args.sample is not None:
+        rows = _validate_sample(args)
+    elif args.results:
+        rows = read_rows(args.results)
+    else:
+        raise UsageError("validate needs a results file, or --sample N to draw and measure N cells (on a GPU)")
+    text = validation_report(rows, worst_first=args.sample is not None)
+    if args.markdown and args.markdown != "-":
+        write_atomic(args.markdown, text)
     print(text)
     return 0
+
+
+def _validate_sample(args: argparse.Namespace) -> list[dict]:
+    """`validate --sample N --seed S`: draw N cells, measure each on sim and cuda, return their rows."""
+    if args.results:
+        raise UsageError("validate takes a results file or --sample, not both")
+    if args.sample < 1:
+        raise UsageError(f"--sample must be >= 1, got {args.sample}")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    import torch
+
+    from ist_bench.measure.cuda import card_memory
+    from ist_bench.report.console import console
+    from ist_bench.runner.sample import draw_cases, run_sample
+
+    if not torch.cuda.is_available():
+        raise UsageError("validate --sample measures each cell on cuda and sim: it needs a GPU (none is visible)")
+    out = args.out or f"results/validation/sample-{args.seed}.jsonl"
+    _check_writable(out)
+    cases = draw_cases(args.sample, args.seed)
+    console.print(f"validate: {len(cases)} cells drawn with seed {args.seed}; rows to {out}")
+    count = iter(range(1, 2 * len(cases) + 1))
+    lanes = args.jobs or max(1, min(12, os.cpu_count() or 1))   # sim cells at once (cuda cells one by one)
+    return run_sample(cases, out, timeout_s=args.timeout, parallel=lanes, card_bytes=card_memory(),
+                      on_row=lambda r: console.print(f"  {next(count)}: {r['backend']} {r['case']['model']} "
+                                                     f"{r['status']}", style="dim"))
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -307,11 +411,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from ist_bench import compare
     from ist_bench.report.console import console
-    from ist_bench.results import write_atomic
     from ist_bench.units import parse_bytes
 
     th = compare.Thresholds(memory_pct=_positive("--memory-pct", args.memory_pct),
@@ -324,33 +425,68 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for path in (args.markdown, args.junit):
         _check_writable(path)
     cmp = compare.compare_files(args.baseline, args.current, th, args.allow_mismatch)
-    table = Table(title=f"{args.baseline} -> {args.current}", title_justify="left")
-    for col in ("outcome", "case", "figure", "baseline", "current", "note"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("outcome", "figure", "baseline", "current"))
-    colors = {"regressed": "red", "improved": "green", "missing": "yellow", "new": "cyan", "advisory": "yellow"}
-    for f in cmp.findings:
-        if f.outcome != "unchanged" or args.all:
-            table.add_row(f"[{colors.get(f.outcome, 'white')}]{f.outcome}[/]", f.case, f.figure,
-                          compare._fmt(f.baseline), compare._fmt(f.current), f.note)
-    console.print(table)
+    _print_findings(console, [f for f in cmp.findings if f.outcome != "unchanged" or args.all],
+                    f"{args.baseline} -> {args.current}", compare._fmt)
     counts = cmp.counts()
     console.print(", ".join(f"{n} {k}" for k, n in counts.items()) +
                   (" -> [bold red]REGRESSION[/] (exit 1)" if counts["regressed"] else " -> no regression"))
     if args.markdown:
-        write_atomic(args.markdown, compare.markdown(cmp, args.baseline, args.current))
+        _write_text(args.markdown, compare.markdown(cmp, args.baseline, args.current))
     if args.junit:
-        write_atomic(args.junit, compare.junit(cmp))
+        _write_text(args.junit, compare.junit(cmp))
     return 1 if counts["regressed"] else 0
 
 
+_OUTCOME_STYLE = {"regressed": "red", "improved": "green", "missing": "yellow", "new": "cyan", "advisory": "yellow"}
+_ROW = "  {outcome:<9} {figure:<21} {baseline:>10} {current:>10} {delta:>9}"
+
+
+def _print_findings(console, findings: list, title: str, fmt) -> None:
+    """Findings grouped by case: the case on its own line, then one line per figure with baseline,
+    current and the change in % (as pytest-benchmark and asv show it); the note follows on the line
+    when it fits the terminal, else under it. 80 columns are enough."""
+    from rich.markup import escape
+
+    console.print(escape(title), overflow="fold")
+    head = _ROW.format(outcome="outcome", figure="figure", baseline="baseline", current="current", delta="change")
+    console.print(head + "  note", style="dim", overflow="fold")
+    case = None
+    for f in findings:
+        if f.case != case:
+            case = f.case
+            console.print(escape(case), style="bold", overflow="fold")
+        line = _ROW.format(outcome=f.outcome, figure=f.figure, baseline=fmt(f.baseline), current=fmt(f.current),
+                           delta=_change(f.baseline, f.current))
+        style = _OUTCOME_STYLE.get(f.outcome, "")
+        text = escape(line) if not style else f"[{style}]{escape(line[:12])}[/]{escape(line[12:])}"
+        if f.note and len(line) + 2 + len(f.note) <= console.width:
+            console.print(f"{text}  [dim]{escape(f.note)}[/]", overflow="fold")
+        else:
+            console.print(text, overflow="fold")
+            if f.note:
+                console.print(" " * 12 + escape(f.note), style="dim", overflow="fold")
+
+
+def _change(baseline, current) -> str:
+    """current vs baseline in %: +7.1%, -0.25%, +3.7e-05% (a few bytes of 27 GiB), 0%; blank if not two numbers."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (baseline, current)):
+        return ""
+    if current == baseline:
+        return "0%"
+    if not baseline:
+        return "new" if current else ""
+    pct = (current - baseline) / abs(baseline) * 100
+    return f"{pct:+.1f}%" if abs(pct) >= 1 else f"{pct:+.2f}%" if abs(pct) >= 0.01 else f"{pct:+.1e}%"
+
+
 def _positive(name: str, value: float) -> float:
-    if value < 0:
-        raise UsageError(f"{name} must be >= 0, got {value:g}")
+    if not value >= 0 or value == float("inf"):   # nan and inf too
+        raise UsageError(f"{name} must be a finite number >= 0, got {value:g}")
     return value
 
 
 def _factor(name: str, value: float) -> float:
-    if value < 1:
+    if not value >= 1 or value == float("inf"):
         raise UsageError(f"{name} is a slow-down factor >= 1, got {value:g}")
     return value
 
@@ -363,7 +499,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     rows = [r for p in args.results for r in read_rows(p)]
     if not rows:
         raise UsageError("no result rows to make a baseline of")
-    path = Path(args.dir) / f"{args.name or compare.baseline_name(rows)}.jsonl"
+    from ist_bench.safeio import safe_name
+    path = Path(args.dir) / f"{safe_name(args.name or compare.baseline_name(rows), 'baseline name')}.jsonl"
     if args.action == "path":
         print(path)
         return 0
@@ -378,67 +515,77 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _check_writable(path: str | None) -> None:
-    """Fail before the work, not after it, on an output path we cannot write (leaves no file behind)."""
-    if not path:
+    """Fail before the work, not after it, on an output path we cannot write: a non-regular file (device,
+    FIFO), a dangling symlink, an unwritable folder. Creates nothing but the parent folders. `-`: stdout."""
+    if not path or path == "-":
         return
-    p = Path(path)
-    existed = p.exists()
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "a"):
-            pass
-        if not existed:
-            p.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot write results to {path}: {e.strerror or e}") from None
+    from ist_bench.safeio import check_writable
+    check_writable(path)
 
 
 def _append_json(path: str | None, rows: list[dict]) -> None:
-    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted."""
-    if path:
-        from ist_bench.results import append_rows
+    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted, after repairing
+    a cut last line (so the new row is never glued onto it); `-`: stdout."""
+    if path == "-":
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows))
+    elif path:
+        from ist_bench.report.console import console
+        from ist_bench.safeio import append_rows, repair_tail
+        if Path(path).exists():
+            repair_tail(path, warn=lambda m: print(f"ist-bench: warning: {m}", file=sys.stderr))
         append_rows(path, rows)
+        console.print(f"appended {len(rows)} row{'s' * (len(rows) != 1)} to {path}", style="dim", soft_wrap=True)
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write (replace) a file atomically; `-`: stdout."""
+    if path == "-":
+        sys.stdout.write(text)
+    else:
+        from ist_bench.results import write_atomic
+        write_atomic(path, text)
+
+
+def _to_stdout(args: argparse.Namespace) -> bool:
+    """Whether an output option is `-`: the data then owns stdout and the human view goes to stderr."""
+    return "-" in (getattr(args, "json", None), getattr(args, "markdown", None), getattr(args, "junit", None))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ist_bench import zoo
+    from ist_bench import catalog
     from ist_bench.report.console import console
 
     table = Table(title="ist-bench model zoo (published configs, random weights)", title_justify="left")
     for col in ("name", "family", "layers", "hidden", "params", "positions"):
         table.add_column(col, justify="left" if col in ("name", "family") else "right")
-    for name in zoo.names():
-        cfg = zoo.load_config(name)
-        table.add_row(name, cfg.model_type, str(cfg.num_hidden_layers), str(cfg.hidden_size),
-                      f"{zoo.count_parameters(cfg) / 1e6:,.1f}M", str(zoo.max_positions(cfg) or "-"))
+    for name, m in catalog.zoo_summary().items():
+        table.add_row(name, m["family"], str(m["layers"]), str(m["hidden"]), f"{m['params'] / 1e6:,.1f}M",
+                      str(m["positions"] or "-"))
     console.print(table)
     return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from rich.table import Table
 
-    from ist_bench.methods import METHODS
+    from ist_bench import catalog
     from ist_bench.report.console import console
-    from ist_bench.selection import POLICIES
 
     methods = Table(title="methods: what in a layer trains (--method)", title_justify="left", box=None)
     methods.add_column("name", style="bold", no_wrap=True)
     methods.add_column("")
-    for name, method in METHODS.items():
-        methods.add_row(name, method.description)
+    for m in catalog.methods():
+        methods.add_row(m.name, m.description)
     console.print(methods)
     policies = Table(title="selection policies: which layers train each step (--select; --select-opt K=V)",
                      title_justify="left", box=None)
     policies.add_column("name", style="bold", no_wrap=True)
     policies.add_column("")
-    for name, cls in POLICIES.items():
-        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.Settings))
-        policies.add_row(name, cls.description + (f"\n[dim]options: {opts}[/]" if opts else ""))
+    for p in catalog.policies():
+        opts = ", ".join(f"{k}={v}" for k, v in p.options.items())
+        policies.add_row(p.name, p.description + (f"\n[dim]options: {opts}[/]" if opts else ""))
     console.print(policies)
     return 0
 
@@ -450,33 +597,37 @@ def _busy_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; the case options (whose defaults come from the heavy modules) are added only to
-    `command`'s subparser, so `report`, `models` or a bad option answer without importing torch."""
+    """The parser. Light: it imports neither torch nor transformers nor peft (defaults come from
+    ist_bench/catalog.py), so `--help`, `models` and a bad option answer at once. `command` is
+    accepted for callers of the old signature and ignored."""
+    from ist_bench import __version__
     from ist_bench.measure.cards import CARDS
-
-    def case_args(p: argparse.ArgumentParser, name: str, **kw) -> None:
-        if command in (None, name):
-            _case_args(p, **kw)
 
     parser = Parser(prog="ist-bench", description="Memory and throughput profiling for PEFT "
                     "and layer-sparse tuning (IST) of LLMs. Add --debug to any command for tracebacks.",
                     epilog=EPILOG + " " + EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"ist-bench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("memory", help="memory breakdown of one controlled training step",
                        description="Measure weights, activations, gradients, optimizer state and peak of "
                                    "controlled training steps. " + EPILOG)
-    case_args(p, "memory")
+    _case_args(p)
     p.add_argument("--capacity", help="memory to run against, e.g. 80GiB: sim simulates the OOM, cuda caps "
                                       "its allocator")
     _busy_arg(p)
-    p.add_argument("--json", help="append the result row (bytes) to this JSONL file")
+    p.add_argument("--json", metavar="FILE", help="append the result row (bytes) to this JSONL file (created if "
+                                                  "missing; '-': write it to stdout, the table to stderr)")
+    p.add_argument("--timeline", metavar="FILE", help="also write the memory timeline (live bytes by category over "
+                                                       "the steps, phases and peak marked): .png, .html (memory_viz), "
+                                                       ".pickle (a torch.cuda memory snapshot) or .json; on cuda the "
+                                                       "allocator's own snapshot goes beside it (.cuda.pickle)")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("time", help="per-phase time of controlled training steps (GPU; CPU for small models)",
                        description="Time forward, backward and optimizer step with CUDA events (host clock on "
                                    "CPU), after uncounted warm-up steps; no memory tracker runs. " + EPILOG)
-    case_args(p, "time", steps=100)
+    _case_args(p, steps=100)
     p.add_argument("--warmup", type=int, default=10, help="uncounted warm-up steps (default 10)")
     p.add_argument("--compare-select", metavar="A,B",
                    help="A/B-compare two selection policies, alternating A B A B in fresh processes")
@@ -488,7 +639,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="also time the harness against a bare PyTorch loop in this many interleaved pairs of "
                         "10-step blocks (default 0: off)")
     _busy_arg(p)
-    p.add_argument("--json", help="append the result row(s) to this JSONL file")
+    p.add_argument("--json", metavar="FILE", help="append the result row(s) to this JSONL file (created if missing; "
+                                                  "'-': write them to stdout, the table to stderr)")
     p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("run", help="run a suite (YAML grid) of cases in worker processes",
@@ -510,11 +662,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _busy_arg(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="sim vs cuda, cell by cell, from a suite's results",
+    p = sub.add_parser("validate", help="sim vs cuda, cell by cell, from a suite's results or a random sample",
                        description="Compare sim with cuda for every case measured on both: peak allocated, "
-                                   "each category, and the gap in %%.")
-    p.add_argument("results", help="JSONL with cuda and sim rows of the same cases")
-    p.add_argument("--md", help="also write the markdown here")
+                                   "each category, and the gap in %%. With --sample N, draw N cells at random "
+                                   "from the whole case space (models, methods, policies and their options, "
+                                   "batch, length, attention, checkpointing, dtype, optimizer, optimizer state), "
+                                   "measure each on sim and then on this machine's GPU, and list the worst "
+                                   "cells first (how to check sim on your own card).")
+    p.add_argument("results", nargs="?", help="JSONL with cuda and sim rows of the same cases")
+    p.add_argument("--sample", type=int, metavar="N", help="draw and measure N random cells (needs a GPU)")
+    p.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0): a seed names the same cells "
+                                                       "everywhere")
+    p.add_argument("--out", help="--sample's rows (default results/validation/sample-<seed>.jsonl; cells already "
+                                 "finished there are not run again)")
+    p.add_argument("--timeout", type=float, default=600, help="--sample: seconds before a cell is killed "
+                                                               "(default 600)")
+    p.add_argument("--jobs", type=int, help="--sample: sim cells at once (default: the cores, up to 12)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the Markdown here, replacing the file ('-': "
+                                                      "stdout only)")
+    p.add_argument("--md", dest="markdown", help=argparse.SUPPRESS)   # its old name
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("fit", help="the longest sequence and largest batch that fit a GPU, per method (sim, "
@@ -534,7 +700,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--optimizer-state", default="keep", help="keep | reset (default keep)")
-    p.add_argument("--json", help="append the answers to this JSONL file")
+    p.add_argument("--json", metavar="FILE", help="append the answers to this JSONL file (created if missing; '-': "
+                                                  "stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of peak memory vs length per method, with the card's line")
     p.set_defaults(func=cmd_fit)
 
@@ -563,8 +730,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--allow-mismatch", action="store_true", help="compare across GPUs, backends or versions")
     p.add_argument("--gate-wall", action="store_true", help="also fail on wall time where GPU busy time exists "
                                                             "(off: wall time then only moves with the host)")
-    p.add_argument("--markdown", help="also write a Markdown summary here (a PR comment)")
-    p.add_argument("--junit", help="also write JUnit XML here")
+    p.add_argument("--markdown", metavar="FILE", help="also write a Markdown summary (a PR comment) here, replacing "
+                                                      "the file ('-': stdout, the table to stderr)")
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML here, replacing the file ('-': stdout)")
     p.add_argument("--all", action="store_true", help="also list unchanged figures")
     p.set_defaults(func=cmd_compare)
 
@@ -595,7 +763,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line naming it (no usage block), exit code 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 def _one_line(message: str) -> str:
@@ -609,12 +777,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "optim"):   # a case command
+            _check_names(args)
+        if _to_stdout(args):
+            from ist_bench.report.console import console
+            console.stderr = True
+            try:
+                return args.func(args)
+            finally:
+                console.stderr = False
         return args.func(args)
     except UsageError as e:
         if debug:

@@ -12,13 +12,14 @@ on load, never merged; any other malformed line is an error naming the file and 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
+from ist_bench import schema
 from ist_bench.errors import UsageError
+from ist_bench.safeio import append_rows, write_atomic  # noqa: F401  (written there; re-exported)
 
-SCHEMA = 1
+SCHEMA = schema.SCHEMA
 GiB = 1 << 30
 
 
@@ -44,15 +45,6 @@ def case_label(case: dict) -> str:
     return name
 
 
-def append_rows(path: str | Path, rows) -> None:
-    """Append rows to `path`, each flushed and fsynced before the next (a crash loses none)."""
-    with open(path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def read_rows(path: str | Path, *, warn=lambda msg: print(f"ist-bench: warning: {msg}", file=sys.stderr)) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -73,11 +65,14 @@ def read_rows(path: str | Path, *, warn=lambda msg: print(f"ist-bench: warning: 
                 warn(f"{path}:{i} is a truncated last line (an interrupted write); skipped")
                 continue
             raise UsageError(f"{path}:{i} is not an ist-bench result row (not JSON)") from None
+        except (ValueError, RecursionError):   # an integer of > 4300 digits, nesting deeper than Python's stack
+            raise UsageError(f"{path}:{i} is not an ist-bench result row (a number or nesting out of bounds)") from None
         if not isinstance(row, dict) or not isinstance(row.get("case"), dict):
             raise UsageError(f"{path}:{i} is not an ist-bench result row")
-        schema = row.get("schema", SCHEMA)
-        if schema != SCHEMA:
-            raise UsageError(f"{path}:{i} has result schema {schema!r}; this ist-bench reads schema {SCHEMA}")
+        version = row.get("schema", SCHEMA)
+        if version != SCHEMA:
+            raise UsageError(f"{path}:{i} has result schema {schema.show(version)}; this ist-bench reads schema {SCHEMA}")
+        schema.check_row(row, f"{path}:{i}: ")
         rows.append(row)
     return rows
 
@@ -142,19 +137,3 @@ def flatten(row: dict) -> dict:
     for key in ("gpu", "torch", "transformers", "peft", "git_commit"):
         out[key] = prov.get(key)
     return out
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write a whole file so that readers see the old one or the new one, never half: a temp file
-    in the same folder, fsynced, then renamed over the target."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

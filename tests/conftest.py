@@ -1,13 +1,29 @@
 import contextlib
+import os
 
-import pytest
-import torch
+# One intra-op thread per test process (and its subprocesses): the tests' tensors are tiny, and on a
+# shared 2-core machine torch's default pool spins against the other processes (a test that takes 7 s
+# with one thread took 49 s with the default). Memory figures do not depend on it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from ist_bench.data import SAMPLE_FILE, load_samples, render
-from ist_bench.measure import backends, sim
-from ist_bench.methods import MethodSpec
-from ist_bench.runner.case import Case
-from ist_bench.runner.memory import measure_memory
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ist_bench.data import SAMPLE_FILE, load_samples, render  # noqa: E402
+from ist_bench.measure import backends, sim  # noqa: E402
+from ist_bench.methods import MethodSpec  # noqa: E402
+from ist_bench.runner.case import Case  # noqa: E402
+from ist_bench.runner.memory import measure_memory  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)   # before pytest-benchmark reads its options
+def pytest_configure(config):
+    torch.set_num_threads(1)   # also where torch was imported before OMP_NUM_THREADS was set
+    # A plain `pytest` runs each benchmark once, untimed (a smoke test); --benchmark-only or
+    # --benchmark-enable time them (a `--benchmark-disable` in addopts would refuse --benchmark-only).
+    opt = config.option
+    if hasattr(opt, "benchmark_disable") and not (opt.benchmark_only or opt.benchmark_enable):
+        opt.benchmark_disable = True
 
 
 def memory_row(model="tiny-llama", method="lora", backend="cpu", **kw):

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -89,3 +90,110 @@ def test_validate_reports_malformed_and_unpaired_results(tmp_path, capsys):
                                      for b in ("cuda", "sim")) + "\n")
     assert main(["validate", str(only_errors)]) == 0
     assert "none finished on both backends" in capsys.readouterr().out
+
+
+HEAVY = ("torch", "transformers", "peft")
+LIGHT_COMMANDS = [["--help"], ["--version"], ["models"], ["methods"], ["memory", "--help"], ["time", "--help"],
+                  ["memory", "--steps", "abc"], ["memory", "--bogus"], ["memory", "--method", "prefix"],
+                  ["memory", "--select", "ist9"], ["memory", "--model", "llama-70b"], ["memory", "--dtype", "int8"],
+                  ["fit", "--help"], ["compare", "--help"], []]
+
+
+def test_help_listings_and_bad_arguments_import_no_torch_transformers_or_peft():
+    """Run each command in one fresh interpreter, in turn, and name the first that imports a heavy package."""
+    code = ("import json, sys\nfrom ist_bench.cli import main\n"
+            f"for argv in {LIGHT_COMMANDS!r}:\n"
+            "    try:\n        code = main(argv)\n    except SystemExit as e:\n        code = e.code\n"
+            f"    heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+            "    print('RESULT', json.dumps([argv, code, heavy]), file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stderr.splitlines() if line.startswith("RESULT ")]
+    assert [r[0] for r in results] == LIGHT_COMMANDS, proc.stderr[-2000:]
+    for argv, code, heavy in results:
+        assert heavy == [], f"`ist-bench {' '.join(argv)}` imported {heavy}"
+        assert code == (0 if argv in (["--help"], ["--version"], ["models"], ["methods"]) or argv[-1:] == ["--help"]
+                        else 2), argv
+
+
+def test_bad_names_answer_in_the_words_case_check_uses(capsys):
+    assert main(["memory", "--select", "ist9"]) == 2
+    assert "unknown selection policy 'ist9'; valid: none, rst, ist, ist-code, lisa, ila, lift" in capsys.readouterr().err
+    assert main(["memory", "--model", "llama-70b"]) == 2
+    assert "unknown model 'llama-70b'; valid: bloomz-7b1," in capsys.readouterr().err
+
+
+def test_version_prints_the_package_version(capsys):
+    from importlib.metadata import version
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ist-bench {version('ist-bench')}"
+
+
+def test_catalog_read_from_source_equals_the_imported_objects():
+    """ist_bench/catalog.py reads defaults and registries without importing them: every value it
+    gives must be what the imported modules hold."""
+    import dataclasses
+
+    from ist_bench import catalog
+    from ist_bench.methods import METHODS, MethodSpec
+    from ist_bench.runner.case import ATTENTION, DTYPES, OPTIM_IMPLS, Case
+    from ist_bench.selection import OPTIMIZER_STATES, POLICIES
+
+    case, spec = Case(), MethodSpec()
+    defaults = catalog.case_defaults()
+    assert {k: v for k, v in defaults.items() if k != "method"} == \
+        {f.name: getattr(case, f.name) for f in dataclasses.fields(Case) if f.name not in ("method", "select_opts")}
+    assert defaults["method"] == dataclasses.asdict(spec)
+    assert [(m.name, m.description) for m in catalog.methods()] == [(k, m.description) for k, m in METHODS.items()]
+    assert [(p.name, p.description, p.options) for p in catalog.policies()] == \
+        [(k, c.description, dataclasses.asdict(c.Settings())) for k, c in POLICIES.items()]
+    assert catalog.choices() == {"method": tuple(METHODS), "select": tuple(POLICIES), "dtype": tuple(DTYPES),
+                                 "optim": OPTIM_IMPLS, "attn": ATTENTION, "optimizer_state": OPTIMIZER_STATES}
+
+
+@pytest.mark.slow
+def test_zoo_summary_matches_the_models_built_on_meta():
+    from ist_bench import catalog
+    assert catalog.zoo_summary() == catalog.summarize_zoo(), "regenerate with catalog.write_zoo_summary()"
+
+
+def test_compare_table_fits_80_columns_and_shows_the_change_in_percent(tmp_path):
+    from test_compare import GiB, _memory_row, _time_row, _write
+
+    base = _write(tmp_path / "b.jsonl", [_memory_row(), _time_row("none")])
+    cur = _write(tmp_path / "c.jsonl", [_memory_row(activations=15 * GiB), _time_row("none", backward=95.0)])
+    proc = subprocess.run([sys.executable, "-m", "ist_bench.cli", "compare", base, cur, "--all"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(line for line in lines if len(line) > 80)
+    activations = next(line for line in lines if "steady activations" in line)
+    assert "regressed" in activations and f"+{(15 - 14) / 14 * 100:.1f}%" in activations   # +7.1%
+    backward = next(line for line in lines if "GPU busy backward" in line)
+    assert f"+{(95 * 0.97 - 80 * 0.97) / (80 * 0.97) * 100:.1f}%" in backward   # the rows' busy backward ms
+    assert next(line for line in lines if "steady weights" in line).split()[-1] == "0%"
+
+
+def test_json_dash_writes_the_row_to_stdout_and_the_table_to_stderr(capsys):
+    assert main(["memory", "--model", "tiny-llama", "--seq-len", "32", "--steps", "1", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 1 and rows[0]["case"]["seq_len"] == 32 and rows[0]["status"] == "ok"
+    assert "peak allocated (est.)" in err
+
+
+def test_json_file_says_it_appends(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"kept": true}\n')
+    assert main(["memory", "--model", "tiny-llama", "--seq-len", "32", "--steps", "1", "--json", str(out)]) == 0
+    assert f"appended 1 row to {out}" in capsys.readouterr().out
+    assert out.read_text().splitlines()[0] == '{"kept": true}' and len(out.read_text().splitlines()) == 2
+
+
+def test_validate_takes_markdown_like_compare_and_keeps_md_as_an_alias(tmp_path, capsys):
+    for flag in ("--markdown", "--md"):
+        md = tmp_path / f"v{flag}.md"
+        assert main(["validate", "results/empty.jsonl", flag, str(md)]) == 0
+        assert capsys.readouterr().out == md.read_text() + "\n"
+    assert "--md" not in subprocess.run([sys.executable, "-m", "ist_bench.cli", "validate", "--help"],
+                                        capture_output=True, text=True, timeout=60).stdout.replace("--markdown", "")

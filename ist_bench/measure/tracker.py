@@ -10,7 +10,15 @@ counted twice and their bytes are part of the total.
 `peak` is the largest `live` since the last `reset_peak()`. An optional `block` function
 (sim's allocator model) keeps a second count of rounded block bytes, and an optional
 `capacity` turns exceeding it (with `outside` bytes, e.g. modelled workspaces, added) into
-`SimulatedOOM`: what a GPU of that size would do.
+`SimulatedOOM`: what a GPU of that size would do. An optional `scratch` function (sim's model
+of CUDA kernels' internal temporaries, `sim.cuda_scratch`) gives the bytes an op takes from the
+allocator for itself while it runs: they count towards `peak_blocks` at that op (`peak_scratch`
+says how many of the peak's bytes they are), never towards `live`.
+
+An op that reaches the tracker undecomposed although it is only a composite of other ops (under
+`torch.inference_mode`, autograd does not decompose them first: `softmax(x, dtype=float32)`
+is a cast plus a softmax there) is decomposed here, so the tracker sees the tensors its parts
+create, as the allocator does; otherwise they would live and die unseen inside the op.
 
 On the meta device (sim) the tracker can also memoize ops (`memo=True`): the meta kernels are
 Python code (~0.2 ms an op) and a transformer repeats the same op on the same shapes in every
@@ -49,9 +57,22 @@ class Storage:
 
 
 class MemoryTracker(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's hook in torch._disable_dynamo (a Python frame per op, ~10% of a sim step);
+        # the tracker never runs under torch.compile, so it takes the hook unwrapped
+        return False
+
     def __init__(self, device_type: str, *, block: Callable[[int], int] | None = None,
-                 capacity: int | None = None, outside: int = 0, memo: bool = False):
+                 capacity: int | None = None, outside: int = 0, memo: bool = False,
+                 scratch: Callable[..., int] | None = None, history: bool = False):
         super().__init__()
+        self.history = history   # keep every storage's lifetime and each scratch (clock, blocks): a timeline
+        self.scratch_log: list[tuple[int, int]] = []
+        self.scratch = scratch
+        self.peak_scratch = 0   # kernel scratch bytes (blocks) included in `peak_blocks`
+        self._device_key = {"meta": torch._C.DispatchKey.Meta, "cpu": torch._C.DispatchKey.CPU,
+                            "cuda": torch._C.DispatchKey.CUDA}.get(device_type)
         self.memo: dict | None = {} if memo and device_type == "meta" else None
         self.device_type = device_type
         self.block = block or (lambda n: n)
@@ -63,6 +84,9 @@ class MemoryTracker(TorchDispatchMode):
         self.live = self.peak = 0
         self.live_blocks = self.peak_blocks = 0
         self.peak_moment = 0   # the clock when `peak_blocks` was reached
+        self._self_ref = weakref.ref(self)  # for the free callbacks: they must not keep the tracker alive
+        meta = device_type == "meta"
+        self._here = (lambda t: t.is_meta) if meta else (lambda t: t.device.type == device_type)
 
     # -- counting -------------------------------------------------------------------
     def register(self, tensors: Iterable[torch.Tensor]) -> None:
@@ -77,7 +101,9 @@ class MemoryTracker(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self.peak, self.peak_blocks, self.peak_moment = self.live, self.live_blocks, self.clock
-        self.log = {s: e for s, e in self.log.items() if e.died is None}   # forget the dead
+        self.peak_scratch = 0
+        if not self.history:
+            self.log = {s: e for s, e in self.log.items() if e.died is None}   # forget the dead
 
     def serial(self, t: torch.Tensor) -> int | None:
         """The serial of a live tensor's storage (None if untracked)."""
@@ -88,7 +114,7 @@ class MemoryTracker(TorchDispatchMode):
         return {s: e for s, e in self.log.items() if e.born <= moment and (e.died is None or e.died > moment)}
 
     def _add(self, t: torch.Tensor) -> None:
-        if not isinstance(t, torch.Tensor) or t.device.type != self.device_type or t.is_sparse:
+        if not isinstance(t, torch.Tensor) or not self._here(t) or t.is_sparse:
             return
         storage = t.untyped_storage()
         key = id(storage)
@@ -104,14 +130,18 @@ class MemoryTracker(TorchDispatchMode):
         self.live_blocks += blocks
         if self.live > self.peak:
             self.peak = self.live
-        if self.live_blocks > self.peak_blocks:
-            self.peak_blocks, self.peak_moment = self.live_blocks, self.clock
-        if self.capacity is not None and self.live_blocks + self.outside > self.capacity:
-            raise SimulatedOOM(f"simulated out of memory: {self.live_blocks + self.outside} bytes needed "
+        self._reach(self.live_blocks, 0)
+
+    def _reach(self, blocks: int, scratch: int) -> None:
+        """The allocator holds `blocks` now (`scratch` of them an op's own temporaries)."""
+        if blocks > self.peak_blocks:
+            self.peak_blocks, self.peak_moment, self.peak_scratch = blocks, self.clock, scratch
+        if self.capacity is not None and blocks + self.outside > self.capacity:
+            raise SimulatedOOM(f"simulated out of memory: {blocks + self.outside} bytes needed "
                                f"({self.outside} of them workspace) > capacity {self.capacity}")
 
     def _freed(self, key: int):
-        self_ref = weakref.ref(self)  # the callback must not keep the tracker alive
+        self_ref = self._self_ref
 
         def callback(_ref):
             tracker = self_ref()
@@ -129,6 +159,11 @@ class MemoryTracker(TorchDispatchMode):
     # -- the dispatch hook ----------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if _composite(func, self._device_key):
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         key = _memo_key(func, args, kwargs) if self.memo is not None else None
         hit = self.memo.get(key) if key is not None else None
         if hit is not None:
@@ -141,7 +176,28 @@ class MemoryTracker(TorchDispatchMode):
                     self.memo[key] = template
         for t in _tensors(out):
             self._add(t)
+        if self.scratch is not None:
+            extra = self.scratch(func, args, kwargs, out)
+            if extra:
+                blocks = self.block(extra)
+                if self.history:
+                    self.scratch_log.append((self.clock, blocks))
+                self._reach(self.live_blocks + blocks, blocks)
         return out
+
+
+_COMPOSITE: dict = {}
+
+
+def _composite(func, device_key) -> bool:
+    """An op with only a CompositeImplicitAutograd kernel for this device (its parts do the work)."""
+    ok = _COMPOSITE.get(func)
+    if ok is None:
+        key = torch._C.DispatchKey
+        ok = (device_key is not None and func.has_kernel_for_dispatch_key(key.CompositeImplicitAutograd)
+              and not func.has_kernel_for_dispatch_key(device_key))
+        _COMPOSITE[func] = ok
+    return ok
 
 
 def _tensors(out):
@@ -175,7 +231,7 @@ class _Unkeyable(Exception):
 
 def _key_of(x):
     if isinstance(x, torch.Tensor):
-        if x.device.type != "meta" or x.is_sparse or (type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter):
+        if (type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter) or not x.is_meta or x.is_sparse:
             raise _Unkeyable
         return (x.shape, x.stride(), x.storage_offset(), x.dtype)
     if isinstance(x, (tuple, list)):
@@ -202,10 +258,13 @@ def _template(out):
     def of(x):
         if isinstance(x, torch.Tensor):
             st = x.untyped_storage()
-            if x.device.type != "meta" or id(st) in seen:
+            if not x.is_meta or id(st) in seen:
                 raise _Unkeyable
             seen.add(id(st))
-            return ("T", tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, st.nbytes())
+            shape, stride, offset, nbytes = tuple(x.shape), x.stride(), x.storage_offset(), st.nbytes()
+            if offset == 0 and nbytes == _dense_bytes(shape, stride, x.dtype):
+                return ("E", shape, stride, x.dtype)   # what empty_strided makes (one call, not three)
+            return ("T", shape, stride, offset, x.dtype, nbytes)
         if isinstance(x, (tuple, list)):
             return (type(x), tuple(of(v) for v in x))
         raise _Unkeyable
@@ -215,7 +274,16 @@ def _template(out):
         return None
 
 
+def _dense_bytes(shape, stride, dtype) -> int:
+    """The storage bytes `torch.empty_strided(shape, stride)` allocates."""
+    if 0 in shape:
+        return 0
+    return (1 + sum((n - 1) * s for n, s in zip(shape, stride, strict=True))) * dtype.itemsize
+
+
 def _rebuild(template):
+    if template[0] == "E":
+        return torch.empty_strided(template[1], template[2], dtype=template[3], device="meta")
     if template[0] == "T":
         _, shape, stride, offset, dtype, nbytes = template
         t = torch.empty(0, dtype=dtype, device="meta")

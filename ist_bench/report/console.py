@@ -9,9 +9,10 @@ from rich.table import Table
 
 from ist_bench.report.cells import check_note
 from ist_bench.results import case_label
+from ist_bench.safeio import terminal_width
 from ist_bench.units import human, in_unit, unit_for
 
-console = Console()
+console = Console(width=terminal_width())   # ist_bench/safeio.py: PYTHONIOENCODING=ascii, COLUMNS=0
 NOISY = 1.05  # step-time p90/p10 above which a timing run is flagged
 
 def _title(case: dict) -> str:
@@ -105,7 +106,7 @@ def _steady_note(row: dict) -> str:
         what = (f"the worst draw of {sel.get('n_active')} of {row['n_layers']} layers" +
                 (f" (layers {_ranges(active)})" if active else ""))
     typical = any("typical" in v for v in summary.values() if isinstance(v, dict))
-    return (f"{first}. " + ("typical: the policy's usual step (how it is derived: docs/measurement.md, "
+    return (f"{first}. " + ("typical: the expected step over the policy's draws (docs/measurement.md, "
                             "\"typical\"). " if typical else "") +
             f"steady: the bound a long run reaches: {what}; optimizer state "
             f"{'keep (every layer' if keep else 'reset (the active layers'}'s moments held). at peak: what is "

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ist_bench.report.tables import MODEL_ORDER, _column_order, cells_of, column  # noqa: E402
+from ist_bench.safeio import save_figure  # noqa: E402
 
 GiB = 1 << 30
 PARTS = (("weights", "weights", "#4c72b0"), ("activations", "activations", "#dd8452"),
@@ -23,7 +24,7 @@ PARTS = (("weights", "weights", "#4c72b0"), ("activations", "activations", "#dd8
 
 def _save(fig, path) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})   # no version stamp: same rows, same bytes
+    save_figure(fig, path, dpi=110, metadata={"Software": None})   # atomic; no version stamp: same rows, same bytes
     plt.close(fig)
     return str(path)
 

@@ -75,10 +75,13 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, WIDTH, break_on_hyphens=False)
 
 
-def validation_report(rows: list[dict]) -> str:
+def validation_report(rows: list[dict], worst_first: bool = False) -> str:
     """The sim-vs-cuda table, at most 80 columns wide (every line): per cell the two peaks (GiB) and
-    the gaps; the per-category gaps summed up in one line (all of them are in validation_frame)."""
+    the gaps; the per-category gaps summed up in one line (all of them are in validation_frame).
+    `worst_first`: the cells by |gap| of the allocated peak, largest first (else in suite order)."""
     df = validation_frame(rows)
+    if worst_first and "gap %" in df:
+        df = df.loc[df["gap %"].abs().fillna(-1).sort_values(ascending=False, kind="stable").index]
     if df.empty:
         return "no case was measured on both cuda and sim\n"
     prov = next((r["provenance"] for r, _ in pair_rows(rows) if r.get("provenance")), {})
@@ -99,7 +102,7 @@ def validation_report(rows: list[dict]) -> str:
                    f"max_memory_allocated: {gaps.max():.2f}% (mean |gap| {gaps.mean():.2f}%).") if len(gaps) else
              f"{len(df)} cells; none finished on both backends.", "",
              _wrap("cuda = max_memory_allocated, sim = sim's estimate of it (tensor bytes in modelled allocator "
-                   "blocks plus the measured cuBLAS workspace), GiB; gap % = 100 (sim-cuda)/cuda; tensors % "
+                   "blocks, the measured cuBLAS workspace and kernels' scratch: docs/sim.md), GiB; gap % = 100 (sim-cuda)/cuda; tensors % "
                    "compares the tracker's tensor-level peak on both backends." +
                    (f" Largest |gap| of any category (weights, activations, gradients, optimizer state; maximum "
                     f"over steps): {cat_max:.2f}%." if cat_max is not None else "")), "",
