@@ -97,6 +97,7 @@ def validation_report(rows: list[dict], worst_first: bool = False) -> str:
         short = short.drop(columns="status")
     for col in ("cuda", "sim", "gap %", "tensors %"):
         short[col] = short[col].round(2) + 0.0   # no -0.00
+    short = _fold(short)
     lines = [f"## sim vs cuda on {gpu}", "", _wrap(f"cuda rows: {versions}."), "",
              _wrap(f"{len(df)} cells, {len(gaps)} measured on both; largest |gap| of sim's estimated peak to "
                    f"max_memory_allocated: {gaps.max():.2f}% (mean |gap| {gaps.mean():.2f}%).") if len(gaps) else
@@ -106,11 +107,28 @@ def validation_report(rows: list[dict], worst_first: bool = False) -> str:
                    "compares the tracker's tensor-level peak on both backends." +
                    (f" Largest |gap| of any category (weights, activations, gradients, optimizer state; maximum "
                     f"over steps): {cat_max:.2f}%." if cat_max is not None else "")), "",
-             short.to_markdown(index=False, floatfmt=".2f", missingval="-", numalign="right"), ""]
+             short.to_markdown(index=False, floatfmt=".2f", missingval="", numalign="right"), ""]
     return "\n".join(lines)
 
 
 WIDTH = 80
+
+
+def _fold(short: pd.DataFrame) -> pd.DataFrame:
+    """Model and cell in one column, folded onto continuation rows (blank figures) so that the
+    table is at most WIDTH wide however many knobs a cell has."""
+    short = short.astype(object).where(short.notna(), "-")   # a figure not measured: "-"
+    short.insert(0, "cell", [f"{m} {c}" for m, c in zip(short.pop("model"), short.pop("cell"), strict=True)])
+    figures = short.drop(columns="cell").to_markdown(index=False, floatfmt=".2f", missingval="-")
+    room = WIDTH - len(figures.splitlines()[0]) - 3
+    if max(map(len, short["cell"])) <= room:
+        return short
+    out = []
+    for rec in short.to_dict("records"):
+        first, *rest = textwrap.wrap(rec["cell"], room, subsequent_indent="..", break_on_hyphens=False)
+        out += [{**rec, "cell": first}, *({"cell": line} for line in rest)]
+    folded = pd.DataFrame.from_records(out, columns=short.columns).astype(object)
+    return folded.where(folded.notna(), None)   # a continuation row's figures: blank, not nan
 SHORT = {"model": "model", "method": "cell", "status": "status", "cuda peak alloc": "cuda", "sim peak est": "sim",
          "gap %": "gap %", "tensor peak gap %": "tensors %"}
 
@@ -133,5 +151,5 @@ if __name__ == "__main__":   # rewrite validated.json from the rows of reports/v
 
     from ist_bench.results import read_rows
 
-    data = coverage([r for p in sys.argv[1:] for r in read_rows(p)])
+    data = coverage([r for p in sys.argv[1:] for r in read_rows(p)])   # the files validation.md shows
     (Path(__file__).parent / "validated.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

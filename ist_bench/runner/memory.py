@@ -120,7 +120,8 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
             tried.remove(worst)
             meter.steps[n - candidates:n] = [*tried, worst]
         steps, probes = meter.steps[:n], meter.steps[n:]
-        row["memory"] = {"steps": steps, "summary": summarize(steps, weights)}
+        row["memory"] = {"steps": steps, "summary": summarize(steps, weights),
+                         "typical": "steady" if weights is None else "draws"}   # how summary's typical was derived
         if probes:
             row["memory"]["probes"] = probes
     if policy is not None and policy.gate is not None:
