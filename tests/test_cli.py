@@ -38,6 +38,7 @@ def test_models_and_methods_list_what_exists(capsys):
     assert "series" in out and "rst" in out
 
 
+@pytest.mark.slow
 def test_the_installed_command_runs_without_traceback_on_bad_input():
     proc = subprocess.run([sys.executable, "-m", "ist_bench.cli", "memory", "--select-opt", "layers=0", "--select", "rst"],
                           capture_output=True, text=True, timeout=120)
