@@ -96,8 +96,16 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
     case = _case_from(args).check()
     _check_writable(args.json)
-    row = measure_memory(case, busy_gpu=args.busy_gpu)
+    if args.timeline:
+        from ist_bench.measure.timeline import FORMATS
+        if Path(args.timeline).suffix not in FORMATS:
+            raise UsageError(f"--timeline {args.timeline!r}: the file must end in {', '.join(FORMATS)}")
+        _check_writable(args.timeline)
+    row = measure_memory(case, busy_gpu=args.busy_gpu, timeline=args.timeline)
     print_memory(row)
+    if row.get("timeline"):
+        from ist_bench.report.console import console
+        console.print(f"timeline: wrote {', '.join(row['timeline'])}", soft_wrap=True)
     _append_json(args.json, [row])
     return 0 if row["status"] in ("ok", "oom") else 1
 
@@ -173,15 +181,25 @@ def _options_for(name: str, options: dict, names: list[str]) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from ist_bench.safeio import load_yaml
+    for signum in (signal.SIGTERM, signal.SIGHUP):   # a closed terminal stops a run as Ctrl-C does (exit 130)
+        signal.signal(signum, _raise_interrupt)
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.timeout is not None and args.timeout <= 0:
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):   # nan too
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     if args.resume and args.append:
         raise UsageError("--resume and --append exclude each other: --resume skips finished cases, --append adds rows")
-    # Workers import torch, transformers and peft while this process does the same to load the suite.
+    # Before any worker starts: the suite must be a readable, bounded YAML mapping (no torch needed), and
+    # there are never more workers than cores or than the suite's cases.
+    spec = load_yaml(args.suite, "suite", keys=()) or {}
+    if not isinstance(spec, dict):
+        raise UsageError(f"malformed suite {args.suite}: expected a mapping with keys name, grid or cases, ...")
+    args.jobs_asked, args.jobs = args.jobs, args.jobs and min(args.jobs, _cores(cap=None))
     from ist_bench.runner.isolate import Worker
-    guess = args.jobs or (_cores() if args.backend in ("sim", "cpu") else 1)
+    guess = min(args.jobs or (_cores() if args.backend in ("sim", "cpu") else 1), _most_cases(spec))
     ready = [Worker() for _ in range(guess)]
     try:
         return _run_suite(args, ready)
@@ -190,13 +208,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             w.close()
 
 
+def _most_cases(spec: dict) -> int:
+    """An upper bound on a suite's cases from its raw YAML (before exclusions), without importing torch."""
+    grid = spec.get("grid") if isinstance(spec.get("grid"), dict) else {}
+    n = 1
+    for v in grid.values():
+        n *= len(v) if isinstance(v, list) else 1
+    listed = spec.get("cases")
+    kinds = spec.get("kind")
+    return max(1, n * (len(listed) if isinstance(listed, list) and listed else 1)
+               * (len(kinds) if isinstance(kinds, list) and kinds else 1))
+
+
 def _run_suite(args: argparse.Namespace, ready: list) -> int:
     import signal
 
     from ist_bench.report.console import console, print_suite_progress
-    from ist_bench.results import read_rows, row_key
-    from ist_bench.runner.isolate import run_isolated
+    from ist_bench.results import append_rows, read_rows, row_key
+    from ist_bench.runner.isolate import leftovers, run_isolated
     from ist_bench.runner.suite import job_cost, jobs, load_suite
+    from ist_bench.safeio import ResultsLock, repair_tail
 
     suite = load_suite(args.suite, backend=args.backend)
     gpu_or_timed = "time" in suite.kinds or any(c.backend == "cuda" for c in suite.cases)
@@ -205,30 +236,40 @@ def _run_suite(args: argparse.Namespace, ready: list) -> int:
                          "memory suites only")
     args.jobs = args.jobs or (1 if gpu_or_timed else _cores())
     out, mode = _run_output(args, suite)
-    _check_writable(str(out))
-    todo = jobs(suite, busy_gpu=args.busy_gpu)
-    if args.resume:
-        finished = {row_key(r) for r in read_rows(out) if r["status"] in ("ok", "oom")}
-        todo = [j for j in todo if row_key(j) not in finished]
-    if args.jobs > 1:
-        todo.sort(key=job_cost, reverse=True)   # the largest first: lanes finish together
-    console.print(f"{suite.name}: {len(todo)} of {len(suite.cases) * len(suite.kinds)} cases to run; rows {mode} {out}")
-    resume = f"ist-bench run {args.suite} --out {out} --resume" + (f" --backend {args.backend}" if args.backend else "")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        rows = run_isolated(todo, timeout_s=args.timeout, parallel=args.jobs, ready=ready)
-        failed = print_suite_progress(suite, rows, out, total=len(todo))
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, lambda *a: os._exit(130))   # a second Ctrl-C leaves at once
-        print(f"ist-bench: interrupted; finished cases are in {out}. Resume with: {resume}", file=sys.stderr)
-        return 130
+    with ResultsLock(out, create=mode == "written to"):      # held until the run ends: a second run refuses
+        repair_tail(out, warn=lambda m: print(f"ist-bench: warning: {m}", file=sys.stderr))
+        found = leftovers(out)                                # rows a SIGKILLed run's workers finished
+        if found and mode == "written to":                    # for a file since removed: theirs, not ours
+            print(f"ist-bench: warning: dropped {len(found)} row(s) a killed run left for an earlier {out}",
+                  file=sys.stderr)
+        elif found:
+            append_rows(out, found)
+            print(f"ist-bench: recovered {len(found)} row(s) a killed run left in its temp folder", file=sys.stderr)
+        todo = jobs(suite, busy_gpu=args.busy_gpu)
+        if args.resume:
+            finished = {row_key(r) for r in read_rows(out) if r.get("status") in ("ok", "oom")}
+            todo = [j for j in todo if row_key(j) not in finished]
+        if args.jobs > 1:
+            todo.sort(key=job_cost, reverse=True)   # the largest first: lanes finish together
+        capped = f" (--jobs {args.jobs_asked} capped at {args.jobs} cores)" if (args.jobs_asked or 0) > args.jobs else ""
+        console.print(f"{suite.name}: {len(todo)} of {len(suite.cases) * len(suite.kinds)} cases to run; rows {mode} "
+                      f"{out}{capped}")
+        resume = f"ist-bench run {args.suite} --out {out} --resume" + (f" --backend {args.backend}" if args.backend else "")
+        try:
+            rows = run_isolated(todo, timeout_s=args.timeout, parallel=args.jobs, ready=ready, out=out)
+            failed = print_suite_progress(suite, rows, out, total=len(todo))
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, lambda *a: os._exit(130))   # a second Ctrl-C leaves at once
+            print(f"ist-bench: interrupted; finished cases are in {out}. Resume with: {resume}", file=sys.stderr)
+            return 130
     if failed:
         console.print(f"{failed} case(s) failed (their rows say why); exit code 1. Re-run them with: {resume}")
     return 1 if failed else 0
 
 
-def _cores() -> int:
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+def _cores(cap: int | None = 4) -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cap or n, n))
 
 
 def _raise_interrupt(signum, frame):
@@ -236,21 +277,28 @@ def _raise_interrupt(signum, frame):
 
 
 def _run_output(args: argparse.Namespace, suite) -> tuple[Path, str]:
-    """Where `run` writes, and how: a new file (never over an old one), or --resume / --append."""
+    """Where `run` writes, and how: a new file (never over an old one), or --resume / --append. A suite's
+    name becomes a file name in results/, never a path."""
+    from ist_bench.safeio import safe_name
+
     if args.out:
         out = Path(args.out)
     else:
-        stem = f"results/{suite.name}" + (f"-{args.backend}" if args.backend else "")
+        stem = "results/" + safe_name(suite.name, "suite name") + (f"-{safe_name(args.backend, '--backend')}"
+                                                                   if args.backend else "")
         out = Path(f"{stem}.jsonl")
         if not (args.resume or args.append):
             n = 2
             while out.exists():
                 out, n = Path(f"{stem}.{n}.jsonl"), n + 1
+    _check_writable(str(out))
     if args.resume:
         if not out.exists():
             raise UsageError(f"--resume: no results to resume at {out}")
         return out, "appended to"
     if args.append:
+        if not out.exists():
+            return out, "written to"
         return out, "appended to"
     if out.exists():
         raise UsageError(f"{out} exists; pass --resume to finish its run, --append to add rows, or another --out")
@@ -262,11 +310,52 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ist_bench.results import read_rows, write_atomic
 
     _check_writable(args.markdown)
-    text = validation_report(read_rows(args.results))
+    if args.sample is not None:
+        rows = _validate_sample(args)
+    elif args.results:
+        rows = read_rows(args.results)
+    else:
+        raise UsageError("validate needs a results file, or --sample N to draw and measure N cells (on a GPU)")
+    text = validation_report(rows, worst_first=args.sample is not None)
     if args.markdown and args.markdown != "-":
         write_atomic(args.markdown, text)
     print(text)
     return 0
+
+
+def _validate_sample(args: argparse.Namespace) -> list[dict]:
+    """`validate --sample N --seed S`: draw N cells, measure each on sim and cuda, return their rows."""
+    if args.results:
+        raise UsageError("validate takes a results file or --sample, not both")
+    if args.sample < 1:
+        raise UsageError(f"--sample must be >= 1, got {args.sample}")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.timeline_worst and not args.timeline_worst.endswith(".png"):
+        raise UsageError(f"--timeline-worst {args.timeline_worst!r}: a .png file")
+    import torch
+
+    from ist_bench.measure.cuda import card_memory
+    from ist_bench.report.console import console
+    from ist_bench.runner.sample import draw_cases, run_sample
+
+    if not torch.cuda.is_available():
+        raise UsageError("validate --sample measures each cell on cuda and sim: it needs a GPU (none is visible)")
+    out = args.out or f"results/validation/sample-{args.seed}.jsonl"
+    _check_writable(out)
+    _check_writable(args.timeline_worst)
+    cases = draw_cases(args.sample, args.seed)
+    console.print(f"validate: {len(cases)} cells drawn with seed {args.seed}; rows to {out}")
+    count = iter(range(1, 2 * len(cases) + 1))
+    lanes = args.jobs or max(1, min(12, os.cpu_count() or 1))   # sim cells at once (cuda cells one by one)
+    rows = run_sample(cases, out, timeout_s=args.timeout, parallel=lanes, card_bytes=card_memory(),
+                      on_row=lambda r: console.print(f"  {next(count)}: {r['backend']} {r['case']['model']} "
+                                                     f"{r['status']}", style="dim"))
+    if args.timeline_worst:
+        from ist_bench.runner.sample import worst_cell_timelines
+        drawn = worst_cell_timelines(rows, args.timeline_worst, timeout_s=args.timeout)
+        console.print(f"worst cell's timelines (cuda, sim): {drawn or 'none: no cell finished on both'}")
+    return rows
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -399,13 +488,13 @@ def _change(baseline, current) -> str:
 
 
 def _positive(name: str, value: float) -> float:
-    if value < 0:
-        raise UsageError(f"{name} must be >= 0, got {value:g}")
+    if not value >= 0 or value == float("inf"):   # nan and inf too
+        raise UsageError(f"{name} must be a finite number >= 0, got {value:g}")
     return value
 
 
 def _factor(name: str, value: float) -> float:
-    if value < 1:
+    if not value >= 1 or value == float("inf"):
         raise UsageError(f"{name} is a slow-down factor >= 1, got {value:g}")
     return value
 
@@ -418,7 +507,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     rows = [r for p in args.results for r in read_rows(p)]
     if not rows:
         raise UsageError("no result rows to make a baseline of")
-    path = Path(args.dir) / f"{args.name or compare.baseline_name(rows)}.jsonl"
+    from ist_bench.safeio import safe_name
+    path = Path(args.dir) / f"{safe_name(args.name or compare.baseline_name(rows), 'baseline name')}.jsonl"
     if args.action == "path":
         print(path)
         return 0
@@ -433,28 +523,24 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _check_writable(path: str | None) -> None:
-    """Fail before the work, not after it, on an output path we cannot write (leaves no file behind)."""
-    if not path or path == "-":   # `-`: stdout
+    """Fail before the work, not after it, on an output path we cannot write: a non-regular file (device,
+    FIFO), a dangling symlink, an unwritable folder. Creates nothing but the parent folders. `-`: stdout."""
+    if not path or path == "-":
         return
-    p = Path(path)
-    existed = p.exists()
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "a"):
-            pass
-        if not existed:
-            p.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot write results to {path}: {e.strerror or e}") from None
+    from ist_bench.safeio import check_writable
+    check_writable(path)
 
 
 def _append_json(path: str | None, rows: list[dict]) -> None:
-    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted; `-`: stdout."""
+    """Append rows (flushed and fsynced) to a path `_check_writable` has already vetted, after repairing
+    a cut last line (so the new row is never glued onto it); `-`: stdout."""
     if path == "-":
         sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows))
     elif path:
         from ist_bench.report.console import console
-        from ist_bench.results import append_rows
+        from ist_bench.safeio import append_rows, repair_tail
+        if Path(path).exists():
+            repair_tail(path, warn=lambda m: print(f"ist-bench: warning: {m}", file=sys.stderr))
         append_rows(path, rows)
         console.print(f"appended {len(rows)} row{'s' * (len(rows) != 1)} to {path}", style="dim", soft_wrap=True)
 
@@ -540,6 +626,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _busy_arg(p)
     p.add_argument("--json", metavar="FILE", help="append the result row (bytes) to this JSONL file (created if "
                                                   "missing; '-': write it to stdout, the table to stderr)")
+    p.add_argument("--timeline", metavar="FILE", help="also write the memory timeline (live bytes by category over "
+                                                       "the steps, phases and peak marked): .png, .html (memory_viz), "
+                                                       ".pickle (a torch.cuda memory snapshot) or .json; on cuda the "
+                                                       "allocator's own snapshot goes beside it (.cuda.pickle)")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("time", help="per-phase time of controlled training steps (GPU; CPU for small models)",
@@ -580,10 +670,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _busy_arg(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="sim vs cuda, cell by cell, from a suite's results",
+    p = sub.add_parser("validate", help="sim vs cuda, cell by cell, from a suite's results or a random sample",
                        description="Compare sim with cuda for every case measured on both: peak allocated, "
-                                   "each category, and the gap in %%.")
-    p.add_argument("results", help="JSONL with cuda and sim rows of the same cases")
+                                   "each category, and the gap in %%. With --sample N, draw N cells at random "
+                                   "from the whole case space (models, methods, policies and their options, "
+                                   "batch, length, attention, checkpointing, dtype, optimizer, optimizer state), "
+                                   "measure each on sim and then on this machine's GPU, and list the worst "
+                                   "cells first (how to check sim on your own card).")
+    p.add_argument("results", nargs="?", help="JSONL with cuda and sim rows of the same cases")
+    p.add_argument("--sample", type=int, metavar="N", help="draw and measure N random cells (needs a GPU)")
+    p.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0): a seed names the same cells "
+                                                       "everywhere")
+    p.add_argument("--out", help="--sample's rows (default results/validation/sample-<seed>.jsonl; cells already "
+                                 "finished there are not run again)")
+    p.add_argument("--timeout", type=float, default=600, help="--sample: seconds before a cell is killed "
+                                                               "(default 600)")
+    p.add_argument("--jobs", type=int, help="--sample: sim cells at once (default: the cores, up to 12)")
+    p.add_argument("--timeline-worst", metavar="PNG", help="--sample: measure the worst cell again on both backends "
+                                                          "and draw their memory timelines side by side here")
     p.add_argument("--markdown", metavar="FILE", help="also write the Markdown here, replacing the file ('-': "
                                                       "stdout only)")
     p.add_argument("--md", dest="markdown", help=argparse.SUPPRESS)   # its old name
@@ -669,7 +773,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line naming it (no usage block), exit code 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 def _one_line(message: str) -> str:

@@ -26,22 +26,13 @@ from dataclasses import dataclass, field
 
 from ist_bench.errors import UsageError
 from ist_bench.results import case_label, read_rows, row_key
+from ist_bench.schema import Thresholds  # the tolerances, validated: finite, factors >= 1
 
 MiB = 1 << 20
 MEMORY_FIGURES = ("weights", "activations", "gradients", "optimizer", "method_state", "peak",
                   "allocated_peak", "allocated_peak_est")
 RUN_FIGURES = ("run_allocated_peak", "run_allocated_peak_est")
 ENVIRONMENT = ("gpu", "torch", "transformers", "peft")
-
-
-@dataclass
-class Thresholds:
-    memory_pct: float = 2.0          # cuda memory: % of the baseline ...
-    memory_floor: int = 64 * MiB     # ... or this many bytes, whichever is larger
-    device_factor: float = 1.05      # GPU busy time per phase
-    wall_factor: float = 1.10        # wall median per step (and the U test below)
-    p_value: float = 0.002
-    gate_wall: bool = False          # fail on wall time even where GPU busy time was measured
 
 
 @dataclass
@@ -92,6 +83,9 @@ def check_environments(base: list[dict], cur: list[dict]) -> None:
 def compare_rows(base_rows: list[dict], cur_rows: list[dict], th: Thresholds | None = None,
                  allow_mismatch: bool = False) -> Comparison:
     th = th or Thresholds()
+    for rows, which in ((base_rows, "the baseline"), (cur_rows, "the current results")):
+        if not rows:
+            raise UsageError(f"{which} hold no result rows: a gate on nothing would always pass")
     if not allow_mismatch:
         check_environments(base_rows, cur_rows)
     base = {row_key(r): r for r in base_rows}
@@ -110,6 +104,10 @@ def compare_rows(base_rows: list[dict], cur_rows: list[dict], th: Thresholds | N
     for key, c in cur.items():
         if key not in base:
             out.findings.append(Finding(title(c), c.get("kind", "memory"), "case", "new"))
+    if not any(f.outcome not in ("missing", "new") and (f.figure != "status" or f.outcome != "unchanged")
+               for f in out.findings):
+        raise UsageError("no case finished in both the baseline and the current results (only failed or unpaired "
+                         "cases), so no figure was compared")
     return out
 
 
@@ -143,9 +141,14 @@ def _compare_memory(name: str, b: dict, c: dict, th: Thresholds) -> list[Finding
     sb, sc = b["memory"]["summary"], c["memory"]["summary"]
     exact = b.get("backend") == "sim"
     out = []
-    pairs = [(f"steady {k}", sb[k].get("steady", sb[k]["max"]), sc[k].get("steady", sc[k]["max"]))
-             for k in MEMORY_FIGURES if k in sb and k in sc]
+    def steady(fig: dict):
+        return fig.get("steady", fig.get("max"))
+    pairs = [(f"steady {k}", steady(sb[k]), steady(sc[k])) for k in MEMORY_FIGURES
+             if k in sb and k in sc and steady(sb[k]) is not None and steady(sc[k]) is not None]
     pairs += [(k, sb[k], sc[k]) for k in RUN_FIGURES if k in sb and k in sc]
+    if not pairs:
+        raise UsageError(f"{name}: the baseline's and the current row share no memory figure (baseline: "
+                         f"{', '.join(sorted(sb)) or 'none'}; current: {', '.join(sorted(sc)) or 'none'})")
     for figure, x, y in pairs:
         tol = 0 if exact else max(th.memory_pct / 100 * x, th.memory_floor)
         outcome = "regressed" if y > x + tol else "improved" if y < x - tol else "unchanged"
@@ -168,6 +171,10 @@ def _compare_time(name: str, b: dict, c: dict, th: Thresholds) -> list[Finding]:
         outcome = "regressed" if ratio > th.device_factor else "improved" if ratio < 1 / th.device_factor \
             else "unchanged"
         out.append(Finding(name, "time", f"GPU busy {phase} ms", outcome, x, y, f"x{ratio:.3f}"))
+    if len(tb.get("steps_ms", [])) < 2 or len(tc.get("steps_ms", [])) < 2:
+        if not out:
+            raise UsageError(f"{name}: nothing to compare (no GPU busy time, and fewer than 2 per-step samples)")
+        return out   # no per-step samples for the U test: the wall median is not gated
     x, y = tb["phases_ms"]["step"]["median"], tc["phases_ms"]["step"]["median"]
     ratio = y / x
     slower = mannwhitneyu(tc["steps_ms"], tb["steps_ms"], alternative="greater").pvalue

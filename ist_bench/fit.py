@@ -193,6 +193,11 @@ def fit(model: str, gpu: str, methods: list[str], selects: list[str], granularit
 
     if granularity < 1:
         raise UsageError(f"--granularity must be >= 1, got {granularity}")
+    if not methods or not selects:
+        raise UsageError(f"--{'method' if not methods else 'select'} names no method or policy; give a comma-separated "
+                         f"list, e.g. lora,full")
+    if batch_len < 2:
+        raise UsageError(f"--batch-len must be >= 2, got {batch_len}")
     tgt = target(gpu)
     answers = []
     for method in methods:

@@ -12,13 +12,14 @@ on load, never merged; any other malformed line is an error naming the file and 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
+from ist_bench import schema
 from ist_bench.errors import UsageError
+from ist_bench.safeio import append_rows, write_atomic  # noqa: F401  (written there; re-exported)
 
-SCHEMA = 1
+SCHEMA = schema.SCHEMA
 GiB = 1 << 30
 
 
@@ -44,15 +45,6 @@ def case_label(case: dict) -> str:
     return name
 
 
-def append_rows(path: str | Path, rows) -> None:
-    """Append rows to `path`, each flushed and fsynced before the next (a crash loses none)."""
-    with open(path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def read_rows(path: str | Path, *, warn=lambda msg: print(f"ist-bench: warning: {msg}", file=sys.stderr)) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -73,18 +65,23 @@ def read_rows(path: str | Path, *, warn=lambda msg: print(f"ist-bench: warning: 
                 warn(f"{path}:{i} is a truncated last line (an interrupted write); skipped")
                 continue
             raise UsageError(f"{path}:{i} is not an ist-bench result row (not JSON)") from None
+        except (ValueError, RecursionError):   # an integer of > 4300 digits, nesting deeper than Python's stack
+            raise UsageError(f"{path}:{i} is not an ist-bench result row (a number or nesting out of bounds)") from None
         if not isinstance(row, dict) or not isinstance(row.get("case"), dict):
             raise UsageError(f"{path}:{i} is not an ist-bench result row")
-        schema = row.get("schema", SCHEMA)
-        if schema != SCHEMA:
-            raise UsageError(f"{path}:{i} has result schema {schema!r}; this ist-bench reads schema {SCHEMA}")
+        version = row.get("schema", SCHEMA)
+        if version != SCHEMA:
+            raise UsageError(f"{path}:{i} has result schema {schema.show(version)}; this ist-bench reads schema {SCHEMA}")
+        schema.check_row(row, f"{path}:{i}: ")
         rows.append(row)
     return rows
 
 
 def load(*paths: str | Path):
-    """A flat DataFrame of result rows: case fields, status, the memory figures (bytes; `first_*`,
-    `steady_*`, `run_*`), time medians (ms), settings and provenance. The latest row of a case wins."""
+    """A flat DataFrame of result rows: case fields, status, the memory figures in bytes (`first_*`,
+    `typical_*`, `steady_*`, `max_*`, `run_*`, `at_peak_*`), times in ms (`<phase>_ms` median,
+    `_ms_mean`/`_p10`/`_p90`, `<phase>_busy_ms`), settings and provenance: every figure the console
+    prints (docs/results.md). The latest row of a case wins."""
     import pandas as pd
 
     latest: dict[str, dict] = {}
@@ -106,7 +103,7 @@ def flatten(row: dict) -> dict:
     summary = row.get("memory", {}).get("summary", {})
     for key, fig in summary.items():
         if isinstance(fig, dict):
-            for which in ("first", "steady", "max"):
+            for which in ("first", "typical", "steady", "max"):
                 if which in fig:
                     out[f"{which}_{key}"] = fig[which]
         else:
@@ -116,8 +113,14 @@ def flatten(row: dict) -> dict:
         out.update({f"at_peak_{k}": v for k, v in steps[-1]["at_peak"].items()})
     for phase, s in row.get("time", {}).get("phases_ms", {}).items():
         out[f"{phase}_ms"] = s.get("median")
-        out[f"{phase}_ms_mean"] = s.get("mean")
+        for stat in ("mean", "p10", "p90"):
+            out[f"{phase}_ms_{stat}"] = s.get(stat)
     t = row.get("time", {})
+    for phase, b in ((t.get("device") or {}).get("busy") or {}).items():
+        out[f"{phase}_busy_ms"] = b.get("median")
+    for key in ("wall_ratio", "busy_ratio"):
+        if key in (t.get("overhead") or {}):
+            out[f"overhead_{key}"] = t["overhead"][key]
     for key in ("s_per_100_iter", "tokens_per_s", "p90_over_p10", "importance_ms_per_iter"):
         if key in t:
             out[key] = t[key]
@@ -126,23 +129,11 @@ def flatten(row: dict) -> dict:
             out[f"device_{key}"] = value
     nvml = row.get("nvml") or {}
     out["nvml_peak"] = nvml.get("nvml_peak")
+    out["nvml_baseline"] = nvml.get("nvml_baseline")
+    st = row.get("settings") or {}
+    for key in ("attn_implementation", "gradient_checkpointing", "optimizer", "data"):
+        out[key] = st.get(key)
     prov = row.get("provenance", {})
     for key in ("gpu", "torch", "transformers", "peft", "git_commit"):
         out[key] = prov.get(key)
     return out
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write a whole file so that readers see the old one or the new one, never half: a temp file
-    in the same folder, fsynced, then renamed over the target."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

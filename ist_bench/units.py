@@ -19,7 +19,11 @@ def parse_bytes(text: str | None) -> int | None:
     unit = m.group(2).lower() if m else None
     if not m or unit not in _UNITS:
         raise UsageError(f"cannot read {text!r} as a size; write e.g. 80GiB, 24GB, 512MiB")
-    return int(float(m.group(1)) * _UNITS[unit])
+    size = float(m.group(1)) * _UNITS[unit]
+    if not size < 2**63:   # 10**400 GiB is inf as a float
+        shown = text if len(text) <= 20 else text[:17] + "..."
+        raise UsageError(f"size {shown!r} is beyond any memory; at most 8 EiB")
+    return int(size)
 
 
 def gib(n: float | None, digits: int = 2) -> str:

@@ -7,7 +7,8 @@ import pytest
 
 from ist_bench.cli import main
 
-ROW = {"schema": 1, "kind": "memory", "case": {"model": "m", "method": {"name": "lora"}}, "status": "ok"}
+ROW = {"schema": 1, "kind": "memory", "case": {"model": "m", "method": {"name": "lora"}}, "status": "ok",
+       "memory": {"summary": {"peak": {"first": 1, "max": 1}}}}
 JAMBA = {"model_type": "jamba", "num_hidden_layers": 4, "hidden_size": 64, "intermediate_size": 128,
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "attn_layer_period": 2,
          "attn_layer_offset": 1, "expert_layer_period": 100, "num_experts": 1}
@@ -23,6 +24,30 @@ FILES = {
     "jamba.json": json.dumps(JAMBA),
     "alpaca.json": json.dumps([{"instruction": "x", "input": "", "output": "y"}]),
     "ok.jsonl": json.dumps(ROW) + "\n",
+    "nostatus.jsonl": json.dumps({k: v for k, v in ROW.items() if k != "status"}) + "\n",
+    "nocase.jsonl": json.dumps({k: v for k, v in ROW.items() if k != "case"}) + "\n",
+    "nomemory.jsonl": json.dumps({k: v for k, v in ROW.items() if k != "memory"}) + "\n",
+    "huge.jsonl": json.dumps({**ROW, "memory": {"summary": {"peak": {"first": 1, "max": 10**400}}}}) + "\n",
+    "inf.jsonl": json.dumps({**ROW, "memory": {"summary": {"peak": {"first": 1, "max": 1e400}}}}) + "\n",   # Infinity
+    "zerolayers.json": json.dumps({"model_type": "llama", "num_hidden_layers": 0}),
+    "neghidden.json": json.dumps({"model_type": "llama", "hidden_size": -64}),
+    "millionlayers.json": json.dumps({"model_type": "llama", "num_hidden_layers": 10**6}),
+    "zerovocab.json": json.dumps({"model_type": "llama", "vocab_size": 0}),
+    "heads.json": json.dumps({"model_type": "gpt2", "n_embd": 64, "n_head": 5}),
+    "kvheads.json": json.dumps({"model_type": "llama", "num_key_value_heads": 5}),
+    "gpt2layers.json": json.dumps({"model_type": "gpt2", "n_layer": -1}),
+    "notype.yaml": "kind: memory\nwarmup: 1.5\ngrid: {model: [tiny-llama]}\n",
+    "nankind.yaml": "kind: [memory, train]\ngrid: {model: [tiny-llama]}\n",
+    "bigint.yaml": "grid: {model: [tiny-llama], steps: [" + "9" * 5000 + "]}\n",
+    "nanlr.yaml": "grid: {model: [tiny-llama], backend: [sim], lr: [.nan]}\n",
+    "zerolr.yaml": "grid: {model: [tiny-llama], backend: [sim], lr: [0]}\n",
+    "nanmu.yaml": "grid: {model: [tiny-llama], backend: [sim], select: [{name: ist, mu: .inf}]}\n",
+    "explode.yaml": "grid: {" + ", ".join(f"k{i}: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" for i in range(12)) + "}\n",
+    "alpaca2.json": json.dumps([{"instruction": "hello world", "input": "", "output": "x"}]),
+}
+BINARY = {   # written as bytes: encodings a suite must not be in
+    "utf16.yaml": "grid: {model: [tiny-llama]}\n".encode("utf-16"),
+    "latin1.yaml": "name: caf\xe9\ngrid: {model: [tiny-llama]}\n".encode("latin-1"),
 }
 
 CATALOGUE = [
@@ -43,7 +68,7 @@ CATALOGUE = [
     (["memory", "--backend", "tpu"], "unknown backend 'tpu'; valid: auto, sim, cpu, cuda"),
     (["memory", "--dtype", "int8"], "unknown dtype 'int8'; valid: bf16, fp16, fp32"),
     (["memory", "--attn", "flash"], "unknown attention implementation 'flash'; valid: eager, sdpa"),
-    (["memory", "--batch", "0"], "--batch must be >= 1, got 0"),
+    (["memory", "--batch", "0"], "batch must be >= 1, got 0"),
     (["memory", "--data", "{alpaca.json}"], "--data and --tokenizer go together"),
     (["memory", "--data", "nope.json", "--tokenizer", "nope.json"], "data file not found: nope.json"),
     (["memory", "--backend", "cpu", "--model", "llama-13b"], "llama-13b on --backend cpu needs about"),
@@ -72,6 +97,43 @@ CATALOGUE = [
     (["fit", "--gpu", "titan"], "unknown GPU 'titan'; valid: rtx4090"),
     (["fit", "--gpu", "rtx4090", "--granularity", "0"], "--granularity must be >= 1, got 0"),
     (["memroy"], "argument COMMAND: invalid choice: 'memroy' (choose from 'memory'"),
+    # issue 17: hostile input files and values, each a schema error naming the field
+    (["run", "{utf16.yaml}"], "malformed suite"),
+    (["run", "{latin1.yaml}"], "codec can't decode"),
+    (["run", "{notype.yaml}"], "'warmup' must be an integer >= 0"),
+    (["run", "{nankind.yaml}"], "'kind' must be memory, time (or a list of both), got ['memory', 'train']"),
+    (["run", "{bigint.yaml}"], "malformed suite"),
+    (["run", "{nanlr.yaml}"], "nanlr.yaml: grid.lr.0 must be a finite number, got nan"),
+    (["run", "{zerolr.yaml}"], "lr must be a finite number > 0, got 0"),
+    (["run", "{nanmu.yaml}"], "nanmu.yaml: grid.select.0.mu must be a finite number, got inf"),
+    (["run", "{explode.yaml}"], "expands to 1,000,000,000,000 cases; at most 10,000"),
+    (["validate", "{nostatus.jsonl}"], "nostatus.jsonl:1: status is missing"),
+    (["validate", "{nocase.jsonl}"], "nocase.jsonl:1 is not an ist-bench result row"),
+    (["report", "{nomemory.jsonl}"], "nomemory.jsonl:1: a finished memory row needs its 'memory' figures"),
+    (["compare", "{ok.jsonl}", "{huge.jsonl}"], "huge.jsonl:1: memory.summary.peak.max must be a number within int64, "
+                                                "got 10**400"),
+    (["baseline", "update", "{inf.jsonl}"], "inf.jsonl:1: memory.summary.peak.max must be a finite number, got inf"),
+    (["memory", "--backend", "sim", "--model", "{zerolayers.json}"], "num_hidden_layers must be >= 1, got 0"),
+    (["memory", "--backend", "sim", "--model", "{neghidden.json}"], "hidden_size must be >= 1, got -64"),
+    (["memory", "--backend", "sim", "--model", "{millionlayers.json}"], "num_hidden_layers must be <= 1024, got 1000000"),
+    (["memory", "--backend", "sim", "--model", "{zerovocab.json}"], "vocab_size must be >= 1, got 0"),
+    (["memory", "--backend", "sim", "--model", "{heads.json}"], "num_attention_heads (5) must divide hidden_size (64)"),
+    (["memory", "--backend", "sim", "--model", "{kvheads.json}"], "num_key_value_heads (5) must divide"),
+    (["memory", "--backend", "sim", "--model", "{gpt2layers.json}"], "n_layer must be >= 1, got -1"),
+    (["memory", "--backend", "sim", "--data", "{alpaca2.json}", "--tokenizer", "{empty_tokenizer.json}"],
+     "yields no tokens"),
+    (["memory", "--backend", "sim", "--batch", "1000000000"], "batch must be <= 8388608, got 1000000000"),
+    (["memory", "--backend", "sim", "--batch", "8192", "--seq-len", "4096"], "batch x seq_len must be <= 16,777,216"),
+    (["memory", "--backend", "sim", "--select", "ist", "--select-opt", "mu=nan"], "--select ist: mu must be a finite"),
+    (["memory", "--backend", "sim", "--select", "rst", "--select-opt", "layers=inf"], "--select rst: layers must be"),
+    (["memory", "--backend", "sim", "--dropout", "nan"], "--dropout must be in [0, 1), got nan"),
+    (["memory", "--backend", "sim", "--seed", "-1"], "seed must be >= 0, got -1"),
+    (["memory", "--backend", "sim", "--capacity", "9" * 400 + "GiB"], "is beyond any memory; at most 8 EiB"),
+    (["compare", "{ok.jsonl}", "{ok.jsonl}", "--memory-floor", "1" + "0" * 400 + "B"], "is beyond any memory"),
+    (["run", "{s.yaml}", "--timeout", "nan"], "--timeout must be > 0 seconds, got nan"),
+    (["run", "{s.yaml}", "--timeout", "inf"], "--timeout must be > 0 seconds, got inf"),
+    (["compare", "{ok.jsonl}", "{ok.jsonl}", "--memory-pct", "nan"], "--memory-pct must be a finite number >= 0"),
+    (["compare", "{ok.jsonl}", "{ok.jsonl}", "--device-factor", "nan"], "--device-factor is a slow-down factor"),
 ]
 
 
@@ -84,12 +146,16 @@ def files(tmp_path, monkeypatch):
     monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(total=24 << 30))
     for name, text in FILES.items():
         (tmp_path / name).write_text(text)
+    for name, data in BINARY.items():
+        (tmp_path / name).write_bytes(data)
+    from tokenizers import Tokenizer, models
+    Tokenizer(models.BPE()).save(str(tmp_path / "empty_tokenizer.json"))   # no vocabulary: no tokens at all
     return tmp_path
 
 
 @pytest.mark.parametrize("argv,message", CATALOGUE, ids=[" ".join(a)[:60] for a, _ in CATALOGUE])
 def test_bad_input_is_one_short_line_and_exit_code_2(files, capsys, argv, message):
-    subst = {"{tmp}": str(files), **{"{" + n + "}": str(files / n) for n in FILES}}
+    subst = {"{tmp}": str(files), **{"{" + n + "}": str(files / n) for n in [*FILES, *BINARY, "empty_tokenizer.json"]}}
     argv = [subst.get(a, a) for a in argv]
     try:
         code = main(argv)

@@ -141,3 +141,79 @@ def test_flops_of_a_linear_layer_match_the_formula():
     x = torch.randn(8, 64, requires_grad=True)
     flops = count_flops(lambda: layer(x).sum().backward())
     assert flops == 2 * 8 * 64 * 32 * 3        # forward; backward: grad of input and of weight
+
+
+def _gate(tmp_path, base_rows, cur_rows, *options):
+    """compare's exit code on these rows."""
+    return main(["compare", _write(tmp_path / "gb.jsonl", base_rows), _write(tmp_path / "gc.jsonl", cur_rows),
+                 *options])
+
+
+@pytest.mark.parametrize("base_rows,cur_rows,message", [
+    ([], [], "the baseline hold no result rows"),
+    ([_memory_row()], [], "the current results hold no result rows"),
+    ([], [_memory_row()], "the baseline hold no result rows"),
+], ids=["nothing-vs-nothing", "rows-vs-nothing", "nothing-vs-rows"])
+def test_the_gate_refuses_empty_input(tmp_path, capsys, base_rows, cur_rows, message):
+    assert _gate(tmp_path, base_rows, cur_rows) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("garbage,message", [
+    ({"schema": 1, "kind": "memory", "case": {"model": "llama-7b", "method": {"name": "lora"}}},
+     "gc.jsonl:1: status is missing"),
+    ({"status": "ok", "case": {"model": "llama-7b", "method": {"name": "lora"}}},
+     "a finished memory row needs its 'memory' figures"),
+    ({"status": "ok", "case": {"method": {"name": "lora"}}, "memory": {"summary": {"peak": {"first": 1, "max": 1}}}},
+     "gc.jsonl:1: case.model is missing"),
+    ({"status": "done", "case": {"model": "m", "method": {"name": "lora"}}}, "status must be 'ok', 'oom'"),
+    ({"status": "ok", "case": {"model": "m", "method": {"name": "lora"}}, "memory": {"summary": {}}},
+     "a finished memory row has an empty memory.summary"),
+    ({"status": "ok", "case": {"model": "m", "method": {"name": "lora"}},
+      "memory": {"summary": {"peak": {"first": 1, "max": 10**400}}}}, "memory.summary.peak.max must be a number within int64"),
+    ({"status": "ok", "case": {"model": "m", "method": {"name": "lora"}},
+      "memory": {"summary": {"peak": {"max": "12GiB"}}}}, "gc.jsonl:1: memory.summary.peak"),
+    ({"status": "ok", "case": {"model": 7, "method": {"name": "lora"}}}, "case.model must be"),
+], ids=["no-status", "no-memory", "no-model", "bad-status", "empty-summary", "10**400", "string-figure",
+        "int-model"])
+def test_the_gate_refuses_garbage_rows_naming_file_line_and_field(tmp_path, capsys, garbage, message):
+    assert _gate(tmp_path, [_memory_row()], [garbage]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_the_gate_refuses_rows_that_share_no_figure(tmp_path, capsys):
+    only_weights, only_peak = copy.deepcopy(_memory_row()), copy.deepcopy(_memory_row())
+    only_weights["memory"]["summary"] = {"weights": {"first": 1, "max": 1, "steady": 1}}
+    only_peak["memory"]["summary"] = {"peak": {"first": 1, "max": 1, "steady": 1}}
+    assert _gate(tmp_path, [only_weights], [only_peak]) == 2
+    err = capsys.readouterr().err
+    assert "share no memory figure (baseline: weights; current: peak)" in err and err.count("\n") == 1
+
+
+def test_the_gate_refuses_when_only_failed_cases_pair(tmp_path, capsys):
+    failed = {**_memory_row(), "status": "error", "error": "boom"}
+    del failed["memory"]
+    assert _gate(tmp_path, [failed], [failed]) == 2
+    assert "no figure was compared" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,value", [("--memory-pct", "nan"), ("--memory-pct", "inf"),
+                                          ("--device-factor", "nan"), ("--wall-factor", "inf"),
+                                          ("--p-value", "nan"), ("--memory-pct", "-1")])
+def test_non_finite_thresholds_are_refused_and_never_let_a_regression_through(tmp_path, capsys, option, value):
+    regressed = _memory_row(activations=int(21 * GiB))          # 50% more activation memory
+    assert _gate(tmp_path, [_memory_row()], [regressed]) == 1     # the regression the threshold must not hide
+    capsys.readouterr()
+    assert _gate(tmp_path, [_memory_row()], [regressed], option, value) == 2
+    err = capsys.readouterr().err
+    assert option in err and value in err and err.count("\n") == 1, err
+
+
+def test_thresholds_refuse_non_finite_values_from_python_too():
+    from ist_bench.compare import Thresholds
+    from ist_bench.errors import UsageError
+    with pytest.raises(UsageError, match="--memory-pct must be a finite number, got nan"):
+        Thresholds(memory_pct=float("nan"))
+    assert Thresholds(device_factor=1.2).device_factor == 1.2

@@ -106,13 +106,13 @@ def test_a_truncated_last_line_is_reported_and_skipped_a_broken_middle_line_is_a
 
 
 def test_reports_and_baselines_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    from ist_bench import results
+    from ist_bench import results, safeio
     target = tmp_path / "b.jsonl"
     target.write_text("old\n")
 
     def broken_fsync(fd):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(results.os, "fsync", broken_fsync)
+    monkeypatch.setattr(safeio.os, "fsync", broken_fsync)
     with pytest.raises(OSError):
         results.write_atomic(target, "new\n" * 1000)
     assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["b.jsonl"]
@@ -120,16 +120,16 @@ def test_reports_and_baselines_are_written_whole_or_not_at_all(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_a_full_disk_while_appending_rows_is_one_line_and_keeps_the_rows_written(tmp_path, monkeypatch, capsys):
-    from ist_bench import results
+    from ist_bench import safeio
     suite, out = _suite(tmp_path, n=3), tmp_path / "o.jsonl"
-    real, calls = results.os.fsync, []
+    real, calls = safeio.os.fsync, []
 
     def fills_up(fd):
         calls.append(fd)
         if len(calls) > 1:
             raise OSError(28, "No space left on device")
         real(fd)
-    monkeypatch.setattr(results.os, "fsync", fills_up)
+    monkeypatch.setattr(safeio.os, "fsync", fills_up)
     assert main(["run", str(suite), "--out", str(out), "--jobs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err

@@ -2,10 +2,13 @@
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,10 +32,11 @@ def mem_row(model, method, select="none", peak=20.0, weights=12.5, backend="cuda
             "memory": {"summary": summary, "steps": [{"phase": "steady", "at_peak": at_peak,
                                                       "top_activations": {"model.layers.*.mlp": GiB}}]},
             "settings": {"data": "synthetic"}, "provenance": {"gpu": "Test GPU 80GB"},
+            "params": int(weights * GiB) // 2,   # bf16: the base model's weights are params x 2 bytes
             **({"peak_reached": int(90 * GiB)} if status == "oom" else {})}
 
 
-def time_row(method, select, fwd, bwd, s100, importance=0.0):
+def time_row(method, select, fwd, bwd, s100, importance=0.0, reward=0.005):
     phases = {p: {"median": v, "mean": v, "n": 100} for p, v in
               (("forward", fwd), ("backward", bwd), ("optimizer", 1.0), ("step", fwd + bwd + 1))}
     return {"schema": 1, "kind": "time", "backend": "cuda", "status": "ok",
@@ -41,7 +45,9 @@ def time_row(method, select, fwd, bwd, s100, importance=0.0):
             "provenance": {"gpu": "Test GPU 80GB"},
             "selection": {"policy": {"name": select},
                           "history": [{"step": s, "active": [s % 4], "importance": [0.1 * s, 0, -0.1 * s, 0]}
-                                      for s in range(20)] if select == "ist" else []}}
+                                      for s in range(20)] if select == "ist" else [],
+                          "rounds": [{"step": 10, "candidates": [[0, 1], [2, 3]], "losses": [2.0, 2.1],
+                                      "rewards": [reward, -reward]}] if select == "ist" else []}}
 
 
 @pytest.fixture
@@ -68,15 +74,16 @@ def test_report_puts_ours_and_the_papers_numbers_in_the_right_cells(results, tmp
     assert by["lora"] == "27.0 / 24 (1.12x)" and by["lora+ist"] == "21.6 / 20 (1.08x)"
     assert by["full"] == "OOM / 60"
     # the saving a policy brings: 1 - 21.6/27 = 20%; above the weights 1 - 9.1/14.5 = 37.2%
-    assert "20.0% of the peak, 37.2% of the memory above the weights" in md
+    assert "20.0% of the peak, 37.2% of the memory above the base model's weights" in md
     # Table 13: forward means and s/100 iter, ours / paper
     assert "60.0 / 135 (0.44x)" in md and "13.9 / 32.6 (0.43x)" in md and "50.0 / 101 (0.50x)" in md
     csv = pd.read_csv(tmp_path / "rep" / "t.csv")
     lora = csv[(csv["column"] == "lora")].iloc[0]
-    assert lora["allocated peak"] == pytest.approx(27.0) and lora["reserved peak"] == pytest.approx(28.0)
-    assert lora["paper_GB"] == 24
+    assert lora["allocated peak (GiB)"] == pytest.approx(27.0) and lora["reserved peak (GiB)"] == pytest.approx(28.0)
+    assert lora["paper (GiB)"] == 24
     tex = (tmp_path / "rep" / "t.tex").read_text()
-    assert r"\toprule" in tex and r"\bottomrule" in tex and "27.0 / 24 (1.12x)" in tex
+    # LaTeX: one column per model (a page fits it), ours / paper without the ratio
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"lora & 27.0 / 24 \\" in tex
     assert "lora+ist" in tex and r"\_" not in "lora+ist"
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
     assert pngs == ["t-cuda-breakdown.png", "t-cuda-savings.png", "t-importance.png", "t-time.png"]
@@ -130,3 +137,195 @@ def test_run_never_writes_into_an_old_file_unless_told(tmp_path, capsys):
     os.chdir(tmp_path)
     assert main(["run", str(suite)]) == 0 and main(["run", str(suite)]) == 0
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["s.2.jsonl", "s.jsonl"]
+
+
+def _report(tmp_path, rows, name="t"):
+    """Report `rows` in tmp_path/name (run there, so every report names its input `rows.jsonl`)."""
+    import contextlib
+    (tmp_path / name).mkdir()
+    with contextlib.chdir(tmp_path / name):
+        Path("rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        assert main(["report", "rows.jsonl", "--out", "out/r"]) == 0
+    return {p.name: p.read_bytes() for p in sorted((tmp_path / name / "out").iterdir())}
+
+
+def _table1_cells(md: str, model: str) -> dict:
+    lines = md.splitlines()
+    row = next(line for line in lines if line.startswith(f"| {model} "))
+    header = lines[lines.index(row) - 2]
+    return dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")],
+                    strict=True))
+
+
+def test_weights_are_the_base_models_whatever_the_order_and_a_report_is_the_same_for_shuffled_rows(tmp_path):
+    import random
+    params = 6_738_415_616                                  # LLaMA-7B: 12.55 GiB in bf16
+    lora = mem_row("llama-7b", "lora", peak=27.6, weights=12.76)          # adapter weights included
+    full = mem_row("llama-7b", "full", peak=50.4, weights=12.55)
+    ist = mem_row("llama-7b", "lora", "ist", peak=25.1, weights=12.76)
+    for r in (lora, full, ist):
+        r["params"] = params
+    rows = [lora, full, ist, time_row("lora", "none", 60.0, 80.0, 14.2), time_row("lora", "ist", 60.0, 70.0, 13.9)]
+    first = _report(tmp_path, rows, "a")
+    assert _table1_cells(first["r.md"].decode(), "llama-7b")["weights"] == f"{params * 2 / GiB:.1f} / 14 (0.90x)"
+    csv = pd.read_csv(tmp_path / "a" / "out" / "r.csv").set_index("column")
+    assert csv.loc["lora", "adapter weights (GiB)"] == pytest.approx(12.76 - params * 2 / GiB, abs=1e-4)
+    assert csv.loc["full", "adapter weights (GiB)"] == pytest.approx(12.55 - params * 2 / GiB, abs=1e-4)
+    for seed in range(3):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        assert _report(tmp_path, shuffled, f"s{seed}") == first
+
+
+def test_a_cell_listed_twice_is_shown_and_counted_once(tmp_path):
+    short = mem_row("llama-7b", "lora", peak=99.0)
+    short["case"]["steps"] = 2
+    long = mem_row("llama-7b", "lora", peak=27.0)
+    long["case"]["steps"] = 4                              # the longer run stands for the cell
+    rows = [long, short, long, mem_row("llama-7b", "lora", "ist", peak=21.6)]
+    md = _report(tmp_path, rows)["r.md"].decode()
+    assert "(4 rows, 2 cells; 2 rows repeat cells shown once" in md
+    assert _table1_cells(md, "llama-7b")["lora"] == "27.0 / 24 (1.12x)"
+    # the figure match scores 2 cells (lora 27/24, lora+ist 21.6/20), not 4
+    assert "| cuda      | allocated peak |       2 |" in md
+
+
+def test_importance_is_drawn_only_when_the_rewards_carry_signal(tmp_path):
+    noise = [time_row("lora", "ist", 60.0, 70.0, 13.9, reward=1e-5)]
+    files = _report(tmp_path, noise, "noise")
+    assert "r-importance.png" not in files
+    assert "Not drawn: the largest |reward| of llama-7b lora+ist on cuda is 1.0e-05 < 0.001" in files["r.md"].decode()
+    files = _report(tmp_path, [time_row("lora", "ist", 60.0, 70.0, 13.9, reward=0.01)], "signal")
+    assert "r-importance.png" in files and "largest |reward| 1.0e-02" in files["r.md"].decode()
+    short = time_row("lora", "ist", 60.0, 70.0, 13.9, reward=0.01)
+    short["selection"]["history"] = short["selection"]["history"][:5]   # a memory case's few steps
+    files = _report(tmp_path, [short], "short")
+    assert "r-importance.png" not in files and "What IST learned" not in files["r.md"].decode()
+
+
+def test_a_sim_cell_no_gpu_validation_covers_is_marked(tmp_path):
+    rows = [mem_row("llama-7b", "lora", peak=27.6, backend="sim"), mem_row("llama-7b", "dora", peak=28.0, backend="sim")]
+    md = _report(tmp_path, rows)["r.md"].decode()
+    cells = _table1_cells(md, "llama-7b")
+    assert cells["dora"] == "28.0\u2020" and cells["lora"] == "27.6 / 24 (1.15x)"
+    assert "marks cells no GPU validation covers (llama-7b dora)" in md
+
+
+def test_validated_cells_are_the_cells_of_reports_validation(tmp_path):
+    from ist_bench.report.cells import validated
+    rows = read_rows("results/validation/h200-2026-11-27.jsonl")
+    # independently: LLaMA-7B LoRA, the paper's setting, on both backends
+    def pick(backend):
+        return next(r for r in rows if r["backend"] == backend and r["case"]["model"] == "llama-7b"
+                    and r["case"]["method"]["name"] == "lora" and r["case"]["select"] == "none"
+                    and r["case"].get("batch", 1) == 1 and not r["case"].get("grad_checkpointing")
+                    and r["case"].get("attn", "eager") == "eager")
+    cuda, sim = pick("cuda"), pick("sim")
+    gap = 100 * (sim["memory"]["summary"]["run_allocated_peak_est"] / cuda["memory"]["summary"]["run_allocated_peak"] - 1)
+    v = validated()
+    assert v["cells"]["llama-7b lora"] == round(gap, 2)
+    assert len(v["cells"]) == 35 and "llama-7b dora" not in v["cells"]
+    md = open("reports/validation.md").read()
+    assert "35 cells, 35 measured on both" in md and f"largest |gap| of sim's estimated peak to\nmax_memory_allocated: " \
+        f"{v['max_abs_gap_pct']:.2f}%" in md
+
+
+def test_validate_fits_80_columns():
+    from ist_bench.report.validation import validation_report
+    text = validation_report(read_rows("results/validation/h200-2026-11-27.jsonl"))
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "-0.00" not in text
+
+
+def _mem_summary(opt_first):
+    fig = {"first": 1, "typical": 2, "steady": 3, "min": 1, "median": 2, "max": 3, "last": 3}
+    return {"weights": fig, "activations": fig, "gradients": fig, "optimizer": {**fig, "first": opt_first},
+            "peak": fig, "allocated_peak_est": fig, "run_peak": 3, "run_allocated_peak_est": 3}
+
+
+def _console_row(model="llama-7b", method="lora", opt_first=5):
+    return {"schema": 1, "kind": "memory", "backend": "sim", "status": "ok", "n_layers": 8,
+            "case": {"model": model, "method": {"name": method}, "select": "ist", "select_opts": {}, "seq_len": 1024},
+            "selection": {"policy": {"name": "ist", "optimizer_state": "keep"}, "n_active": 4},
+            "memory": {"summary": _mem_summary(opt_first),
+                       "steps": [{"phase": "first"}, {"phase": "steady", "active_layers": [7, 0, 5, 6]}]}}
+
+
+def test_the_memory_footer_says_what_the_row_holds():
+    from ist_bench.report.console import _steady_note
+    held = _steady_note(_console_row(opt_first=5))
+    assert "no optimizer state yet" not in held and "with the optimizer state its own AdamW step creates" in held
+    assert "no optimizer state yet" in _steady_note(_console_row(opt_first=0))
+    assert "(layers 0, 5-7)" in held and "median" not in held and "docs/measurement.md" in held
+
+
+def test_the_console_says_whether_a_gpu_validated_the_cell():
+    from ist_bench.report.cells import check_note
+    assert check_note(_console_row()).startswith("validated")   # llama-7b lora+ist: in reports/validation.md
+    note = check_note(_console_row(method="dora"))
+    assert note.startswith("NOT validated") and "reports/validation.md" in note
+
+
+def test_no_report_or_console_text_calls_typical_a_median():
+    files = [*Path("ist_bench/report").glob("*.py"), *Path("reports").glob("*.md"), Path("README.md"),
+             Path("docs/reports.md")]
+    for f in files:
+        text = f.read_text()
+        assert "median of the drawn" not in text and "median drawn" not in text, f
+
+
+def test_load_carries_every_figure_the_console_shows(tmp_path):
+    from ist_bench.results import load
+    row = _console_row()
+    row.update(params=10, trainable_params=1, settings={"attn_implementation": "eager"},
+               nvml={"nvml_peak": 7, "nvml_baseline": 2})
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    df = load(path).iloc[0]
+    for fig in ("weights", "activations", "gradients", "optimizer", "peak", "allocated_peak_est"):
+        assert (df[f"first_{fig}"], df[f"typical_{fig}"], df[f"steady_{fig}"]) == (
+            row["memory"]["summary"][fig]["first"], 2, 3)
+    assert df["nvml_peak"] == 7 and df["nvml_baseline"] == 2 and df["attn_implementation"] == "eager"
+
+
+TEX = r"""\documentclass[%s]{article}
+\usepackage{booktabs}
+\begin{document}
+%s
+\end{document}
+"""
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex (Debian: apt-get install "
+                    "texlive-latex-base texlive-latex-recommended)")
+@pytest.mark.parametrize("columns", ["onecolumn", "twocolumn"])
+def test_latex_tables_fit_the_page(tmp_path, columns):
+    """Every committed .tex report and a fresh one compile, with no overfull box (a table wider than
+    the page), and their captions use one unit, GiB."""
+    fresh = _report(tmp_path, [mem_row("llama-7b", "lora", peak=27.0), time_row("lora", "ist", 60.0, 70.0, 13.9)])
+    tables = [*sorted(Path("reports").glob("*.tex")), tmp_path / "t" / "out" / "r.tex"]
+    assert fresh["r.tex"] and len(tables) >= 4
+    body = "\n".join(p.read_text() for p in tables)
+    for caption in re.findall(r"\\caption\{(.*)\}", body):
+        assert not re.findall(r"\bGB\b", caption.replace("printed as GB", "")), caption
+    (tmp_path / "doc.tex").write_text(TEX % (columns, body))
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    log = (tmp_path / "doc.log").read_text(errors="replace")
+    assert proc.returncode == 0, log[-2000:]
+    assert "Overfull \\hbox" not in log, re.findall(r"Overfull \\hbox.*", log)
+
+
+def test_a_typical_that_is_one_seeds_median_is_not_printed_as_the_policys(tmp_path):
+    def with_draws(select, peaks, typical, steady):
+        r = mem_row("llama-7b", "lora", select, peak=steady)
+        r["memory"]["summary"]["allocated_peak"] = {"typical": int(typical * GiB)}
+        r["memory"]["steps"][:0] = [{"phase": "drawn", "allocated_peak": int(p * GiB)} for p in peaks]
+        return r
+    base = with_draws("none", [27.0, 27.0, 27.0], 27.0, 27.0)
+    legacy = with_draws("ist", [21.0, 21.6, 20.0], 21.0, 21.6)      # median_low of 20.0, 21.0, 21.6
+    md = _report(tmp_path, [base, legacy], "legacy")["r.md"].decode()
+    assert "Not shown: in 1 cell with" in md and "at the typical step" not in md
+    derived = with_draws("ist", [21.0, 21.6, 20.0], 20.7, 21.6)     # e.g. an expectation over draws
+    md = _report(tmp_path, [base, derived], "derived")["r.md"].decode()
+    assert "Not shown" not in md and "at the typical step: 23.3% of the peak" in md   # 1 - 20.7/27

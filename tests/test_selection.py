@@ -115,11 +115,20 @@ def test_lift_moves_one_block_at_a_time_in_each_order():
     assert [rand.select(s)[0] for s in range(6, 12)] != first_pass          # a new permutation next pass
 
 
-def test_worst_case_draw_is_layer_zero_plus_the_top_layers():
-    assert unbound(IST(), 8).worst_case() == [0, 7]
-    assert unbound(LIFT(), 8).worst_case() == [0]
-    assert unbound(LISA(gamma=3), 8).worst_case() == [0, 6, 7]
-    assert unbound(SelectionPolicy(), 8).worst_case() is None
+def test_worst_draw_candidates_are_layer_zero_with_the_top_or_the_next_layers():
+    assert unbound(IST(), 8).worst_cases() == [[0, 7], [0, 1]]
+    assert unbound(LIFT(), 8).worst_cases() == [[0]]
+    assert unbound(LISA(gamma=3), 8).worst_cases() == [[0, 6, 7], [0, 1, 2]]
+    assert unbound(SelectionPolicy(), 8).worst_cases() == [None]
+    assert unbound(ILA(), 8).worst_cases() == [None]                      # its warm-up trains every layer
+    full = unbound(LISA(gamma=3), 8)
+    full.grad_below = True                                                 # embeddings train: the top layers
+    assert full.worst_cases() == [[5, 6, 7]]
+
+
+def test_a_model_whose_embeddings_train_is_seen_as_training_below_the_blocks():
+    assert LISA().bind(tiny("full"), None).grad_below
+    assert not LISA().bind(tiny("lora"), None).grad_below
 
 
 # -- the gate and the optimizer-state policy --------------------------------------------------

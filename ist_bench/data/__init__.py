@@ -80,14 +80,18 @@ def _tokenized(data: str, tokenizer: str, data_mtime: float, tok_mtime: float) -
     samples = load_samples(data)
     tok = load_tokenizer(tokenizer)
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    return tuple(tuple(tok(render(s), add_special_tokens=True)["input_ids"] + eos) for s in samples)
+    try:
+        return tuple(tuple(tok(render(s), add_special_tokens=True)["input_ids"] + eos) for s in samples)
+    except Exception as e:  # tokenizers raises its own exception types
+        raise UsageError(f"tokenizer {tokenizer} cannot tokenize {data}: {' '.join(str(e).split())[:160]}") from None
 
 
 class TokenBatches:
     """Batch 1 x seq_len token ids for step `i`, deterministic across runs."""
 
     def __init__(self, seq_len: int, vocab_size: int, *, data: str | Path | None = None,
-                 tokenizer: str | Path | None = None, mode: str = "pack", seed: int = 0, batch: int = 1):
+                 tokenizer: str | Path | None = None, mode: str = "pack", seed: int = 0, batch: int = 1,
+                 meta: bool = False):
         if mode not in MODES:
             raise choice_error("data mode", mode, MODES)
         if seq_len < 2:
@@ -97,10 +101,15 @@ class TokenBatches:
         if batch > 1 and mode == "sample" and data is not None:
             raise UsageError("--data-mode sample takes --batch 1 (samples of different lengths would need padding)")
         self.seq_len, self.vocab_size, self.mode, self.seed, self.batch = seq_len, vocab_size, mode, seed, batch
+        # sim: synthetic ids are shapes on the meta device, never host memory in proportion to the batch
+        self.meta = meta
         self.kind = "synthetic" if data is None else "alpaca"
         self.samples: tuple[tuple[int, ...], ...] = ()
         if data is not None:
             self.samples = _tokenized(str(data), str(tokenizer), _mtime(data), _mtime(tokenizer))
+            if not any(self.samples):
+                raise UsageError(f"tokenizer {tokenizer} yields no tokens for the samples of {data}")
+            self.samples = tuple(s for s in self.samples if s)
             top = max(max(s) for s in self.samples)
             if top >= vocab_size:
                 raise UsageError(f"tokenizer produces id {top}, beyond the model's vocabulary of {vocab_size}")
@@ -120,6 +129,8 @@ class TokenBatches:
 
     def ids(self, step: int) -> torch.Tensor:
         """Token ids (batch, T) on the CPU: T = seq_len except in `sample` mode (shorter samples)."""
+        if self.kind == "synthetic" and self.meta:
+            return torch.empty((self.batch, self.seq_len), dtype=torch.long, device="meta")
         if self.kind == "synthetic":
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
             return torch.randint(0, self.vocab_size, (self.batch, self.seq_len), generator=g)
@@ -129,9 +140,18 @@ class TokenBatches:
         positions = torch.arange(step * n, (step + 1) * n) % len(self._stream)
         return self._stream[positions].view(self.batch, self.seq_len)  # the packed stream, wrapping around
 
+    def longest_step(self) -> int:
+        """A step whose batch has the most tokens: in `sample` mode the (first) longest sample's,
+        else any step (every batch is seq_len long)."""
+        if self.kind == "synthetic" or self.mode != "sample":
+            return 0
+        return max(range(len(self.samples)), key=lambda i: min(len(self.samples[i]), self.seq_len))
+
     def heldout(self, n: int) -> torch.Tensor:
         """Token ids (n, seq_len) for IST's importance forwards: synthetic draws from a stream no
         training step uses, or the last n x seq_len tokens of the packed Alpaca stream."""
+        if self.kind == "synthetic" and self.meta:
+            return torch.empty((n, self.seq_len), dtype=torch.long, device="meta")
         if self.kind == "synthetic":
             g = torch.Generator().manual_seed((self.seed + 1) * 2**40 + 7)
             return torch.randint(0, self.vocab_size, (n, self.seq_len), generator=g)

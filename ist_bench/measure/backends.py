@@ -44,16 +44,17 @@ def step_context(backend: str) -> contextlib.AbstractContextManager:
     return stack
 
 
-def tracker(backend: str, capacity: int | None = None) -> MemoryTracker:
+def tracker(backend: str, capacity: int | None = None, history: bool = False) -> MemoryTracker:
     """A tracker for the backend's device; sim and cuda also count modelled CUDA blocks.
 
     On sim the tracker also holds the modelled cuBLAS workspaces (`outside`), so its estimate
     and its `capacity` check (what the allocator may hand out in all) both include them.
     """
     if backend != "sim":
-        return MemoryTracker(device(backend).type, block=None if backend == "cpu" else sim.cuda_block_bytes)
+        return MemoryTracker(device(backend).type, block=None if backend == "cpu" else sim.cuda_block_bytes,
+                             history=history)
     return MemoryTracker("meta", block=sim.cuda_block_bytes, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES,
-                         memo=True)
+                         memo=True, scratch=sim.cuda_scratch, history=history)
 
 
 def is_oom(exc: BaseException) -> bool:

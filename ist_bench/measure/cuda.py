@@ -209,3 +209,17 @@ def _handle_of_visible_device(nvml):
     if first.startswith("GPU-"):
         return nvml.nvmlDeviceGetHandleByUUID(first)
     return nvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
+
+
+def card_memory() -> int | None:
+    """Total memory of the card the cases will run on, from NVML (no CUDA context); None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver or no pynvml
+        return None
+    try:
+        return int(pynvml.nvmlDeviceGetMemoryInfo(_handle_of_visible_device(pynvml)).total)
+    finally:
+        pynvml.nvmlShutdown()

@@ -10,7 +10,8 @@ End-of-phase figures (what each phase leaves behind):
 
 At the peak (`at_peak`): the storages live at the moment of the step's peak, each filed under
 the category it belongs to (a weight, a gradient, optimizer or method state, an activation
-saved by this step's forward, else a temporary), plus the allocator's rounding of their blocks
+saved by this step's forward, else a temporary; on sim a kernel's own scratch at that moment
+counts as temporary too), plus the allocator's rounding of their blocks
 and the cuBLAS workspaces: modelled on sim; on cuda, `max_memory_allocated` minus the tracked
 blocks (workspaces and anything the tracker cannot see). These sum to the peak exactly: to sim's
 estimated allocated peak, to cuda's allocated peak, to `peak` on the CPU. `top_activations`
@@ -29,6 +30,7 @@ import statistics
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -63,6 +65,8 @@ class MemoryMeter:
         self._row: dict = {}
         self._pending: dict = {}
         self._serials: dict[str, set[int]] = {}
+        self.marks: list[tuple[str, int, int]] = []   # (phase, step, tracker clock) of every mark: a timeline's phases
+        self.filed: dict[str, set[int]] = {c: set() for c in CATEGORIES[1:]}   # every step's storages by category
 
     # Module hooks tag each new storage with the module whose forward made it.
     def __enter__(self) -> MemoryMeter:
@@ -87,6 +91,7 @@ class MemoryMeter:
     def mark(self, phase: str, step: int) -> None:
         t = self.tracker
         t.where = f"step {step}, {_RUNNING.get(phase, phase)}"   # for an OOM message: what runs from here
+        self.marks.append((phase, step, t.clock))
         if phase in ("start", "importance_start"):
             self._stack.clear()
             t.register(self._state_tensors())
@@ -104,7 +109,9 @@ class MemoryMeter:
                 self._pending["importance_allocated_peak_est"] = t.peak_estimate
         elif phase == "forward":
             self._row["activations"] = t.live - self._row["live_before"]
-            self._serials["activations"] = {s for s, e in t.log.items() if e.born > self._start_clock and e.died is None}
+            saved = {s: e for s, e in t.log.items() if e.born > self._start_clock and e.died is None}
+            self._serials["activations"] = set(saved)
+            self._row["activations_by_layer"] = _by_layer(saved.values(), "nbytes")
             if self.allocator:
                 torch.cuda.synchronize()
                 self._row["activations_allocated"] = torch.cuda.memory_allocated() - self._alloc_before
@@ -119,6 +126,8 @@ class MemoryMeter:
             self._serials["optimizer"] |= self._serials_of(opt)
             self._serials["method_state"] |= self._serials_of(state)
         elif phase == "end":
+            for cat, serials in self._serials.items():
+                self.filed[cat] |= serials
             r = self._row
             r["peak"], r["peak_blocks"] = t.peak, t.peak_blocks
             r["at_peak"], r["top_activations"] = self._at_peak()
@@ -129,10 +138,18 @@ class MemoryMeter:
                 r["allocated_peak_est"] = t.peak_estimate
             self.steps.append(r)
 
+    def category(self, serial: int) -> str:
+        """The category a storage of any measured step was filed under (`temporary` if none)."""
+        if serial in self._weight_serials:
+            return "weights"
+        return next((c for c in ("gradients", "optimizer", "method_state", "activations")
+                     if serial in self.filed[c] or serial in self._serials.get(c, ())), "temporary")
+
     def _at_peak(self) -> tuple[dict, dict]:
         t = self.tracker
         out = dict.fromkeys(AT_PEAK, 0)
         top: Counter = Counter()
+        acts = []
         for serial, e in t.alive_at(t.peak_moment).items():
             cat = "weights" if serial in self._weight_serials else next(
                 (c for c in ("gradients", "optimizer", "method_state", "activations")
@@ -141,7 +158,10 @@ class MemoryMeter:
             out["rounding"] += e.blocks - e.nbytes
             if cat == "activations":
                 top[_group(e.tag)] += e.nbytes
+                acts.append(e)
+        out["temporary"] += t.peak_scratch   # kernels' own scratch at that moment (sim's model of it)
         out["workspace"] = t.outside if self.estimate else 0
+        self._row["at_peak_activations_by_layer"] = {"bytes": _by_layer(acts, "nbytes"), "blocks": _by_layer(acts, "blocks")}
         return out, dict(top.most_common(TOP_MODULES))
 
     def _allocator_reset(self) -> None:
@@ -185,24 +205,75 @@ def _group(tag: str | None) -> str:
     return f"{m.group(1)}.*" + (f".{m.group(2)}" if m.group(2) else "") if m else tag
 
 
-def summarize(steps: list[dict]) -> dict:
+def _by_layer(entries, field: str) -> dict[str, int]:
+    """Bytes per block index (the first number in the creating module's name: `model.layers.3.mlp` -> 3)."""
+    out: Counter = Counter()
+    for e in entries:
+        m = re.search(r"\.(\d+)(?:\.|$)", e.tag or "")
+        if m:
+            out[m.group(1)] += getattr(e, field)
+    return dict(out)
+
+
+# How a figure of the step changes when blocks below the lowest trained one save nothing:
+# by the activations those blocks saved (end of forward) or had live at the steady step's peak.
+_LAYER_SHARE = {"activations": ("activations_by_layer", None), "peak": ("at_peak_activations_by_layer", "bytes"),
+                "peak_blocks": ("at_peak_activations_by_layer", "blocks"),
+                "allocated_peak_est": ("at_peak_activations_by_layer", "blocks"),
+                "allocated_peak": ("at_peak_activations_by_layer", "blocks")}
+
+
+def typical(steady: dict, anchor: dict | None, weights) -> dict[str, int]:
+    """The expected figures of a step over the policy's draws (docs/measurement.md, "typical").
+
+    `weights[m]` is P(lowest trained block = m). With identical blocks and nothing below the
+    blocks training, a draw changes a step's figures through its lowest block m: blocks below it
+    save nothing. So f(0) is the steady (layer-0) step's figure, and for m >= 1
+    f(m) = f(a) + what blocks m .. a-1 saved (end of forward) or had live at the steady step's
+    peak (minus, for m > a, what blocks a .. m-1 did), anchored at a measured step whose lowest
+    block a is not 0 (`anchor`): a block's output is saved by the block above it, so a draw does
+    not shed all of block m-1's bytes, and the anchor measures what it keeps. Figures a draw does not change (weights,
+    gradients, optimizer and method state, importance) are the steady's; `reserved_peak`
+    (allocator caching) is not modelled and has none. weights None: every step is like the steady
+    one. Checked draw by draw on sim: tests/test_steady.py."""
+    out = {}
+    for k, v in steady.items():
+        if not isinstance(v, int) or isinstance(v, bool) or k in ("step", "reserved_peak"):
+            continue
+        if weights is None or anchor is None or k not in _LAYER_SHARE:
+            out[k] = v
+            continue
+        share, field = _LAYER_SHARE[k]
+        per = steady.get(share, {})
+        per = per.get(field, {}) if field else per
+        cost = np.array([per.get(str(i), 0) for i in range(len(weights))], dtype=float)
+        below = np.concatenate([[0.0], np.cumsum(cost)])          # below[m]: what blocks 0 .. m-1 hold
+        a = min(anchor["active_layers"])
+        f = np.array([v if m == 0 else anchor[k] + below[a] - below[m] for m in range(len(weights))])
+        out[k] = int(round(float(np.dot(weights, f))))
+    return out
+
+
+def summarize(steps: list[dict], weights=None) -> dict:
     """first / typical / steady / min / median / max / last of each per-step figure, plus the run's
-    peaks. `steady` is the run's last step when it is the steady-state step (`phase: steady`);
-    `typical` the median of the drawn steps (`phase: drawn`), where there are any."""
+    peaks. `steady` is the steady-state step (`phase: steady`); `typical` the expected step over
+    the policy's draws (`typical`, from the steady step and `weights`)."""
     if not steps:
         return {}
     keys = [k for k in steps[0] if k not in ("step",) and isinstance(steps[0][k], int) and not isinstance(steps[0][k], bool)]
     keys += [k for k in steps[-1] if k.startswith("importance_") and k not in keys]
     out = {}
+    steady = next((s for s in steps if s.get("phase") == "steady"), None)
+    anchor = next((s for s in steps if s.get("typical_anchor")), None)
+    typ = typical(steady, anchor, weights) if steady is not None else {}
     for k in keys:
         vals = [s[k] for s in steps if k in s]
         out[k] = {"first": vals[0], "min": min(vals), "median": statistics.median_low(vals), "max": max(vals),
                   "last": vals[-1]}
-        if steps[-1].get("phase") == "steady" and k in steps[-1]:
-            out[k]["steady"] = steps[-1][k]
-        drawn = [s[k] for s in steps if s.get("phase") == "drawn" and k in s]
-        if drawn:
-            out[k]["typical"] = statistics.median_low(drawn)
+        if steady is not None and k in steady:
+            out[k]["steady"] = steady[k]
+        if k in typ:
+            out[k]["typical"] = typ[k]
     for k in ("peak", "peak_blocks", "allocated_peak", "allocated_peak_est", "reserved_peak"):
         vals = [s[k] for s in steps if k in s] + [s[f"importance_{k}"] for s in steps if f"importance_{k}" in s]
         if vals:

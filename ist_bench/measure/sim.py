@@ -4,11 +4,13 @@ The step runs the real model, PEFT and selection code on meta tensors: shapes an
 (hence bytes) are real, nothing is computed. Three things differ from a GPU and are
 corrected here, explicitly:
 
-1. Dropout. On CUDA, `F.dropout` (0 < p < 1, training) runs the fused `native_dropout`,
+1. Kernel choices. On CUDA, `F.dropout` (0 < p < 1, training) runs the fused `native_dropout`,
    which saves a 1-byte bool mask for backward. On CPU and meta, it multiplies by a noise
    tensor in the input's dtype and saves that (2x the bytes for bf16, 4x for fp32).
    `cuda_kernels` routes dropout to `native_dropout` so meta saves what CUDA saves, and SDPA
-   to the FlashAttention op CUDA picks (the meta fallback would save the attention weights).
+   to the attention op CUDA picks (the meta fallback would save the attention weights).
+   Kernels' own temporaries (scratch the allocator hands an op while it runs, which no tensor
+   of the op holds) are modelled by `cuda_scratch`, from measurements on the H200.
 2. Fused AdamW. torch refuses `fused=True` on meta in a Python-level device check only;
    the fused kernel has a meta implementation. `fused_adam_on_meta` skips that check.
 3. The caching allocator. It hands out blocks rounded up to 512 B, and a large request
@@ -41,15 +43,23 @@ def cuda_kernels():
     """Make meta tensors take the kernels CUDA takes where their saved tensors differ (dropout,
     SDPA). A patch of torch.nn.functional rather than a TorchFunctionMode: function modes are off
     while activation checkpointing recomputes in backward, a patch is not."""
-    dropout, sdpa = F.dropout, F.scaled_dot_product_attention
+    dropout, sdpa, softmax = F.dropout, F.scaled_dot_product_attention, F.softmax
 
     def cuda_dropout(input, p=0.5, training=True, inplace=False):
         if input.is_meta and training and 0.0 < p < 1.0 and input.numel() > 0 and not inplace:
             return torch.ops.aten.native_dropout(input, p, True)[0]
         return dropout(input, p, training, inplace)
 
+    def cuda_softmax(input, dim=None, _stacklevel=3, dtype=None):
+        # CUDA computes an fp16 input's fp32 softmax in one kernel (`half_to_float`; fp16 only, bf16 is cast
+        # first): no fp32 copy of the input, and backward returns fp16 (measured on the H200,
+        # scripts/probe_half_softmax.py). Meta would cast first, as the CPU does.
+        if input.is_meta and input.dtype == torch.float16 and dtype == torch.float32 and dim is not None:
+            return torch.ops.aten._softmax(input, dim, True)
+        return softmax(input, dim, _stacklevel, dtype)
+
     def cuda_sdpa(*args, **kwargs):
-        out = _flash_attention(*args, **kwargs)
+        out = _cuda_attention(*args, **kwargs)
         return sdpa(*args, **kwargs) if out is None else out
 
     import transformers.masking_utils as masking
@@ -62,27 +72,83 @@ def cuda_kernels():
         return None if position_ids.is_meta else packed(position_ids)
 
     with (mock.patch.object(F, "dropout", cuda_dropout), mock.patch.object(F, "scaled_dot_product_attention", cuda_sdpa),
+          mock.patch.object(F, "softmax", cuda_softmax),
           mock.patch.object(masking, "find_packed_sequence_indices", unpacked_on_meta)):
         yield
 
 
-def _flash_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                     enable_gqa=False):
+def _cuda_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    enable_gqa=False):
     """SDPA on meta falls back to the math kernel, which materialises and saves the attention
-    weights. CUDA (sm80+) runs FlashAttention for half-precision inputs without a mask and with a
-    head size up to 256 (what transformers passes for unpadded batches): it saves q, k, v, the
-    output and a fp32 log-sum-exp per head and query. Run that op on meta so the same tensors are
-    saved. With grouped-query attention k and v are expanded to q's heads first (not validated on
-    a GPU yet). Anything else keeps the default kernel (None)."""
+    weights. On the H200 (torch 2.11, `scripts/probe_op_temporaries.py`, results/probes/) CUDA runs
+    cuDNN attention for half-precision inputs without a mask, with head sizes 64 and 128, with and
+    without grouped-query attention (`enable_gqa`: key and value keep their fewer heads; the kernel
+    saves them as they are); it saves q, k, v, the output, a fp32 log-sum-exp per head and query,
+    and two int64 RNG scalars. Run that op on meta so the same tensors are saved. Head sizes up to
+    256 take FlashAttention (saves the same bytes; not measured on a GPU, k and v expanded to the
+    query's heads first). Anything else keeps the default kernel (None)."""
     d = query.shape[-1]
     if (not query.is_meta or attn_mask is not None or query.dtype not in (torch.bfloat16, torch.float16)
             or d % 8 or d > 256):
         return None
+    if d <= 128:
+        return torch.ops.aten._scaled_dot_product_cudnn_attention(query, key, value, None, True, dropout_p, is_causal,
+                                                                  False, scale=scale)[0]
     if enable_gqa and key.shape[-3] != query.shape[-3]:
         rep = query.shape[-3] // key.shape[-3]
         key, value = key.repeat_interleave(rep, dim=-3), value.repeat_interleave(rep, dim=-3)
     return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal, False,
                                                               scale=scale)[0]
+
+
+def cuda_scratch(func, args, kwargs, out) -> int:
+    """Bytes a CUDA kernel takes from the caching allocator for itself while it runs (freed before
+    it returns): what `max_memory_allocated` sees beyond the op's tensors. Measured per op on the
+    H200 (torch 2.11) by `scripts/probe_op_temporaries.py` (results/probes/h200-op-temporaries-*.json):
+    the allocator's peak during the op minus what is still allocated after it. Ops not listed take none
+    (in the probed steps — LoRA, DoRA, AdaLoRA, Series, Parallel, full; eager and SDPA; checkpointing;
+    inference mode; fused AdamW — no other op took 1 MiB or more)."""
+    rule = _SCRATCH.get(func)
+    return rule(args, kwargs, out) if rule is not None else 0
+
+
+def _softmax_backward_scratch(args, kwargs, out) -> int:
+    # A buffer the size of the incoming gradient, for every softmax length (256 .. 32000) and dtype
+    # measured: at 2048 tokens, LLaMA-7B's eager attention takes 512 MiB more in each layer's backward;
+    # with an fp16 input (half_to_float) the gradient is fp32 and the result fp16: still the gradient's size.
+    return args[0].untyped_storage().nbytes()
+
+
+def _cudnn_attention_backward_scratch(args, kwargs, out) -> int:
+    # fp32 accumulators of 4 * (head size + 1) bytes per batch, query head and position; with
+    # grouped-query attention also dK and dV expanded to the query's heads. Exact in 7 shapes measured.
+    query, key = args[1], args[2]
+    b, h, t, d = query.shape
+    scratch = 4 * b * h * t * (d + 1)
+    if key.shape[-3] != h:
+        scratch += 2 * b * h * key.shape[-2] * d * query.element_size()
+    return scratch
+
+
+def _sum_scratch(args, kwargs, out) -> int:
+    # A reduction over leading dimensions (a norm's weight gradient, DoRA's magnitude) keeps partial
+    # sums of 8 bytes per input element (+512): exact for 2048-4096 outputs; for 11008 outputs the GPU
+    # took 6.25 bytes per element, so this is an upper bound. Reducing the last dimension takes none.
+    x = args[0]
+    dims = args[1] if len(args) > 1 else kwargs.get("dim")
+    if not isinstance(x, torch.Tensor) or not dims or x.dim() == 0:
+        return 0
+    dims = {d % x.dim() for d in dims}
+    if x.dim() - 1 in dims or all(x.shape[d] == 1 for d in dims):
+        return 0
+    return 8 * x.numel() + 512
+
+
+_SCRATCH = {
+    torch.ops.aten._softmax_backward_data.default: _softmax_backward_scratch,
+    torch.ops.aten._scaled_dot_product_cudnn_attention_backward.default: _cudnn_attention_backward_scratch,
+    torch.ops.aten.sum.dim_IntList: _sum_scratch,
+}
 
 
 @contextlib.contextmanager

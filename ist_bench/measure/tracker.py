@@ -10,7 +10,15 @@ counted twice and their bytes are part of the total.
 `peak` is the largest `live` since the last `reset_peak()`. An optional `block` function
 (sim's allocator model) keeps a second count of rounded block bytes, and an optional
 `capacity` turns exceeding it (with `outside` bytes, e.g. modelled workspaces, added) into
-`SimulatedOOM`: what a GPU of that size would do.
+`SimulatedOOM`: what a GPU of that size would do. An optional `scratch` function (sim's model
+of CUDA kernels' internal temporaries, `sim.cuda_scratch`) gives the bytes an op takes from the
+allocator for itself while it runs: they count towards `peak_blocks` at that op (`peak_scratch`
+says how many of the peak's bytes they are), never towards `live`.
+
+An op that reaches the tracker undecomposed although it is only a composite of other ops (under
+`torch.inference_mode`, autograd does not decompose them first: `softmax(x, dtype=float32)`
+is a cast plus a softmax there) is decomposed here, so the tracker sees the tensors its parts
+create, as the allocator does; otherwise they would live and die unseen inside the op.
 
 On the meta device (sim) the tracker can also memoize ops (`memo=True`): the meta kernels are
 Python code (~0.2 ms an op) and a transformer repeats the same op on the same shapes in every
@@ -56,8 +64,15 @@ class MemoryTracker(TorchDispatchMode):
         return False
 
     def __init__(self, device_type: str, *, block: Callable[[int], int] | None = None,
-                 capacity: int | None = None, outside: int = 0, memo: bool = False):
+                 capacity: int | None = None, outside: int = 0, memo: bool = False,
+                 scratch: Callable[..., int] | None = None, history: bool = False):
         super().__init__()
+        self.history = history   # keep every storage's lifetime and each scratch (clock, blocks): a timeline
+        self.scratch_log: list[tuple[int, int]] = []
+        self.scratch = scratch
+        self.peak_scratch = 0   # kernel scratch bytes (blocks) included in `peak_blocks`
+        self._device_key = {"meta": torch._C.DispatchKey.Meta, "cpu": torch._C.DispatchKey.CPU,
+                            "cuda": torch._C.DispatchKey.CUDA}.get(device_type)
         self.memo: dict | None = {} if memo and device_type == "meta" else None
         self.device_type = device_type
         self.block = block or (lambda n: n)
@@ -87,7 +102,9 @@ class MemoryTracker(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self.peak, self.peak_blocks, self.peak_moment = self.live, self.live_blocks, self.clock
-        self.log = {s: e for s, e in self.log.items() if e.died is None}   # forget the dead
+        self.peak_scratch = 0
+        if not self.history:
+            self.log = {s: e for s, e in self.log.items() if e.died is None}   # forget the dead
 
     def serial(self, t: torch.Tensor) -> int | None:
         """The serial of a live tensor's storage (None if untracked)."""
@@ -114,13 +131,17 @@ class MemoryTracker(TorchDispatchMode):
         self.live_blocks += blocks
         if self.live > self.peak:
             self.peak = self.live
-        if self.live_blocks > self.peak_blocks:
-            self.peak_blocks, self.peak_moment = self.live_blocks, self.clock
-        if self.capacity is not None and self.live_blocks + self.outside > self.capacity:
+        self._reach(self.live_blocks, 0)
+
+    def _reach(self, blocks: int, scratch: int) -> None:
+        """The allocator holds `blocks` now (`scratch` of them an op's own temporaries)."""
+        if blocks > self.peak_blocks:
+            self.peak_blocks, self.peak_moment, self.peak_scratch = blocks, self.clock, scratch
+        if self.capacity is not None and blocks + self.outside > self.capacity:
             from ist_bench.units import human
-            raise SimulatedOOM(f"simulated out of memory{self._at()}: {human(self.live_blocks + self.outside)} "
+            raise SimulatedOOM(f"simulated out of memory{self._at()}: {human(blocks + self.outside)} "
                                f"needed ({human(self.outside)} of it cuBLAS workspace) > capacity "
-                               f"{human(self.capacity)} ({self.live_blocks + self.outside:,} > {self.capacity:,} bytes)")
+                               f"{human(self.capacity)} ({blocks + self.outside:,} > {self.capacity:,} bytes)")
 
     def _at(self) -> str:
         """' at step 3, backward, in model.layers.2.mlp': where the run was (what the meter and tags say)."""
@@ -146,6 +167,11 @@ class MemoryTracker(TorchDispatchMode):
     # -- the dispatch hook ----------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if _composite(func, self._device_key):
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         key = _memo_key(func, args, kwargs) if self.memo is not None else None
         hit = self.memo.get(key) if key is not None else None
         if hit is not None:
@@ -161,7 +187,28 @@ class MemoryTracker(TorchDispatchMode):
                     self.memo[key] = template
         for t in _tensors(out):
             self._add(t)
+        if self.scratch is not None:
+            extra = self.scratch(func, args, kwargs, out)
+            if extra:
+                blocks = self.block(extra)
+                if self.history:
+                    self.scratch_log.append((self.clock, blocks))
+                self._reach(self.live_blocks + blocks, blocks)
         return out
+
+
+_COMPOSITE: dict = {}
+
+
+def _composite(func, device_key) -> bool:
+    """An op with only a CompositeImplicitAutograd kernel for this device (its parts do the work)."""
+    ok = _COMPOSITE.get(func)
+    if ok is None:
+        key = torch._C.DispatchKey
+        ok = (device_key is not None and func.has_kernel_for_dispatch_key(key.CompositeImplicitAutograd)
+              and not func.has_kernel_for_dispatch_key(device_key))
+        _COMPOSITE[func] = ok
+    return ok
 
 
 def _tensors(out):

@@ -64,6 +64,11 @@ def after_optimizer_step(model: nn.Module, spec: MethodSpec, step: int) -> None:
     spec.method.after_optimizer_step(model, step)
 
 
+def fill_method_state(model: nn.Module, spec: MethodSpec) -> None:
+    """Create the state a method keeps across steps, as it exists after its first step."""
+    spec.method.fill_state(model)
+
+
 def method_state(model: nn.Module, spec: MethodSpec) -> list[torch.Tensor]:
     return spec.method.state(model)
 

@@ -26,6 +26,9 @@ class Method:
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Per-step work besides the optimizer's (e.g. AdaLoRA's budget allocation)."""
 
+    def fill_state(self, model: nn.Module) -> None:
+        """Create `state` as it exists after the first step (the steady step measures a long run)."""
+
     def state(self, model: nn.Module) -> list[torch.Tensor]:
         """Tensors kept across steps outside the optimizer."""
         return []

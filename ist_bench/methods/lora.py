@@ -1,4 +1,4 @@
-"""LoRA, DoRA and AdaLoRA through peft's current API (paper defaults from IST.md).
+"""LoRA, DoRA and AdaLoRA through peft's current API (paper defaults: docs/measurement.md).
 
 IST's suppression scales a LoRA-family module's output through peft's own per-adapter
 `scaling` dict: `scale_layer` multiplies the active adapters' entries, and the exact
@@ -81,6 +81,13 @@ class AdaLora(Method):
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         model.base_model.update_and_allocate(step)
 
+    def fill_state(self, model: nn.Module) -> None:
+        """AdaLoRA's EMAs (one of each per adapter parameter) as the first step creates them."""
+        allocator = model.base_model.rankallocator
+        for n, p in model.base_model.model.named_parameters():   # the names update_ipt sees
+            if "lora_" in n and allocator.adapter_name in n:
+                _ensure_ipt(allocator, n, p)
+
     def state(self, model: nn.Module) -> list[torch.Tensor]:
         """AdaLoRA's importance EMAs (kept besides the optimizer's state)."""
         allocator = getattr(getattr(model, "base_model", None), "rankallocator", None)
@@ -98,10 +105,7 @@ def _update_ipt_skipping_frozen(allocator, model: nn.Module) -> None:
     for n, p in model.named_parameters():
         if "lora_" not in n or allocator.adapter_name not in n:
             continue
-        if n not in allocator.ipt:
-            allocator.ipt[n] = torch.zeros_like(p)
-            allocator.exp_avg_ipt[n] = torch.zeros_like(p)
-            allocator.exp_avg_unc[n] = torch.zeros_like(p)
+        _ensure_ipt(allocator, n, p)
         if p.grad is None:
             continue
         with torch.no_grad():
@@ -109,6 +113,13 @@ def _update_ipt_skipping_frozen(allocator, model: nn.Module) -> None:
             allocator.exp_avg_ipt[n] = allocator.beta1 * allocator.exp_avg_ipt[n] + (1 - allocator.beta1) * allocator.ipt[n]
             allocator.exp_avg_unc[n] = (allocator.beta2 * allocator.exp_avg_unc[n]
                                         + (1 - allocator.beta2) * (allocator.ipt[n] - allocator.exp_avg_ipt[n]).abs())
+
+
+def _ensure_ipt(allocator, n: str, p: torch.Tensor) -> None:
+    if n not in allocator.ipt:
+        allocator.ipt[n] = torch.zeros_like(p)
+        allocator.exp_avg_ipt[n] = torch.zeros_like(p)
+        allocator.exp_avg_unc[n] = torch.zeros_like(p)
 
 
 def scale_output(module: nn.Module, factor: float) -> Callable[[], None] | None:

@@ -7,10 +7,12 @@ import contextlib
 from rich.console import Console
 from rich.table import Table
 
+from ist_bench.report.cells import check_note
 from ist_bench.results import case_label
+from ist_bench.safeio import terminal_width
 from ist_bench.units import human, in_unit, unit_for
 
-console = Console()
+console = Console(width=terminal_width())   # ist_bench/safeio.py: PYTHONIOENCODING=ascii, COLUMNS=0
 NOISY = 1.05  # step-time p90/p10 above which a timing run is flagged
 
 def _title(case: dict) -> str:
@@ -58,7 +60,9 @@ def memory_table(row: dict) -> Table:
             vals = [None, None, summary[key].get("steady")]
         lines.append((label, vals, at))
     unit, size = unit_for([v for _, vals, at in lines for v in [*vals, at]])
-    table = Table(title=f"{_title(row['case'])} · {row['backend']}", title_justify="left")
+    unchecked = row["backend"] == "sim" and check_note(row).startswith("NOT")
+    table = Table(title=f"{_title(row['case'])} · {row['backend']}" + (" · not GPU-validated" if unchecked else ""),
+                  title_justify="left")
     table.add_column(unit, style="bold")
     typical = any(vals[1] is not None for _, vals, _ in lines)
     for i, (_, head) in enumerate(_COLS):
@@ -71,15 +75,42 @@ def memory_table(row: dict) -> Table:
     return table
 
 
+def _ranges(layers) -> str:
+    """[0, 25, 26, 27] -> '0, 25-27'."""
+    out: list[list[int]] = []
+    for i in sorted(layers):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+
 def _steady_note(row: dict) -> str:
+    """What each column of the memory table holds, said from the row itself (never a stock phrase
+    that the numbers beside it could contradict)."""
+    summary = row["memory"]["summary"]
+    steps = row["memory"]["steps"]
     sel = row.get("selection", {})
     pol = sel.get("policy", {})
     keep = pol.get("optimizer_state", "keep") == "keep"
-    what = ("every layer trains" if pol.get("name", "none") == "none" else
-            f"the worst draw of {sel.get('n_active')} of {row['n_layers']} layers (layer 0 and the top ones)")
-    return (f"first: step 0, no optimizer state yet. typical: median of the drawn steps. steady: the bound a long "
-            f"run reaches: {what}; optimizer state {'keep (every layer' if keep else 'reset (the active layers'}"
-            f"'s moments held). at peak: what is live at the steady step's peak, summing to it.")
+    opt_first = (summary.get("optimizer") or {}).get("first")
+    sparse = pol.get("name", "none") != "none"
+    first = ("first: step 0, no optimizer state yet" if not opt_first else
+             "first: step 0, with the optimizer state its own AdamW step creates" +
+             (" (for the layers step 0 trains)" if sparse else ""))
+    if not sparse:
+        what = "every layer trains"
+    else:
+        active = steps[-1].get("active_layers") if steps and steps[-1].get("phase") == "steady" else None
+        what = (f"the worst draw of {sel.get('n_active')} of {row['n_layers']} layers" +
+                (f" (layers {_ranges(active)})" if active else ""))
+    typical = any("typical" in v for v in summary.values() if isinstance(v, dict))
+    return (f"{first}. " + ("typical: the expected step over the policy's draws (docs/measurement.md, "
+                            "\"typical\"). " if typical else "") +
+            f"steady: the bound a long run reaches: {what}; optimizer state "
+            f"{'keep (every layer' if keep else 'reset (the active layers'}'s moments held). at peak: what is "
+            f"live at the steady step's peak, summing to it.")
 
 
 def print_memory(row: dict) -> None:
@@ -93,6 +124,8 @@ def print_memory(row: dict) -> None:
         decisive = s.get("run_allocated_peak", s.get("run_allocated_peak_est", s["run_peak"]))
         console.print(f"run peak allocated: [bold]{human(decisive)}[/]")
         console.print(_steady_note(row), style="dim")
+        note = check_note(row)
+        console.print(note, style="yellow" if note.startswith("NOT") else "dim")
         tops = row["memory"]["steps"][-1].get("top_activations") or {}
         if tops:
             console.print("activations at the peak, by module: " +

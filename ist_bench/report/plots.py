@@ -3,6 +3,8 @@ and what IST learned (importance over steps, selection frequency per layer)."""
 
 from __future__ import annotations
 
+import json
+
 import matplotlib
 import matplotlib.ticker
 
@@ -10,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ist_bench.report.tables import MODEL_ORDER, _column_order, column, latest  # noqa: E402
+from ist_bench.report.tables import MODEL_ORDER, _column_order, cells_of, column  # noqa: E402
+from ist_bench.safeio import save_figure  # noqa: E402
 
 GiB = 1 << 30
 PARTS = (("weights", "weights", "#4c72b0"), ("activations", "activations", "#dd8452"),
@@ -21,14 +24,14 @@ PARTS = (("weights", "weights", "#4c72b0"), ("activations", "activations", "#dd8
 
 def _save(fig, path) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110, metadata={"Software": None})   # atomic; no version stamp: same rows, same bytes
     plt.close(fig)
     return str(path)
 
 
 def _by_model(rows: list[dict], backend: str) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = {}
-    for r in latest(rows, "memory"):
+    for r in cells_of(rows, "memory"):
         steps = r.get("memory", {}).get("steps") or []
         if r.get("backend") == backend and r["status"] == "ok" and steps and "at_peak" in steps[-1]:
             out.setdefault(r["case"]["model"], {})[column(r["case"])] = r
@@ -57,11 +60,13 @@ def breakdown(rows: list[dict], backend: str, path) -> str | None:
         ax.set_ylabel("GiB at the steady peak" if ax is axes[0][0] else "")
         ax.grid(axis="y", alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"Memory live at the peak of the steady step ({backend})", fontsize=11)
+    fig.suptitle(f"What is live at the steady step's peak ({backend}: "
+                 f"{'max_memory_allocated' if backend == 'cuda' else 'estimate of max_memory_allocated' if backend == 'sim' else 'tensor peak'})",
+                 fontsize=11)
     return _save(fig, path)
 
 
-def savings(table, path) -> str | None:
+def savings(table, path, figure: str = "allocated peak", backend: str = "") -> str | None:
     """Bars: the % of peak memory a policy saves against its method without selection, ours and the paper's."""
     if table is None or table.empty:
         return None
@@ -69,14 +74,15 @@ def savings(table, path) -> str | None:
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(labels) + 2), 4))
     ax.bar(x - 0.2, table["saving %"], width=0.4, label="ours", color="#4c72b0")
-    if "paper saving %" in table:
-        ax.bar(x + 0.2, table["paper saving %"].fillna(0), width=0.4, label="paper (Table 1)", color="#dd8452")
+    if "paper saving %" in table:   # no bar where the paper has no number (not a bar of 0)
+        ax.bar(x + 0.2, table["paper saving %"], width=0.4, label="paper (Table 1)", color="#dd8452")
     ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("peak memory saved, %")
     ax.axhline(0, color="black", lw=0.6)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("What a layer-selection policy saves against the same method without it", fontsize=10)
+    ax.set_title(f"Peak memory a layer-selection policy saves against the same method without it\n"
+                 f"({figure}, steady-state bound, {backend})", fontsize=10)
     return _save(fig, path)
 
 
@@ -106,15 +112,37 @@ def step_time(times, path) -> str | None:
     return _save(fig, path)
 
 
-def importance(rows: list[dict], path) -> str | None:
-    """For the IST run with the most steps: importance of each layer over steps, and how often each
-    layer was selected."""
-    runs = [r for r in rows if r["status"] == "ok" and r.get("backend") != "sim"   # sim's losses have no values
-            and any("importance" in h for h in (r.get("selection") or {}).get("history", []))]
+NO_RUN = "no IST run of 20 steps or more with importance rounds"
+MIN_REWARD = 1e-3   # below it IST's rewards are noise (docs/reports.md, "What IST learned")
+
+
+def importance_run(rows: list[dict]) -> tuple[dict | None, str]:
+    """The IST run whose importance is worth a plot, or None and why not. A plot of importance says
+    which layers mattered; it is drawn only when the rewards carry signal: a run of at least 20 steps
+    with importance rounds whose largest |reward| reaches MIN_REWARD. Rewards are exp(-loss) minus the
+    round's mean, so a model at chance level (the zoo's random weights: loss near ln(vocabulary), about
+    10-11) gives rewards near 1e-5 whatever the layers, and sim's losses have no values (all 0)."""
+    runs = [r for r in rows if r["status"] == "ok" and (r.get("selection") or {}).get("rounds")
+            and len(r["selection"].get("history") or []) >= 20]   # a memory case's few steps say nothing
     if not runs:
-        return None
-    run = max(runs, key=lambda r: len(r["selection"]["history"]))
-    if len(run["selection"]["history"]) < 20:   # a memory case's few steps say nothing about learning
+        return None, NO_RUN
+    run = max(runs, key=lambda r: (len(r["selection"]["history"]), json.dumps(r, sort_keys=True)))
+    rounds = run["selection"]["rounds"]
+    top = max((abs(x) for rd in rounds for x in rd.get("rewards") or []), default=0.0)
+    losses = [x for rd in rounds for x in rd.get("losses") or []]
+    where = f"{run['case']['model']} {column(run['case'])} on {run['backend']}"
+    if top < MIN_REWARD:
+        loss = f", losses {min(losses):.2f}-{max(losses):.2f}" if losses and max(losses) else ""
+        return None, (f"the largest |reward| of {where} is {top:.1e} < {MIN_REWARD:g}{loss}: on the zoo's random "
+                      f"weights suppressing layers does not change the loss, so the importance is noise")
+    return run, f"{where}, {len(rounds)} importance rounds, largest |reward| {top:.1e}"
+
+
+def importance(rows: list[dict], path) -> str | None:
+    """For the IST run with the most steps, when its rewards carry signal (importance_run): importance
+    of each layer over steps, and how often each layer was selected."""
+    run, why = importance_run(rows)
+    if run is None:
         return None
     hist = [h for h in run["selection"]["history"] if "importance" in h]
     imp = np.array([h["importance"] for h in hist]).T
@@ -129,8 +157,7 @@ def importance(rows: list[dict], path) -> str | None:
                   extent=(hist[0]["step"] - 0.5, hist[-1]["step"] + 0.5, -0.5, n_layers - 0.5))
     a.set_xlabel("step")
     a.set_ylabel("layer")
-    a.set_title(f"{run['selection']['policy']['name']} importance over steps "
-                f"({run['case']['model']}, {run['backend']})", fontsize=10)
+    a.set_title(f"{run['selection']['policy']['name']} importance over steps\n({why})", fontsize=9)
     fig.colorbar(im, ax=a, fraction=0.04)
     b.barh(range(n_layers), freq / len(hist), color="#4c72b0")
     b.set_ylim(-0.5, n_layers - 0.5)

@@ -1,4 +1,8 @@
-"""`ist-bench report`: result files -> Markdown, LaTeX (booktabs), CSV and PNG plots, paper beside ours."""
+"""`ist-bench report`: result files -> Markdown, LaTeX (booktabs), CSV and PNG plots, paper beside ours.
+
+Every figure a report prints is defined once in docs/reports.md. A report depends on the rows it is
+given, never on their order (tests/test_report.py shuffles them).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ist_bench.report import cells as cellinfo
 from ist_bench.report import plots, tables
 from ist_bench.results import read_rows, write_atomic
 
 FIGURE = "allocated peak"
+WHAT = {"cuda": "max_memory_allocated over the run", "sim": "sim's estimate of max_memory_allocated",
+        "cpu": "peak of live tensors"}
 
 
 def render(paths: list[str], out: str | Path) -> list[str]:
@@ -21,41 +28,51 @@ def render(paths: list[str], out: str | Path) -> list[str]:
     written: list[str] = []
     cells = tables.memory_cells(rows)
     times = tables.time_cells(rows)
-    md = [f"# ist-bench report: {out.name}", "", _sources(paths, rows), ""]
+    md = [f"# ist-bench report: {out.name}", "", _sources(paths, rows, cells, times), ""]
     tex = [f"% ist-bench report {out.name}; paper values from: {tables.PAPER['source']}", ""]
     backends = [b for b in ("cuda", "sim", "cpu") if not cells.empty and b in set(cells["backend"])]
     for backend in backends:
-        t1 = tables.table1(cells, backend, FIGURE)
+        unchecked = _unchecked(backend)
+        t1 = tables.table1(cells, backend, FIGURE, unchecked=unchecked)
         gpu = _gpu(cells, backend)
-        what = {"cuda": "max_memory_allocated over the run", "sim": "sim's estimate of max_memory_allocated",
-                "cpu": "peak of live tensors"}[backend]
         md += [f"## Table 1: memory, {backend}" + (f" on {gpu}" if gpu else ""), "",
-               f"GiB, batch 1, {_lengths(cells, backend)}. Each cell: ours / paper's GB (ours / paper). "
-               f"Ours is the allocator peak ({what}), steady state included (docs/measurement.md); "
-               f"the paper does not say what it measured.", "", t1.to_markdown(index=False), ""]
-        tex.append(tables.to_latex(t1, f"Training memory (GiB), {backend}" + (f" on {gpu}" if gpu else "") +
-                                   ": ours / paper (ratio). " + tables.PAPER["table1"]["caption"]))
-        if cells[cells["backend"] == backend]["typical allocated peak"].notna().any():
-            typical = tables.table1(cells, backend, "typical allocated peak")
-            md += ["### The typical step", "", "The same cells for the median drawn step (a sparse policy's "
-                   "usual draw, optimizer state as in a long run) instead of the steady-state bound:", "",
-                   typical.to_markdown(index=False), ""]
+               f"GiB, batch 1, {_lengths(cells, backend)}. Each cell: ours / the paper's (ours / paper); the "
+               f"paper prints GB, read here as GiB. Ours is the allocator peak ({WHAT[backend]}), steady state "
+               f"included; *weights* is the base model's weights (parameters x bytes of the weight dtype), the "
+               f"same for every method; what a method adds is in its cells and in the CSV's `adapter weights "
+               f"(GiB)`; definitions: docs/reports.md.", "", t1.to_markdown(index=False), "",
+               _check_line(cells, backend, unchecked), ""]
+        tex.append(tables.to_latex(
+            tables.transposed(tables.table1(cells, backend, FIGURE, ratio=False, unchecked=unchecked)),
+            f"Training memory in GiB, {backend}" + (f" on {gpu}" if gpu else "") + ", " + _lengths(cells, backend) +
+            f": ours ({WHAT[backend]}) / the paper's Table 1 (printed as GB, read as GiB). Weights: the base model's."))
+        legacy = cells[(cells["backend"] == backend) & cells["seed's median as typical"]]
+        if len(legacy):
+            md += ["### The typical step", "", f"Not shown: in {len(legacy)} cell{'s' if len(legacy) > 1 else ''} with a layer-selection policy "
+                   "the rows' *typical* is the median of one seed's few drawn steps (rows written before "
+                   "ist-bench derived it from the policy's draw distribution: docs/measurement.md, \"typical\"); "
+                   "re-run the rows to get it. The steady-state bound above does not depend on the draws.", ""]
+        elif cells[cells["backend"] == backend]["typical allocated peak"].notna().any():
+            typical = tables.table1(cells, backend, "typical allocated peak", unchecked=unchecked)
+            md += ["### The typical step", "", "The same cells at the *typical* step instead of the steady-state "
+                   "bound: a property of the policy's draw distribution, not of one seed's draws (how it is "
+                   "computed: docs/measurement.md, \"typical\").", "", typical.to_markdown(index=False), ""]
         sv = tables.savings(cells, backend, FIGURE)
         if not sv.empty:
             md += ["### What layer selection saves", "", _claim(sv, cells, backend), "",
-                   sv.to_markdown(index=False, floatfmt=".1f"), ""]
+                   sv.to_markdown(index=False, floatfmt=".1f", missingval="-"), ""]
         png = plots.breakdown(rows, backend, f"{out}-{backend}-breakdown.png")
         if png:
             written.append(png)
             md += [f"![memory at the peak]({Path(png).name})", "", _top_modules(rows, backend), ""]
-        png = plots.savings(sv, f"{out}-{backend}-savings.png")
+        png = plots.savings(sv, f"{out}-{backend}-savings.png", FIGURE, backend)
         if png:
             written.append(png)
             md += [f"![saving]({Path(png).name})", ""]
     if not cells.empty:
         match = tables.figure_match(cells)
         if not match.empty:
-            best = match.sort_values("mean |ours/paper - 1|").iloc[0]
+            best = match.sort_values(["mean |ours/paper - 1|", "backend", "figure"]).iloc[0]
             md += ["### Which of our figures is closest to the paper's", "",
                    f"Closest: **{best['figure']}** on {best['backend']} (mean ours/paper "
                    f"{best['mean ours/paper']:.2f} over {best['cells']} cells). The paper's GB are read as GiB.",
@@ -71,9 +88,11 @@ def render(paths: list[str], out: str | Path) -> list[str]:
                "Each cell: ours / paper (ours / paper); the paper used one 'GTX 4090'. ms are means over the "
                "timed iterations (the paper averaged 100 of 140); s / 100 iter is wall time including IST's "
                "importance forwards. Medians, device busy time and every phase are in the CSV.", "",
-               t13.to_markdown(index=False), "", times.to_markdown(index=False, floatfmt=".1f"), ""]
-        tex.append(tables.to_latex(t13, f"Time per iteration on {gpu}: ours / paper (ratio). " +
-                                   tables.PAPER["table13"]["caption"]))
+               t13.to_markdown(index=False), "", times.to_markdown(index=False, floatfmt=".1f", missingval="-"), ""]
+        tex.append(tables.to_latex(tables.table13(times, ratio=False),
+                                   f"Time per iteration on {gpu}, LLaMA-7B: ours / the paper's Table 13 (one "
+                                   f"GTX 4090). ms: mean forward and backward; s / 100 iter: wall time including "
+                                   f"IST's importance forwards."))
         buf = io.StringIO()
         times.to_csv(buf, index=False, float_format="%.3f")
         write_atomic(f"{out}-time.csv", buf.getvalue())
@@ -82,28 +101,69 @@ def render(paths: list[str], out: str | Path) -> list[str]:
         if png:
             written.append(png)
             md += [f"![time per phase]({Path(png).name})", ""]
+    run, why = plots.importance_run(rows)
     png = plots.importance(rows, f"{out}-importance.png")
     if png:
         written.append(png)
-        md += ["## What IST learned", "", "Importance of each layer over the steps of the IST run with the most "
-               "steps, and how often each layer was selected.", "", f"![importance]({Path(png).name})", ""]
-    md += ["---", f"Paper values: {tables.PAPER['source']} (ist_bench/report/paper.json)."]
+        md += ["## What IST learned", "", f"Importance of each layer over the steps of the IST run with the most "
+               f"steps ({why}), and how often each layer was selected.", "", f"![importance]({Path(png).name})", ""]
+    elif why != plots.NO_RUN:
+        md += ["## What IST learned", "", f"Not drawn: {why} (docs/reports.md).", ""]
+    md += ["---", f"Paper values: {tables.PAPER['source']} (ist_bench/report/paper.json).",
+           f"GPU validation: {_coverage()}"]
     write_atomic(f"{out}.md", "\n".join(md) + "\n")
     write_atomic(f"{out}.tex", "\n".join(tex))
     return [f"{out}.md", f"{out}.tex", *written]
 
 
-def _sources(paths, rows) -> str:
-    prov = next((r.get("provenance") for r in rows if r.get("provenance")), {}) or {}
-    versions = ", ".join(f"{k} {prov[k]}" for k in ("torch", "transformers", "peft", "git_commit") if prov.get(k))
-    return f"From {', '.join(str(p) for p in paths)} ({len(rows)} rows; {versions})."
+def _distinct(rows, key: str) -> str:
+    return "/".join(sorted({str(r["provenance"][key]) for r in rows if (r.get("provenance") or {}).get(key)}))
+
+
+def _sources(paths, rows, cells, times) -> str:
+    versions = ", ".join(f"{k} {v}" for k in ("torch", "transformers", "peft", "git_commit") if (v := _distinct(rows, k)))
+    n_cells = len(cells) + len(times)
+    n = len(rows) - n_cells
+    dup = f"; {n} {'row repeats a cell' if n == 1 else 'rows repeat cells'} shown once (docs/reports.md)" if n else ""
+    return f"From {', '.join(str(p) for p in paths)} ({len(rows)} rows, {n_cells} cells{dup}; {versions})."
+
+
+def _unchecked(backend: str):
+    """A predicate (model, column) -> True when the cell is an estimate no GPU validation covers."""
+    if backend == "cuda":
+        return lambda model, col: False
+    covered = cellinfo.validated()["cells"]
+    return lambda model, col: f"{model} {col}" not in covered
+
+
+def _check_line(cells: pd.DataFrame, backend: str, unchecked) -> str:
+    if backend == "cuda":
+        return "Measured on the GPU: these are the allocator's own numbers."
+    sub = cells[cells["backend"] == backend]
+    miss = sorted({f"{m} {c}" for m, c in zip(sub["model"], sub["column"], strict=True) if unchecked(m, c)})
+    v = cellinfo.validated()
+    head = (f"Every cell here was checked against the {v['gpu']}: sim within {v['max_abs_gap_pct']}% of its "
+            f"allocator peak (reports/validation.md)." if not miss else
+            f"{tables.UNCHECKED} marks cells no GPU validation covers ({', '.join(miss)}): sim's unchecked "
+            f"estimate. The other cells were checked against the {v['gpu']}, sim within "
+            f"{v['max_abs_gap_pct']}% (reports/validation.md).")
+    return head if backend == "sim" else head + " cpu figures are the tracker's tensor peak on the host."
+
+
+def _coverage() -> str:
+    v = cellinfo.validated()
+    models = sorted({c.split(" ", 1)[0] for c in v["cells"]})
+    cols = sorted({c.split(" ", 1)[1] for c in v["cells"]})
+    return (f"reports/validation.md checked sim against the {v['gpu']} on {len(v['cells'])} cells: "
+            f"{', '.join(models)} with {', '.join(cols)} (largest gap {v['max_abs_gap_pct']}%). Other models, "
+            f"methods (DoRA, AdaLoRA), policies and knobs are sim's unchecked estimates.")
 
 
 def _gpu(cells: pd.DataFrame, backend: str) -> str | None:
     if backend != "cuda":
         return None
-    g = cells[cells["backend"] == backend]["gpu"].dropna()
-    return g.iloc[0] if len(g) else None
+    g = sorted(set(cells[cells["backend"] == backend]["gpu"].dropna()))
+    return "/".join(g) if g else None
 
 
 def _lengths(cells: pd.DataFrame, backend: str) -> str:
@@ -123,7 +183,7 @@ def _claim(sv: pd.DataFrame, cells: pd.DataFrame, backend: str) -> str:
              if "paper saving %" in r and pd.notna(r.get("paper saving %")) else "")
     text = (f"The paper claims about 36% less training memory with IST on LLaMA-7B ({paper}). We measure for "
             f"LLaMA-7B LoRA+IST at the steady-state bound: {r['saving %']:.1f}% of the peak, "
-            f"{r['saving above weights %']:.1f}% of the memory above the weights")
+            f"{r['saving above weights %']:.1f}% of the memory above the base model's weights")
     typ = tables.savings(cells, backend, "typical allocated peak")
     if not typ.empty:
         typ = typ[(typ["model"] == "llama-7b") & (typ["method"] == "lora") & (typ["policy"] == "ist")]
@@ -136,7 +196,7 @@ def _claim(sv: pd.DataFrame, cells: pd.DataFrame, backend: str) -> str:
 
 def _top_modules(rows: list[dict], backend: str) -> str:
     lines = []
-    for r in tables.latest(rows, "memory"):
+    for r in tables.cells_of(rows, "memory"):
         steps = r.get("memory", {}).get("steps") or []
         if r.get("backend") == backend and r["status"] == "ok" and steps and r["case"]["model"] == "llama-7b":
             tops = steps[-1].get("top_activations") or {}

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from importlib import resources
 
 import pandas as pd
 
-from ist_bench.results import case_label, row_key
+from ist_bench.report.cells import KNOB_DEFAULTS, column  # noqa: F401  (re-exported)
 
 GiB = 1 << 30
 PAPER = json.loads((resources.files("ist_bench.report") / "paper.json").read_text())
@@ -31,58 +32,115 @@ FIGURES = {
 }
 
 
-column = case_label   # a Table-1 column: method + policy
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def base_weights(row: dict) -> float | None:
+    """The base model's weights in bytes: its parameter count before the method is applied times the
+    weight dtype's size. The same for every method of a model (docs/reports.md, "weights")."""
+    size = DTYPE_BYTES.get(row["case"].get("dtype") or "bf16")
+    return row["params"] * size if row.get("params") and size else None
+
+
+def _preference(row: dict) -> tuple:
+    """Which row stands for a cell when several rows are the same cell (a suite listing a case twice,
+    or two suites measuring it with different step counts): the most steps, then the newest, then
+    the row's own bytes, so the choice never depends on the order of the rows."""
+    case = row["case"]
+    return ((case.get("steps") or 0), (row.get("provenance") or {}).get("time") or "",
+            json.dumps(row, sort_keys=True))
+
+
+def cells_of(rows: list[dict], kind: str) -> list[dict]:
+    """One row per report cell (model, column, backend) of `kind`, in a fixed order whatever the
+    order of the rows: duplicated cells are counted and shown once."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("kind", "memory") == kind:
+            groups.setdefault((r["case"]["model"], column(r["case"]), r.get("backend") or ""), []).append(r)
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    keys = sorted(groups, key=lambda k: (order.get(k[0], len(order)), k[0], _column_key(k[1]), k[2]))
+    return [max(groups[k], key=_preference) for k in keys]
+
+
+def _column_key(c: str) -> tuple:
+    label, _, knobs = c.partition(" ")
+    method, _, sel = label.partition("+")
+    m = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return (bool(sel), sel, m, method, knobs)
+
 
 def _column_order(cols) -> list[str]:
-    def key(c):
-        method, _, sel = c.partition("+")
-        m = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-        return (bool(sel), sel, m) if sel else (False, "", m)
-    return sorted(cols, key=key)
-
-
-def latest(rows: list[dict], kind: str) -> list[dict]:
-    """The last row of each case of `kind` (a later run of a case replaces an earlier one)."""
-    out = {row_key(r): r for r in rows if r.get("kind", "memory") == kind}
-    return list(out.values())
+    return sorted(cols, key=_column_key)
 
 
 def memory_cells(rows: list[dict]) -> pd.DataFrame:
-    """One record per memory row: model, column, backend, status, every figure (GiB), weights."""
+    """One record per memory cell: model, column, backend, status, every figure (GiB), the base
+    model's weights and the weights the method adds (docs/reports.md)."""
     recs = []
-    for r in latest(rows, "memory"):
+    for r in cells_of(rows, "memory"):
         s = r.get("memory", {}).get("summary", {})
+        base = base_weights(r)
+        total = s["weights"]["first"] if "weights" in s else None
         rec = {"model": r["case"]["model"], "column": column(r["case"]), "backend": r.get("backend"),
                "status": r["status"], "seq_len": r["case"].get("seq_len"),
-               "weights": s["weights"]["first"] / GiB if "weights" in s else None,
+               "weights": None if base is None else base / GiB,
+               "adapter weights": None if base is None or total is None else (total - base) / GiB,
                "gpu": r.get("provenance", {}).get("gpu"), "data": r.get("settings", {}).get("data")}
         for name, get in FIGURES.items():
             v = get(r, s) if r["status"] == "ok" else None
             rec[name] = None if v is None else v / GiB
+        rec["seed's median as typical"] = seeds_median_typical(r)
+        if rec["seed's median as typical"]:
+            rec["typical allocated peak"] = None
         if r["status"] == "oom":
             rec["peak reached"] = (r.get("peak_reached") or 0) / GiB
         recs.append(rec)
     return pd.DataFrame.from_records(recs)
 
 
+def seeds_median_typical(row: dict) -> bool:
+    """True for a sparse policy's row whose `typical` is the median of its own few drawn steps (rows
+    written before ist-bench derived typical from the policy's draw distribution): one seed's luck,
+    which a report does not print as the policy's typical step (docs/reports.md)."""
+    if row.get("status") != "ok" or row["case"].get("select", "none") == "none":
+        return False
+    mem = row.get("memory") or {}
+    key = next((k for k in ("allocated_peak", "allocated_peak_est") if k in mem.get("summary", {})), None)
+    drawn = [st[key] for st in mem.get("steps") or [] if st.get("phase") == "drawn" and key in st]
+    return bool(drawn) and mem["summary"][key].get("typical") == statistics.median_low(drawn)
+
+
 def _paper(model: str, col: str):
     return PAPER["table1"]["models"].get(model, {}).get(col)
 
 
-def _cell(ours, paper) -> str:
+def _cell(ours, paper, ratio: bool = True, mark: str = "") -> str:
     if ours is None or (isinstance(ours, float) and math.isnan(ours)):
         ours_s = "-"
     else:
-        ours_s = ours if isinstance(ours, str) else f"{ours:.1f}"
+        ours_s = (ours if isinstance(ours, str) else f"{ours:.1f}") + mark
     if paper is None:
         return ours_s
-    if isinstance(paper, str) or isinstance(ours, str) or ours_s == "-":
-        return f"{ours_s} / {paper}"
+    if isinstance(paper, str) or isinstance(ours, str) or ours_s == "-" or not ratio:
+        return f"{ours_s} / {paper:g}" if not isinstance(paper, str) else f"{ours_s} / {paper}"
     return f"{ours_s} / {paper:g} ({ours / paper:.2f}x)"
 
 
-def table1(cells: pd.DataFrame, backend: str, figure: str = "allocated peak") -> pd.DataFrame:
-    """Rows = models, columns = weights and each method/policy, cells 'ours / paper (ratio)'."""
+def _weights_cell(weights: list[float], paper, ratio: bool) -> str:
+    """The base model's weights; two dtypes of one model give a range, never whichever came first."""
+    if len(weights) > 1:
+        return f"{weights[0]:.1f}-{weights[-1]:.1f}" + (f" / {paper:g}" if paper is not None else "")
+    return _cell(weights[0] if weights else None, paper, ratio)
+
+
+UNCHECKED = "\u2020"   # a dagger: a sim/cpu figure whose cell no GPU validation covers
+
+
+def table1(cells: pd.DataFrame, backend: str, figure: str = "allocated peak", ratio: bool = True,
+           unchecked=lambda model, col: False) -> pd.DataFrame:
+    """Rows = models, columns = weights and each method/policy, cells 'ours / paper (ratio)'; a cell
+    for which `unchecked(model, column)` holds carries UNCHECKED after our figure."""
     sub = cells[cells["backend"] == backend]
     if sub.empty:
         return pd.DataFrame()
@@ -91,8 +149,8 @@ def table1(cells: pd.DataFrame, backend: str, figure: str = "allocated peak") ->
     out = []
     for model in models:
         rows = sub[sub["model"] == model]
-        weights = rows["weights"].dropna()
-        rec = {"model": model, "weights": _cell(weights.iloc[0] if len(weights) else None, _paper(model, "weights"))}
+        weights = sorted({round(w, 6) for w in rows["weights"].dropna()})
+        rec = {"model": model, "weights": _weights_cell(weights, _paper(model, "weights"), ratio)}
         for col in cols:
             hit = rows[rows["column"] == col]
             if hit.empty:
@@ -100,7 +158,7 @@ def table1(cells: pd.DataFrame, backend: str, figure: str = "allocated peak") ->
                 continue
             r = hit.iloc[-1]
             ours = "OOM" if r["status"] == "oom" else r[figure] if r["status"] == "ok" else r["status"]
-            rec[col] = _cell(ours, _paper(model, col))
+            rec[col] = _cell(ours, _paper(model, col), ratio, UNCHECKED if unchecked(model, col) else "")
         out.append(rec)
     return pd.DataFrame.from_records(out)
 
@@ -108,8 +166,9 @@ def table1(cells: pd.DataFrame, backend: str, figure: str = "allocated peak") ->
 def table1_long(cells: pd.DataFrame) -> pd.DataFrame:
     """Every cell with every figure and the paper's value: the CSV a reader can re-plot."""
     df = cells.copy()
-    df["paper_GB"] = [_paper(m, c) for m, c in zip(df["model"], df["column"], strict=True)]
-    return df
+    df["paper"] = [_paper(m, c) for m, c in zip(df["model"], df["column"], strict=True)]
+    gib = ["weights", "adapter weights", *FIGURES, "peak reached", "paper"]
+    return df.rename(columns={c: f"{c} (GiB)" for c in gib if c in df})
 
 
 def figure_match(cells: pd.DataFrame) -> pd.DataFrame:
@@ -134,10 +193,11 @@ def savings(cells: pd.DataFrame, backend: str, figure: str = "allocated peak") -
     sub = cells[(cells["backend"] == backend) & (cells["status"] == "ok")]
     recs = []
     for _, r in sub.iterrows():
-        method, _, sel = r["column"].partition("+")
+        label, _, knobs = r["column"].partition(" ")
+        method, _, sel = label.partition("+")
         if not sel:
             continue
-        base = sub[(sub["model"] == r["model"]) & (sub["column"] == method)]
+        base = sub[(sub["model"] == r["model"]) & (sub["column"] == " ".join(filter(None, (method, knobs))))]
         if base.empty:
             continue
         b = base.iloc[-1]
@@ -145,7 +205,8 @@ def savings(cells: pd.DataFrame, backend: str, figure: str = "allocated peak") -
             continue
         rec = {"model": r["model"], "method": method, "policy": sel,
                "saving %": 100 * (1 - r[figure] / b[figure]),
-               "saving above weights %": 100 * (1 - (r[figure] - r["weights"]) / (b[figure] - b["weights"]))}
+               "saving above weights %": None if pd.isna(r["weights"]) else
+               100 * (1 - (r[figure] - r["weights"]) / (b[figure] - b["weights"]))}
         p_sel, p_base, p_w = _paper(r["model"], r["column"]), _paper(r["model"], method), _paper(r["model"], "weights")
         if all(isinstance(v, (int, float)) for v in (p_sel, p_base, p_w)):
             rec["paper saving %"] = 100 * (1 - p_sel / p_base)
@@ -159,7 +220,7 @@ def savings(cells: pd.DataFrame, backend: str, figure: str = "allocated peak") -
 
 def time_cells(rows: list[dict]) -> pd.DataFrame:
     recs = []
-    for r in latest(rows, "time"):
+    for r in cells_of(rows, "time"):
         t = r.get("time", {})
         ph = t.get("phases_ms", {})
         rec = {"column": column(r["case"]), "model": r["case"]["model"], "backend": r.get("backend"),
@@ -182,8 +243,9 @@ TABLE13_ROWS = (("forward ms / iter", "forward ms (mean)", "forward_ms"),
                 ("s / 100 iter (incl. importance forwards)", "s / 100 iter", "s_per_100_iter"))
 
 
-def table13(times: pd.DataFrame, model: str = "llama-7b") -> pd.DataFrame:
-    """Rows = the paper's three lines, columns = LoRA, LISA, LoRA+IST (ours / paper (ratio))."""
+def table13(times: pd.DataFrame, model: str = "llama-7b", ratio: bool = True) -> pd.DataFrame:
+    """Rows = the paper's three lines, columns = LoRA, LISA, LoRA+IST (ours / paper (ratio)); without
+    the ratio (LaTeX), short row labels and the paper's column names only."""
     sub = times[(times["model"] == model) & (times["status"] == "ok")]
     paper = PAPER["table13"]["columns"]
     picks = {"lora": sub[sub["column"] == "lora"],
@@ -191,22 +253,31 @@ def table13(times: pd.DataFrame, model: str = "llama-7b") -> pd.DataFrame:
              "lora+ist": sub[sub["column"] == "lora+ist"]}
     out = []
     for label, ours_key, paper_key in TABLE13_ROWS:
-        rec = {"": label}
+        rec = {"": label if ratio else label.split(" (")[0]}
         for col, hit in picks.items():
             ours = hit.iloc[-1][ours_key] if not hit.empty else None
-            rec[col if hit.empty else f"{col} ({hit.iloc[-1]['column']})"] = _cell(ours, paper[col][paper_key])
+            head = col if hit.empty or not ratio else f"{col} ({hit.iloc[-1]['column']})"
+            rec[head] = _cell(ours, paper[col][paper_key], ratio)
         out.append(rec)
     return pd.DataFrame.from_records(out)
 
 
+def transposed(df: pd.DataFrame, corner: str = "") -> pd.DataFrame:
+    """Rows become columns: Table 1 with one column per model fits a page; one per method does not."""
+    first = df.columns[0]
+    out = df.set_index(first).T.reset_index()
+    return out.rename(columns={"index": corner}).rename_axis(None, axis=1)
+
+
 def to_latex(df: pd.DataFrame, caption: str) -> str:
-    """A booktabs table (no jinja2 needed)."""
+    """A booktabs table (no jinja2 needed), in `table*`: in a two-column paper it spans both columns,
+    in a one-column one it is a plain table. tests/test_report.py compiles it in both."""
     def esc(x) -> str:
         return str(x).replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%").replace(
-            "_", r"\_").replace("#", r"\#")
+            "_", r"\_").replace("#", r"\#").replace(UNCHECKED, r"\textsuperscript{\dag}")
     cols = list(df.columns)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}",
+    lines = [r"\begin{table*}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}",
              r"\toprule", " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
     lines += [" & ".join(esc(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(caption)}}}", r"\end{table}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(caption)}}}", r"\end{table*}", ""]
     return "\n".join(lines)

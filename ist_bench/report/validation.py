@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import textwrap
+from pathlib import Path
+
 import pandas as pd
 
-from ist_bench.results import case_key, case_label
+from ist_bench.report.tables import _preference, column
+from ist_bench.results import case_key
 
 GiB = 1 << 30
 CATEGORIES = ("weights", "activations", "gradients", "optimizer")
@@ -17,13 +22,21 @@ def _key(row: dict) -> str:
 
 
 def pair_rows(rows: list[dict]) -> list[tuple[dict, dict]]:
-    """(cuda row, sim row) of each case measured on both backends, in suite order."""
+    """(cuda row, sim row) of each cell measured on both backends, in suite order. A pair is the same
+    case on both; a cell measured twice (two suites listing it) counts once: the pair with the most
+    steps stands for it (tables.cells_of's rule)."""
     latest = {}
     for r in rows:
         if r.get("kind", "memory") == "memory" and r.get("backend") in ("cuda", "sim"):
             latest[(_key(r), r["backend"])] = r
     keys = list(dict.fromkeys(k for k, _ in latest))
-    return [(latest[(k, "cuda")], latest[(k, "sim")]) for k in keys if (k, "cuda") in latest and (k, "sim") in latest]
+    pairs = [(latest[(k, "cuda")], latest[(k, "sim")]) for k in keys if (k, "cuda") in latest and (k, "sim") in latest]
+    cells: dict[tuple, tuple[dict, dict]] = {}
+    for cuda, sim in pairs:
+        cell = (cuda["case"]["model"], column(cuda["case"]))
+        if cell not in cells or _preference(cuda) > _preference(cells[cell][0]):
+            cells[cell] = (cuda, sim)
+    return list(cells.values())
 
 
 def _gap(sim: float, cuda: float) -> float:
@@ -34,10 +47,7 @@ def validation_frame(rows: list[dict]) -> pd.DataFrame:
     records = []
     for cuda, sim in pair_rows(rows):
         c = cuda["case"]
-        knobs = "".join(f" {k}={c[k]}" for k in ("batch", "attn", "grad_checkpointing", "seq_len")
-                        if k in c and c[k] != {"batch": 1, "attn": "eager", "grad_checkpointing": False,
-                                               "seq_len": 1024}[k])
-        rec = {"model": c["model"], "method": case_label(c) + knobs,
+        rec = {"model": c["model"], "method": column(c),
                "cuda status": cuda["status"], "sim status": sim["status"]}
         if cuda["status"] == "ok" and sim["status"] == "ok":
             cs, ss = cuda["memory"]["summary"], sim["memory"]["summary"]
@@ -61,8 +71,17 @@ def validation_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def validation_report(rows: list[dict]) -> str:
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, WIDTH, break_on_hyphens=False)
+
+
+def validation_report(rows: list[dict], worst_first: bool = False) -> str:
+    """The sim-vs-cuda table, at most 80 columns wide (every line): per cell the two peaks (GiB) and
+    the gaps; the per-category gaps summed up in one line (all of them are in validation_frame).
+    `worst_first`: the cells by |gap| of the allocated peak, largest first (else in suite order)."""
     df = validation_frame(rows)
+    if worst_first and "gap %" in df:
+        df = df.loc[df["gap %"].abs().fillna(-1).sort_values(ascending=False, kind="stable").index]
     if df.empty:
         return "no case was measured on both cuda and sim\n"
     prov = next((r["provenance"] for r, _ in pair_rows(rows) if r.get("provenance")), {})
@@ -70,12 +89,49 @@ def validation_report(rows: list[dict]) -> str:
     versions = ", ".join(f"{k} {prov[k]}" for k in ("torch", "transformers", "peft", "driver", "git_commit")
                          if prov.get(k))
     gaps = df["gap %"].dropna().abs() if "gap %" in df else pd.Series(dtype=float)
-    lines = [f"## sim vs cuda on {gpu}", "", f"cuda rows: {versions}.", "",
-             f"{len(df)} cells, {len(gaps)} measured on both; largest |gap| of sim's estimated peak to "
-             f"max_memory_allocated: {gaps.max():.2f}% (mean |gap| {gaps.mean():.2f}%)." if len(gaps) else
+    cats = [f"{c} gap %" for c in CATEGORIES if f"{c} gap %" in df]
+    cat_max = float(df[cats].abs().max().max()) if cats and df[cats].notna().any().any() else None
+    short = df.reindex(columns=list(SHORT)).rename(columns=SHORT)
+    short["status"] = [c if c == s else f"{c}/{s}" for c, s in zip(df["cuda status"], df["sim status"], strict=True)]
+    if (short["status"] == "ok").all():
+        short = short.drop(columns="status")
+    for col in ("cuda", "sim", "gap %", "tensors %"):
+        short[col] = short[col].round(2) + 0.0   # no -0.00
+    lines = [f"## sim vs cuda on {gpu}", "", _wrap(f"cuda rows: {versions}."), "",
+             _wrap(f"{len(df)} cells, {len(gaps)} measured on both; largest |gap| of sim's estimated peak to "
+                   f"max_memory_allocated: {gaps.max():.2f}% (mean |gap| {gaps.mean():.2f}%).") if len(gaps) else
              f"{len(df)} cells; none finished on both backends.", "",
-             "GiB; gap % = (sim - cuda) / cuda. `sim peak est` = tensor bytes in modelled allocator blocks "
-             "plus the measured cuBLAS workspace; `tensor peak gap` compares the tracker's tensor-level peak "
-             "on both backends; category gaps compare the maximum over steps.", "",
-             df.to_markdown(index=False, floatfmt=".2f"), ""]
+             _wrap("cuda = max_memory_allocated, sim = sim's estimate of it (tensor bytes in modelled allocator "
+                   "blocks, the measured cuBLAS workspace and kernels' scratch: docs/sim.md), GiB; gap % = 100 (sim-cuda)/cuda; tensors % "
+                   "compares the tracker's tensor-level peak on both backends." +
+                   (f" Largest |gap| of any category (weights, activations, gradients, optimizer state; maximum "
+                    f"over steps): {cat_max:.2f}%." if cat_max is not None else "")), "",
+             short.to_markdown(index=False, floatfmt=".2f", missingval="-", numalign="right"), ""]
     return "\n".join(lines)
+
+
+WIDTH = 80
+SHORT = {"model": "model", "method": "cell", "status": "status", "cuda peak alloc": "cuda", "sim peak est": "sim",
+         "gap %": "gap %", "tensor peak gap %": "tensors %"}
+
+
+def coverage(rows: list[dict]) -> dict:
+    """What a validation covers: the cells (model, column) whose sim estimate was checked against the
+    GPU's allocator peak, with the gap. ist_bench/report/validated.json is this, for the rows of
+    reports/validation.md (`python -m ist_bench.report.validation FILE` rewrites it)."""
+    df = validation_frame(rows)
+    ok = df[df["gap %"].notna()] if "gap %" in df else df.iloc[0:0]
+    prov = next((r["provenance"] for r, _ in pair_rows(rows) if r.get("provenance")), {})
+    return {"gpu": prov.get("gpu"), "report": "reports/validation.md",
+            "max_abs_gap_pct": round(float(ok["gap %"].abs().max()), 2) if len(ok) else None,
+            "cells": {f"{m} {c}": round(float(g), 2) + 0.0 for m, c, g in zip(ok["model"], ok["method"], ok["gap %"],
+                                                                             strict=True)}}
+
+
+if __name__ == "__main__":   # rewrite validated.json from the rows of reports/validation.md
+    import sys
+
+    from ist_bench.results import read_rows
+
+    data = coverage([r for p in sys.argv[1:] for r in read_rows(p)])
+    (Path(__file__).parent / "validated.json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ist_bench import zoo
+from ist_bench import schema, zoo
 from ist_bench.data import TokenBatches, model_inputs, needs_mask
 from ist_bench.errors import UsageError, choice_error
 from ist_bench.measure import backends
@@ -60,25 +60,31 @@ class Case:
             fields = [f.name for f in dataclasses.fields(MethodSpec)]
             if set(method) - set(fields):
                 raise choice_error("method field", sorted(set(method) - set(fields))[0], fields)
-            _check_types(method, {f.name: f.type for f in dataclasses.fields(MethodSpec)})
+            schema.validate(schema.dataclass_schema(MethodSpec, tuple(schema.METHOD_LIMITS.items())), method, "")
             method = MethodSpec(**method)
         elif isinstance(method, str):
             method = MethodSpec(name=method)
         elif not isinstance(method, MethodSpec):
-            raise UsageError(f"method must be a name or a mapping, got {method!r}")
+            raise UsageError(f"method must be a name or a mapping, got {schema.show(method)}")
         select = d.get("select")
         if isinstance(select, dict):    # {name: ist, beta: 0.5} in a suite: a policy with its options
             select = dict(select)
             if not isinstance(select.get("name"), str):
-                raise UsageError(f"a select mapping needs a policy name (name: ist), got {select!r}")
+                raise UsageError(f"a select mapping needs a policy name (name: ist), got {schema.show(select)}")
             d["select"] = select.pop("name")
             opts = d.get("select_opts") or {}
             d["select_opts"] = {**opts, **select} if isinstance(opts, dict) else opts
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise choice_error("case field", sorted(unknown)[0], [f.name for f in dataclasses.fields(cls)])
-        _check_types(d, {f.name: f.type for f in dataclasses.fields(cls)})
-        return cls(method=method, **d)
+        return cls(method=method, **d)._check_values()
+
+    def _check_values(self) -> Case:
+        """Every field's type and range against the case schema (ist_bench/schema.py)."""
+        schema.check_dataclass(self, limits=schema.CASE_LIMITS, exclude=("method",))
+        schema.check_dataclass(self.method, limits=schema.METHOD_LIMITS)
+        schema.check_tokens(self.seq_len, self.batch)
+        return self
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -87,6 +93,7 @@ class Case:
 
     def check(self) -> Case:
         """Validate and resolve (`auto` backend, AdaLoRA's total steps); raises UsageError."""
+        self._check_values()
         config = zoo.load_config(self.model)
         policy = self.policy()
         if policy.needs_adapters and not self.method.method.peft:
@@ -96,12 +103,8 @@ class Case:
             raise choice_error("dtype", self.dtype, list(DTYPES))
         if self.optim not in OPTIM_IMPLS:
             raise choice_error("optimizer implementation", self.optim, OPTIM_IMPLS)
-        if self.steps < 0:
-            raise UsageError(f"--steps must be >= 0 (0: the steady-state step alone), got {self.steps}")
         if self.attn not in ATTENTION:
             raise choice_error("attention implementation", self.attn, ATTENTION)
-        if self.batch < 1:
-            raise UsageError(f"--batch must be >= 1, got {self.batch}")
         limit = zoo.max_positions(config)
         if limit is not None and self.seq_len > limit:
             raise UsageError(f"--seq-len {self.seq_len} is longer than {self.model}'s {limit} positions")
@@ -126,7 +129,9 @@ class Case:
 
     def policy(self) -> SelectionPolicy:
         """The selection policy, validated (not yet bound to a model)."""
-        return make_policy(self.select, self.select_opts, seed=self.seed, optimizer_state=self.optimizer_state)
+        policy = make_policy(self.select, self.select_opts, seed=self.seed, optimizer_state=self.optimizer_state)
+        schema.check_dataclass(policy.settings, f"--select {self.select}: ")   # finite, of its types
+        return policy
 
 
 def _check_host_memory(case: Case, config) -> None:
@@ -147,17 +152,6 @@ def _check_host_memory(case: Case, config) -> None:
     if need > 0.8 * have:
         raise UsageError(f"{case.model} on --backend cpu needs about {need / 2**30:.0f} GiB of host RAM; this machine "
                          f"has {have / 2**30:.0f} GiB: use --backend sim (memory, any size) or cuda")
-
-
-_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "str | None": (str, type(None)), "dict": (dict,),
-          "bool": (bool,)}
-
-
-def _check_types(d: dict, annotations: dict) -> None:
-    for key, value in d.items():
-        allowed = _TYPES.get(str(annotations.get(key)))
-        if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
-            raise UsageError(f"{key} must be {str(annotations[key]).replace(' | None', ' or null')}, got {value!r}")
 
 
 @dataclass
@@ -192,7 +186,7 @@ def build(case: Case) -> Built:
     impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[case.optim]
     optimizer = torch.optim.AdamW(trainable, lr=case.lr, **impl)
     batches = TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
-                           mode=case.data_mode, seed=case.seed)
+                           mode=case.data_mode, seed=case.seed, meta=device.type == "meta")
     policy = case.policy()
     heldout = model_inputs(batches.heldout(policy.settings.eval_batch), device, needs_mask(model)) if policy.needs_eval_batch else None
     policy.bind(model, optimizer, eval_batch=heldout)  # after the optimizer: it must know every trainable parameter

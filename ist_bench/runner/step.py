@@ -23,7 +23,10 @@ class Meter(Protocol):
 
 def run_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: TokenBatches, device: torch.device,
               policy: SelectionPolicy, steps: Iterable[int], meters: Sequence[Meter] = (),
-              after_optimizer: Callable[[int], None] = lambda step: None, force: dict | None = None) -> None:
+              after_optimizer: Callable[[int], None] = lambda step: None, force: dict | None = None,
+              data_step: int | None = None) -> None:
+    """Train `steps` under the policy; `force` forces a selection/importance round (begin_step's
+    arguments) and `data_step` trains that step's batch instead of each step's own."""
     def mark(phase: str, step: int) -> None:
         for m in meters:
             m.mark(phase, step)
@@ -31,7 +34,7 @@ def run_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Token
     mask = needs_mask(model)
     for step in steps:
         policy.begin_step(step, mark, **(force or {}))   # importance round if due; which blocks train
-        inputs = model_inputs(batches.ids(step), device, mask)
+        inputs = model_inputs(batches.ids(step if data_step is None else data_step), device, mask)
         mark("start", step)
         loss = model(**inputs).loss                  # logits and other outputs are dropped at once
         mark("forward", step)

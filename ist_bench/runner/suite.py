@@ -25,10 +25,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from ist_bench import schema
 from ist_bench.errors import UsageError
 from ist_bench.runner.case import Case
+from ist_bench.safeio import load_yaml
+from ist_bench.schema import SuiteSpec
 
 
 @dataclass
@@ -48,38 +49,19 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"suite file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f"malformed suite {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("grid", {}), dict):
-        raise UsageError(f"malformed suite {path}: expected keys {', '.join(SUITE_KEYS)}")
-    unknown = sorted(set(spec) - set(SUITE_KEYS))
-    if unknown:
-        raise UsageError(f"unknown key {unknown[0]!r} in suite {path}; valid: {', '.join(SUITE_KEYS)}")
-    kinds = spec.get("kind", "memory")
-    kinds = kinds if isinstance(kinds, list) else [kinds]
-    bad = [k for k in kinds if k not in ("memory", "time")]
-    if bad or not kinds:
-        raise UsageError(f"unknown suite kind {(bad or [None])[0]!r}; valid: memory, time (or a list of both)")
-    defaults, grid = spec.get("defaults") or {}, spec.get("grid") or {}
-    if not isinstance(defaults, dict):
-        raise UsageError(f"malformed suite {path}: 'defaults' must be a mapping of case fields")
-    timing = {"warmup": spec.get("warmup", 10), "profile_steps": spec.get("profile_steps"),
-              "overhead_blocks": spec.get("overhead_blocks", 0)}
-    for key, value in timing.items():
-        if value is None and key == "profile_steps":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise UsageError(f"malformed suite {path}: '{key}' must be an integer >= 0, got {value!r}")
-    exclude = spec.get("exclude") or []
-    if not isinstance(exclude, list) or not all(isinstance(e, dict) for e in exclude):
-        raise UsageError(f"malformed suite {path}: 'exclude' must be a list of mappings of case fields")
-    listed = spec.get("cases") or []
-    if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
-        raise UsageError(f"malformed suite {path}: 'cases' must be a list of mappings of case fields")
-    if not grid and not listed:
+    raw = load_yaml(path, "suite", keys=tuple(SuiteSpec.model_fields)) or {}   # bounded: size, UTF-8, depth, aliases
+    if not isinstance(raw, dict):
+        raise UsageError(f"malformed suite {path}: expected a mapping with keys {', '.join(SuiteSpec.model_fields)}")
+    found = schema.bounded(raw)
+    if found:
+        raise UsageError(f"malformed suite {path}: {found}")
+    spec = schema.validate(SuiteSpec, raw, f"malformed suite {path}: ", label=lambda name: repr(name))
+    if not spec.grid and not spec.cases:
         raise UsageError(f"suite {path} has no cases: give a grid: or a cases: list")
+    if schema.suite_size(spec) > schema.MAX_CASES:
+        raise UsageError(f"suite {path} expands to {schema.suite_size(spec):,} cases; at most {schema.MAX_CASES:,}")
+    kinds, defaults, grid, exclude, listed = spec.kinds, spec.defaults, spec.grid, spec.exclude, spec.cases
+    timing = {"warmup": spec.warmup, "profile_steps": spec.profile_steps, "overhead_blocks": spec.overhead_blocks}
     keys = list(grid)
     values = [v if isinstance(v, list) else [v] for v in grid.values()]
     combos = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)] if grid else [{}]
@@ -97,10 +79,7 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
             cases.append(case)
     if not cases:
         raise UsageError(f"suite {path} has no cases")
-    return Suite(str(spec.get("name", path.stem)), kinds, cases, timing)
-
-
-SUITE_KEYS = ("name", "kind", "defaults", "grid", "cases", "exclude", "warmup", "profile_steps", "overhead_blocks")
+    return Suite(spec.name or path.stem, kinds, cases, timing)
 
 
 def _matches(case: dict, rule: dict) -> bool:

@@ -40,6 +40,7 @@ def main() -> int:
         if not line.strip():
             continue
         job = json.loads(line)
+        open(f"{job['result'][:-5]}.start", "w").close()   # the case's clock starts now (runner/isolate.py)
         fault = job.get("fault")
         if fault == "raise":
             raise RuntimeError("injected failure")
@@ -55,7 +56,7 @@ def main() -> int:
             case = Case.from_dict(job["case"]).check()
             busy = job.get("busy_gpu", "refuse")
             if job["kind"] == "memory":
-                row = measure_memory(case, busy_gpu=busy)
+                row = measure_memory(case, busy_gpu=busy, timeline=job.get("timeline"))
             else:
                 row = measure_time(case, job.get("warmup", 10), profile_steps=job.get("profile_steps"),
                                    overhead_blocks=job.get("overhead_blocks", 0), busy_gpu=busy)

@@ -23,6 +23,7 @@ LISA's and IST's public code do) or `reset` (they are freed on deselection).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -80,6 +81,7 @@ class LayerGate:
         self.blocks = [[p for p in block.parameters() if p.requires_grad] for block in self.modules]
         self.optimizer, self.optimizer_state = optimizer, optimizer_state
         self.active: list[int] | None = None
+        self.grad_below = _trains_below(model, self.modules[0]) if self.modules else False
 
     def apply(self, active: list[int] | None) -> None:
         self.active = None if active is None else sorted(active)
@@ -93,6 +95,20 @@ class LayerGate:
                         self.optimizer.state.pop(p, None)
 
 
+def _trains_below(model: nn.Module, first_block: nn.Module) -> bool:
+    """Does anything before the first block train (input embeddings, GPT-2's position embeddings,
+    a tied LM head)? Then backward runs through every block whatever the draw."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and any(p.requires_grad for p in emb.parameters()):
+        return True
+    for module in model.modules():
+        if module is first_block:
+            return False
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            return True
+    return False
+
+
 class SelectionPolicy(TrainerCallback):
     """Base class and the `none` policy: every block the method adapted trains at every step."""
 
@@ -101,6 +117,7 @@ class SelectionPolicy(TrainerCallback):
     Settings: ClassVar[type] = NoSettings
     needs_adapters: ClassVar[bool] = False    # it scales PEFT outputs (IST): `full` has none
     needs_eval_batch: ClassVar[bool] = False  # it runs forwards on a held-out batch
+    grad_below: bool = False                  # something before the first block trains (set by bind)
 
     def __init__(self, *, seed: int = 0, optimizer_state: str = "keep", **settings: Any):
         if optimizer_state not in OPTIMIZER_STATES:
@@ -116,7 +133,7 @@ class SelectionPolicy(TrainerCallback):
         """Attach to a model whose method is applied and whose optimizer exists."""
         self.model, self.eval_batch = model, eval_batch
         self.gate = LayerGate(model, optimizer, self.optimizer_state)
-        self.n_layers = len(self.gate.blocks)
+        self.n_layers, self.grad_below = len(self.gate.blocks), self.gate.grad_below
         if not any(self.gate.blocks):
             raise UsageError(f"--select {self.name}: no block of {type(model).__name__} has trainable parameters")
         if self.needs_adapters:
@@ -171,11 +188,47 @@ class SelectionPolicy(TrainerCallback):
         """What the policy knows after this step's decision (e.g. the importance vector)."""
         return {}
 
-    def worst_case(self) -> list[int] | None:
-        """The draw with the highest memory: the lowest layer (backward runs through the whole
-        stack) and the top n_active - 1 (their gradients appear while most activations live)."""
+    def worst_cases(self) -> list[list[int] | None]:
+        """The candidate worst draws; the steady step takes the one that peaks highest on the
+        backend (the argument: docs/measurement.md, "The worst draw"). Nothing below the blocks
+        trains: backward stops at the lowest trained layer, so layer 0 is in the worst draw, with
+        the other n_active - 1 either at the top (their gradients appear while most activations
+        live) or right above it (their gradients and weight-gradient temporaries come last, beside
+        everything else's gradients: the worst when a layer's activations are small). Something
+        below trains (full fine-tuning's embeddings): every block saves its activations whatever
+        the draw, and the top n_active layers' gradients appear first."""
         k, n = self.n_active, self.n_layers
-        return None if k >= n else [0, *range(n - k + 1, n)]
+        if k >= n:
+            return [None]
+        if self.grad_below:
+            return [list(range(n - k, n))]
+        top, bottom = [0, *range(n - k + 1, n)], list(range(k))
+        return [top] if top == bottom else [top, bottom]
+
+    def possible_draws(self, limit: int = 64) -> list[list[int] | None]:
+        """Draws the policy can make (every set of n_active layers; `none`: all layers), at most
+        `limit` of them: beyond that a fixed sample, the worst case and the top layers included.
+        The brute-force bound tests force each under the steady step's conditions."""
+        k, n = self.n_active, self.n_layers
+        if k >= n:
+            return [None]
+        total = math.comb(n, k)
+        if total <= limit:
+            return [list(c) for c in itertools.combinations(range(n), k)]
+        g = rng(self.seed, 2**31 - 2)
+        sample = [sorted(g.choice(n, size=k, replace=False).tolist()) for _ in range(limit - 2)]
+        return [[0, *range(n - k + 1, n)], list(range(n - k, n)), *sample]
+
+    def typical_weights(self) -> np.ndarray | None:
+        """P(lowest trained layer = m), m = 0 .. L-1, for a long run's draws on sim (docs/measurement.md,
+        "typical"): n_active of L layers uniformly (RST, LISA; IST's and ILA's draws with the
+        importance sim can learn, none; LIFT visits every layer equally), so P = C(L-1-m, k-1) / C(L, k).
+        None where the draw cannot change a step's figures through its lowest layer: every layer
+        trains, or something below the blocks trains (backward reaches every block anyway)."""
+        k, n = self.n_active, self.n_layers
+        if k >= n or self.grad_below:
+            return None
+        return np.array([math.comb(n - 1 - m, k - 1) for m in range(n)], dtype=float) / math.comb(n, k)
 
     def describe(self) -> dict:
         """Settings recorded in every result row."""

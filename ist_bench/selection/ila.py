@@ -45,6 +45,17 @@ class ILA(SelectionPolicy):
     def n_active(self) -> int:
         return self.n_layers - min(self.n_layers - 1, count(self.settings.freeze, self.n_layers))
 
+    def worst_cases(self) -> list[list[int] | None]:
+        return [None]   # every run starts with the warm-up (at least one step), where every layer trains
+
+    def typical_weights(self):
+        """None: typical is the steady (warm-up) step. After the warm-up ILA's draw is fixed by what
+        it learned, which sim cannot know; the steady step is the only draw-free figure."""
+        return None
+
+    def possible_draws(self, limit: int = 64) -> list[list[int] | None]:
+        return [None, *super().possible_draws(limit - 1)]   # the warm-up trains every layer
+
     def select(self, step: int) -> list[int] | None:
         if step < self.settings.warmup:
             return None

@@ -9,7 +9,7 @@ A real-valued importance I (one entry per layer, starting at 0) drives two loops
   PEFT output of every layer *outside* the set scaled by beta (m(x) + beta a(x)), giving loss
   L_j; r_j = exp(-L_j) - mean_k exp(-L_k); then I_i += mu r_j for every i in set j.
 
-`ist-code` is the form ../shared/IST.md describes for the public code, kept for comparison:
+`ist-code` is the form of the authors' public code, kept for comparison:
 the score says how safe a layer is to *suppress*. Candidate sets are drawn without replacement
 with weights sigmoid(s) and *their* layers are scaled by beta; update sets are drawn with
 weights sigmoid(-s); and the increment is mu r_j sigmoid(s_i)(1 - sigmoid(s_i)) (computed from

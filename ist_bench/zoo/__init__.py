@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ist_bench import schema
 from ist_bench.errors import UsageError, choice_error, read_json
 
 _CONFIGS = resources.files("ist_bench.zoo") / "configs"
@@ -75,11 +76,24 @@ def load_config(name_or_path: str):
         raise choice_error("model", name_or_path, names() + ["<path/to/config.json>"])
     raw.pop("_ist_bench", None)
     model_type = raw.pop("model_type")
+    if not isinstance(model_type, str):
+        raise UsageError(f"model config {name_or_path}: model_type must be str, got {schema.show(model_type)}")
+    found = schema.bounded(raw)
+    if found:
+        raise UsageError(f"model config {name_or_path}: {found}")
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()   # its warnings about odd values would be a second line on stderr
     try:
-        return AutoConfig.for_model(model_type, **raw)
+        config = AutoConfig.for_model(model_type, **raw)
     except Exception as e:  # transformers 5 validates with huggingface_hub's own error types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot build a config of model_type {model_type!r}: {first}") from None
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise UsageError(f"cannot build a config of model_type {model_type!r}: {why[:200]}") from None
+    finally:
+        logging.set_verbosity(verbosity)
+    schema.check_config(config, f"model config {name_or_path}: ")   # sizes in range, heads that divide
+    return config
 
 
 UNBOUNDED_MAX_LEN = 32768   # the longest --seq-len taken for a model without a position limit (ALiBi)

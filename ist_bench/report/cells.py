@@ -1,0 +1,47 @@
+"""What a report cell is (model x column) and whether a GPU validation covers it. Light (no pandas):
+the console imports it after every measurement."""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+
+from ist_bench.results import case_label
+
+# Settings that make a case a different cell from the paper's: shown in its column label when not the default.
+KNOB_DEFAULTS = {"batch": 1, "attn": "eager", "grad_checkpointing": False, "seq_len": 1024, "dtype": "bf16",
+                 "optimizer_state": "keep"}
+KNOB_LABELS = {"batch": "batch={}", "attn": "{}", "grad_checkpointing": "ckpt", "seq_len": "seq={}", "dtype": "{}",
+               "optimizer_state": "state-{}"}
+
+
+def column(case: dict) -> str:
+    """A Table-1 column: method + policy (`lora+ist`), then every knob off the paper's setting
+    (`lora batch=4`, `lora ckpt`, `lora sdpa`), so two different cases never share a cell."""
+    return case_label(case) + "".join(" " + KNOB_LABELS[k].format(case[k]) for k, d in KNOB_DEFAULTS.items()
+                                      if case.get(k, d) != d)
+
+
+@functools.cache
+def validated() -> dict:
+    return json.loads((resources.files("ist_bench.report") / "validated.json").read_text())
+
+
+def check_note(row: dict) -> str:
+    """One line saying whether this row's cell was checked against a GPU (reports/validation.md) and
+    what the validation covers when it was not. A sim or cpu figure is an estimate of the GPU's."""
+    backend = row.get("backend")
+    if backend == "cuda":
+        return "measured on the GPU (max_memory_allocated)."
+    if backend == "cpu":
+        return "cpu: the tracker's tensor bytes on the host; no GPU validation covers cpu rows."
+    v = validated()
+    cell = f"{row['case']['model']} {column(row['case'])}"
+    if cell in v["cells"]:
+        return (f"validated: on the {v['gpu']} this cell's sim estimate was {v['cells'][cell]:+.2f}% off the "
+                f"allocator peak ({v['report']}).")
+    models = sorted({c.split(" ", 1)[0] for c in v["cells"]})
+    cols = sorted({c.split(" ", 1)[1] for c in v["cells"]})
+    return (f"NOT validated against a GPU: {v['report']} covers {', '.join(models)} with "
+            f"{', '.join(cols)} (sim within {v['max_abs_gap_pct']}% there); this cell is sim's unchecked estimate.")
