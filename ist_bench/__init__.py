@@ -1,3 +1,16 @@
 """ist-bench: memory and throughput profiling for PEFT and layer-sparse tuning (IST) of LLMs."""
 
 __version__ = "0.1.0"
+
+# Third-party warnings that are not the user's concern, filtered once at each entry point (the CLI's
+# `main`, the worker's `main`; pyproject.toml's filterwarnings for the tests), never around call sites.
+THIRD_PARTY_WARNINGS = (
+    "`is_gradient_checkpointing` is deprecated",   # peft calls a transformers 5 property that warns on every model
+)
+
+
+def filter_third_party_warnings() -> None:
+    import warnings
+
+    for message in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)

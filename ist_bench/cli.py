@@ -6,9 +6,9 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
+from ist_bench import filter_third_party_warnings
 from ist_bench.errors import UsageError
 
 EPILOG = "Defaults follow the IST paper's Table 1 setting: batch 1, 1024 tokens, bf16, eager attention."
@@ -782,8 +782,7 @@ def _one_line(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # peft still calls a transformers property that warns on every model; it is not the user's concern.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    filter_third_party_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]

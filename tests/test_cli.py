@@ -38,6 +38,7 @@ def test_models_and_methods_list_what_exists(capsys):
     assert "series" in out and "rst" in out
 
 
+@pytest.mark.slow
 def test_the_installed_command_runs_without_traceback_on_bad_input():
     proc = subprocess.run([sys.executable, "-m", "ist_bench.cli", "memory", "--select-opt", "layers=0", "--select", "rst"],
                           capture_output=True, text=True, timeout=120)
@@ -197,3 +198,21 @@ def test_validate_takes_markdown_like_compare_and_keeps_md_as_an_alias(tmp_path,
         assert capsys.readouterr().out == md.read_text() + "\n"
     assert "--md" not in subprocess.run([sys.executable, "-m", "ist_bench.cli", "validate", "--help"],
                                         capture_output=True, text=True, timeout=60).stdout.replace("--markdown", "")
+
+
+def test_a_simulated_oom_says_where_and_how_much_in_human_units(tmp_path):
+    out = tmp_path / "r.jsonl"
+    assert main(["memory", "--model", "tiny-llama", "--seq-len", "1024", "--capacity", "70MiB", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["status"] == "oom"
+    assert "at step 0, forward, in model.layers.0.self_attn: " in row["error"]
+    assert "MiB needed" in row["error"] and "> capacity 70.0 MiB" in row["error"]
+    assert f"> {70 * 2**20:,} bytes)" in row["error"]
+
+
+def test_third_party_warnings_are_filtered_at_the_entry_point():
+    """The known transformers/peft deprecation warning does not reach a user's stderr (an adapted model warns
+    on every build without the filter)."""
+    proc = subprocess.run([sys.executable, "-W", "default", "-m", "ist_bench.cli", "memory", "--model", "tiny-llama",
+                           "--seq-len", "32", "--steps", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Warning" not in proc.stderr, proc.stderr

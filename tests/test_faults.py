@@ -30,6 +30,7 @@ def _suite(tmp_path: Path, n: int = N) -> Path:
     return f
 
 
+@pytest.mark.slow
 def test_a_30_case_suite_survives_oom_kill_hang_and_an_invalid_case_and_resumes(tmp_path, monkeypatch, capsys):
     suite, out = _suite(tmp_path), tmp_path / "faults.jsonl"
     monkeypatch.setenv("IST_BENCH_FAULTS", json.dumps({"9": "kill-mid-step", "17": "hang", "23": "invalid"}))
@@ -64,6 +65,7 @@ def _workers_of(tmp: Path) -> list:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,twice", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)])
 def test_an_interrupt_stops_workers_at_once_and_leaves_no_process_or_temp_file(tmp_path, signum, twice):
     suite, out, tmp = _suite(tmp_path, n=12), tmp_path / "o.jsonl", tmp_path / "tmp"
@@ -116,6 +118,7 @@ def test_reports_and_baselines_are_written_whole_or_not_at_all(tmp_path, monkeyp
     assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["b.jsonl"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_appending_rows_is_one_line_and_keeps_the_rows_written(tmp_path, monkeypatch, capsys):
     from ist_bench import safeio
     suite, out = _suite(tmp_path, n=3), tmp_path / "o.jsonl"
@@ -133,6 +136,7 @@ def test_a_full_disk_while_appending_rows_is_one_line_and_keeps_the_rows_written
     assert len(read_rows(out)) >= 1
 
 
+@pytest.mark.slow
 def test_sim_allocates_nothing_proportional_to_the_model():
     """LLaMA-13B's steady step on sim (48 GiB on a GPU) moves this process's RSS by well under 1 GiB."""
     code = ("import psutil, sys; from ist_bench.runner.case import Case; from ist_bench.runner.memory import "
@@ -146,6 +150,7 @@ def test_sim_allocates_nothing_proportional_to_the_model():
     assert peak > 40 * 2**30 and grown < 2**30
 
 
+@pytest.mark.slow
 def test_the_cli_works_with_the_network_blocked(tmp_path):
     """HF_HUB_OFFLINE=1 and a socket guard (any connect raises): nothing is ever downloaded."""
     guard = tmp_path / "guard"

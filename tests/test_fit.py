@@ -62,6 +62,7 @@ def test_a_batch_scales_every_per_sequence_tensor(backend):
     assert all(rows[0][k] == rows[1][k] for k in ("weights", "gradients", "optimizer"))
 
 
+@pytest.mark.slow
 def test_fit_finds_exactly_what_a_brute_force_scan_finds():
     base = Case(model="tiny-llama", method=MethodSpec(name="lora"), backend="sim", steps=0).check()
     probe = fit.Fitter(base, fit.Target("x", 10**12, ""), 64)
@@ -78,6 +79,7 @@ def test_fit_finds_exactly_what_a_brute_force_scan_finds():
     assert not a.fits and a.over_by == 1
 
 
+@pytest.mark.slow
 def test_fit_batch_search_matches_a_scan():
     base = Case(model="tiny-gpt2", method=MethodSpec(name="series"), backend="sim", steps=0).check()
     scan = fit.Fitter(base, fit.Target("x", 10**12, ""), 256)

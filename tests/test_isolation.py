@@ -16,6 +16,7 @@ def _job(**fault):
     return {"kind": "memory", "case": case.to_dict(), **fault}
 
 
+@pytest.mark.slow
 def test_raising_killed_and_oom_cases_become_rows_while_the_others_complete():
     """(A hang past the timeout, a kill mid-step and an invalid case: tests/test_faults.py.)"""
     oom = _job()
@@ -29,6 +30,7 @@ def test_raising_killed_and_oom_cases_become_rows_while_the_others_complete():
     assert all(r["case"]["model"] == "tiny-llama" for r in rows)
 
 
+@pytest.mark.slow
 def test_sim_cases_share_a_warm_worker_and_timed_cases_get_fresh_processes():
     rows = list(run_isolated([_job(), _job(), _job()]))
     assert len({r["provenance"]["pid"] for r in rows}) == 1
@@ -38,6 +40,7 @@ def test_sim_cases_share_a_warm_worker_and_timed_cases_get_fresh_processes():
     assert len({r["provenance"]["pid"] for r in timed}) == 2
 
 
+@pytest.mark.slow
 def test_suite_grid_expands_validates_and_keeps_finished_rows(tmp_path):
     suite_file = tmp_path / "s.yaml"
     suite_file.write_text("name: t\nkind: memory\ndefaults: {steps: 1, seq_len: 32}\n"

@@ -108,6 +108,7 @@ def _suite(tmp_path, n=6):
     return f
 
 
+@pytest.mark.slow
 def test_a_run_killed_midway_resumes_without_losing_or_redoing_a_case(tmp_path):
     suite, out = _suite(tmp_path), tmp_path / "o.jsonl"
     cmd = [sys.executable, "-m", "ist_bench.cli", "run", str(suite), "--out", str(out), "--jobs", "1"]
@@ -127,6 +128,7 @@ def test_a_run_killed_midway_resumes_without_losing_or_redoing_a_case(tmp_path):
     assert rows[: len(first)] == first                       # the finished rows are untouched
 
 
+@pytest.mark.slow
 def test_run_never_writes_into_an_old_file_unless_told(tmp_path, capsys, monkeypatch):
     suite, out = _suite(tmp_path, n=1), tmp_path / "o.jsonl"
     out.write_text("")

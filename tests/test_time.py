@@ -60,6 +60,7 @@ def test_time_refuses_models_too_big_for_the_cpu_and_sim(capsys):
     assert "two different policies" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ab_compare_alternates_policies_in_fresh_processes(tmp_path, capsys):
     import json
     out = tmp_path / "ab.jsonl"

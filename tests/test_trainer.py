@@ -48,6 +48,7 @@ def _train(alpaca, tmp_path, callbacks):
     return before, _mean_loss(model, tok, data), model
 
 
+@pytest.mark.slow
 def test_lora_plus_ist_trains_through_a_stock_trainer_about_as_well_as_lora(alpaca, tmp_path):
     """200 steps, batch 8, on our 24 Alpaca samples (tiny Llama, 4 layers; IST trains 1 per step).
     Seen on CPU (torch 2.13, transformers 5.24, peft 0.21.2): mean loss 6.26 -> LoRA 5.27, LoRA+IST 5.54

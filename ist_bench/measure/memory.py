@@ -41,6 +41,11 @@ AT_PEAK = CATEGORIES + ("temporary", "rounding", "workspace")
 TOP_MODULES = 5
 
 
+_RUNNING = {"importance_start": "importance forwards", "importance": "before the forward", "start": "forward",
+            "forward": "backward", "backward": "optimizer step", "optimizer": "after the optimizer step",
+            "end": "between steps"}
+
+
 class MemoryMeter:
     def __init__(self, tracker: MemoryTracker, model: nn.Module, optimizer: torch.optim.Optimizer,
                  method_state: Callable[[], list[torch.Tensor]] = list, allocator: bool = False,
@@ -85,6 +90,7 @@ class MemoryMeter:
 
     def mark(self, phase: str, step: int) -> None:
         t = self.tracker
+        t.where = f"step {step}, {_RUNNING.get(phase, phase)}"   # for an OOM message: what runs from here
         self.marks.append((phase, step, t.clock))
         if phase in ("start", "importance_start"):
             self._stack.clear()

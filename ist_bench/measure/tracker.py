@@ -81,6 +81,7 @@ class MemoryTracker(TorchDispatchMode):
         self.log: dict[int, Storage] = {}                      # serial -> its bytes, tag and lifetime
         self.clock = 0
         self.tag: str | None = None
+        self.where: str | None = None   # what the run is doing (the meter sets "step 3, backward"), for OOM messages
         self.live = self.peak = 0
         self.live_blocks = self.peak_blocks = 0
         self.peak_moment = 0   # the clock when `peak_blocks` was reached
@@ -137,8 +138,15 @@ class MemoryTracker(TorchDispatchMode):
         if blocks > self.peak_blocks:
             self.peak_blocks, self.peak_moment, self.peak_scratch = blocks, self.clock, scratch
         if self.capacity is not None and blocks + self.outside > self.capacity:
-            raise SimulatedOOM(f"simulated out of memory: {blocks + self.outside} bytes needed "
-                               f"({self.outside} of them workspace) > capacity {self.capacity}")
+            from ist_bench.units import human
+            raise SimulatedOOM(f"simulated out of memory{self._at()}: {human(blocks + self.outside)} "
+                               f"needed ({human(self.outside)} of it cuBLAS workspace) > capacity "
+                               f"{human(self.capacity)} ({blocks + self.outside:,} > {self.capacity:,} bytes)")
+
+    def _at(self) -> str:
+        """' at step 3, backward, in model.layers.2.mlp': where the run was (what the meter and tags say)."""
+        parts = [p for p in (self.where, self.tag and f"in {self.tag}") if p]
+        return f" at {', '.join(parts)}" if parts else ""
 
     def _freed(self, key: int):
         self_ref = self._self_ref
@@ -169,7 +177,10 @@ class MemoryTracker(TorchDispatchMode):
         if hit is not None:
             out = _rebuild(hit)
         else:
-            out = func(*args, **kwargs)
+            try:
+                out = func(*args, **kwargs)
+            except torch.OutOfMemoryError as e:   # a real OOM (cuda): say where, in the message's first line
+                raise type(e)(f"out of memory{self._at()}: {e}") from None
             if key is not None:
                 template = _template(out)
                 if template is not None:

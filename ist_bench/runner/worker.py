@@ -20,11 +20,12 @@ import signal
 import sys
 import threading
 import time
-import warnings
+
+from ist_bench import filter_third_party_warnings
 
 
 def main() -> int:
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    filter_third_party_warnings()
     import peft  # noqa: F401  (preload while waiting)
     import torch  # noqa: F401
     import transformers  # noqa: F401
