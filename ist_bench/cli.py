@@ -811,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"ist-bench: error: {_one_line(e.strerror or e)}{where}", file=sys.stderr)
+        print(f"ist-bench: error: {_one_line(f'{e.strerror or e}{where}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ist-bench: interrupted", file=sys.stderr)

@@ -31,12 +31,8 @@ MAX_LAYERS = 1024            # transformer blocks (the largest published models 
 MAX_HIDDEN = 1 << 18         # hidden size, intermediate size, head count
 MAX_VOCAB = 1 << 24
 MAX_POSITIONS = 1 << 22
-MAX_SEQ_LEN = 1 << 22
 MAX_TOKENS = 1 << 24         # batch x seq_len per step
 MAX_STEPS = 100_000
-
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-Count = Annotated[int, Field(ge=0, le=MAX_INT)]
 
 
 # -- the error line ------------------------------------------------------------------------------
@@ -70,9 +66,9 @@ def _allowed(err: dict, field) -> str:
         return field.description
     kind = err["type"]
     if field is not None and (kind.endswith("_type") or kind.endswith("_parsing") or kind == "int_from_float"):
-        words = [_TYPE_WORDS.get(typing.get_origin(a) or a) for a in typing.get_args(field.annotation) or
-                 [field.annotation]] if typing.get_origin(field.annotation) in (typing.Union, types.UnionType) \
-            else [_TYPE_WORDS.get(typing.get_origin(field.annotation) or field.annotation)]
+        union = typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+        kinds = typing.get_args(field.annotation) if union else (field.annotation,)
+        words = [_TYPE_WORDS.get(typing.get_origin(a) or a) for a in kinds]
         if all(words):
             return " or ".join(words)
     msg = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
@@ -151,7 +147,7 @@ Kind = Literal["memory", "time"]
 
 class SuiteSpec(BaseModel):
     """The top level of a suite YAML (runner/suite.py); `defaults`, `grid`, `cases`, `exclude` hold
-    case fields, checked by CaseSchema case by case."""
+    case fields, checked case by case by the case schema (CASE_LIMITS below)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -192,7 +188,7 @@ def suite_size(spec: SuiteSpec) -> int:
 # The ranges of Case's fields (runner/case.py); type errors come from Case's own annotations.
 CASE_LIMITS: dict[str, Any] = {
     "steps": Field(ge=0, le=MAX_STEPS),     # 0: the steady-state step alone
-    "seq_len": Field(ge=2, le=MAX_SEQ_LEN),
+    "seq_len": Field(ge=2),               # at most the model's positions (Case.check), and MAX_TOKENS
     "batch": Field(ge=1, le=MAX_TOKENS // 2),
     "seed": Field(ge=0, lt=2**32),
     "lr": Field(gt=0, allow_inf_nan=False, description="a finite number > 0"),

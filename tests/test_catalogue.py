@@ -123,7 +123,7 @@ CATALOGUE = [
     (["memory", "--backend", "sim", "--data", "{alpaca2.json}", "--tokenizer", "{empty_tokenizer.json}"],
      "yields no tokens"),
     (["memory", "--backend", "sim", "--batch", "1000000000"], "batch must be <= 8388608, got 1000000000"),
-    (["memory", "--backend", "sim", "--batch", "8192", "--seq-len", "4096"], "batch x seq_len must be <= 16,777,216"),
+    (["memory", "--backend", "sim", "--batch", "8193", "--seq-len", "2048"], "batch x seq_len must be <= 16,777,216"),
     (["memory", "--backend", "sim", "--select", "ist", "--select-opt", "mu=nan"], "--select ist: mu must be a finite"),
     (["memory", "--backend", "sim", "--select", "rst", "--select-opt", "layers=inf"], "--select rst: layers must be"),
     (["memory", "--backend", "sim", "--dropout", "nan"], "--dropout must be in [0, 1), got nan"),

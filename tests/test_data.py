@@ -84,3 +84,23 @@ def test_the_footer_says_sample_mode_lengths_not_the_cap(tokenizer_file):
                               tokenizer=str(tokenizer_file), data_mode="sample").check())
     line = settings_line(row)
     assert "one Alpaca sample per step (max 1024, mean" in line and "x 1024 tokens" not in line
+
+
+def test_sim_token_batches_are_shapes_on_meta_not_host_memory():
+    """sim's steps never hold host memory in proportion to the simulated batch: its synthetic token ids
+    are meta tensors (a batch of 4096 x 4096 would be 128 MiB of int64 ids on the host)."""
+    import tracemalloc
+
+    from ist_bench.data import TokenBatches
+    from ist_bench.runner.case import Case, build
+
+    batches = TokenBatches(4096, 32000, batch=4096, meta=True)
+    tracemalloc.start()
+    ids, held = batches.ids(3), batches.heldout(16)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert ids.is_meta and tuple(ids.shape) == (4096, 4096) and held.is_meta and tuple(held.shape) == (16, 4096)
+    assert peak < 1 << 20
+    case = Case(model="tiny-llama", backend="sim", seq_len=64, batch=8, steps=0).check()
+    assert build(case).batches.ids(0).is_meta
+    assert not TokenBatches(64, 100, batch=2).ids(0).is_meta          # cpu and cuda: real ids, as before

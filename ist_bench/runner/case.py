@@ -83,7 +83,6 @@ class Case:
         """Every field's type and range against the case schema (ist_bench/schema.py)."""
         schema.check_dataclass(self, limits=schema.CASE_LIMITS, exclude=("method",))
         schema.check_dataclass(self.method, limits=schema.METHOD_LIMITS)
-        schema.check_tokens(self.seq_len, self.batch)
         return self
 
     def to_dict(self) -> dict:
@@ -111,6 +110,7 @@ class Case:
         if limit is None and self.seq_len > zoo.UNBOUNDED_MAX_LEN:
             raise UsageError(f"--seq-len {self.seq_len}: {self.model} has no position limit (ALiBi); ist-bench takes "
                              f"at most {zoo.UNBOUNDED_MAX_LEN} tokens for such models")
+        schema.check_tokens(self.seq_len, self.batch)   # after the position limit: the more telling line
         if self.method.name != "full":
             zoo.family(config)  # adapters need to know where the projections are
         elif self.select != "none":
