@@ -105,6 +105,12 @@ class IST(SelectionPolicy):
     def record(self) -> dict:
         return {"importance": self.importance.round(6).tolist()}
 
+    def state_dict(self) -> dict:
+        return {"importance": self.importance.tolist(), "rounds": len(self.rounds)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.importance = np.array(state["importance"], dtype=float)
+
 
 class ISTCode(IST):
     name = "ist-code"
