@@ -297,8 +297,9 @@ class SelectionPolicy(TrainerCallback):
 
 def heldout_batch(dataloader, n: int, seed: int) -> dict:
     """`n` samples of the training set, drawn once with a fixed seed and collated as training
-    batches are (the public IST code draws 16 from the train set the same way). Trainer's
-    events never carry the current batch, so the callback takes its own."""
+    batches are, kept for the whole run. (The public IST code differs: it draws a fresh batch of
+    16 from the train set every round.) Trainer's events never carry the current batch, so the
+    callback takes its own."""
     if dataloader is None:
         raise UsageError("IST needs a held-out batch: pass eval_batch=... to bind(), or train with a Trainer")
     dataset = dataloader.dataset
