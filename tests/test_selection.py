@@ -470,3 +470,22 @@ def test_candidate_draws_use_their_own_stream_not_the_selections():
     assert [policy.select(s) for s in range(20)] == before
     g = np.random.default_rng([3, 10, 1])                              # (seed, step, stream 1)
     assert policy.rounds[-1]["candidates"][0] == sorted(g.choice(8, size=4, replace=False).tolist())
+
+
+def test_frozen_layers_never_move_with_zeroed_grads_and_weight_decay():
+    """zero_grad(set_to_none=False) keeps zero tensors; AdamW would decay any parameter with a grad.
+    The gate must leave a deselected layer without one."""
+    model = tiny("lora")
+    randomize_adapters(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.5)
+    policy = RST(layers=0.25, seed=1).bind(model, opt)
+    for step in range(6):
+        policy.begin_step(step)
+        chosen = policy.gate.active
+        before = [[p.detach().clone() for p in b] for b in policy.gate.blocks]
+        model(**batch(seed=step)).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+        for i, block in enumerate(policy.gate.blocks):
+            if i not in chosen:
+                assert all(torch.equal(p, q) for p, q in zip(block, before[i], strict=True)), (step, i)
