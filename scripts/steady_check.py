@@ -1,33 +1,53 @@
-"""Issue 16's check: per case, the steady step's allocated peak against every other step of the run.
+"""Is every steady figure a bound? For each memory row of a JSONL (e.g. suites/steady-check.yaml's),
+the steady step's allocated peak against the largest of every other step (importance rounds too).
 
-    python3 scripts/steady_check.py results/gpu/steady-check-h200.jsonl
-"""
+    python scripts/steady_check.py results/steady-check-cuda.jsonl
 
+Prints one line per case and exits 1 if any steady figure is below a step's."""
+
+from __future__ import annotations
+
+import json
 import sys
 
-from ist_bench.results import case_label, read_rows
-
-GiB = 1 << 30
+FIGURES = ("allocated_peak", "allocated_peak_est", "peak")
 
 
-def main(path: str) -> int:
-    bad = 0
-    for row in read_rows(path):
-        if row["status"] != "ok":
-            print(f"{row['case']['model']} {case_label(row['case'])} {row['backend']}: {row['status']}")
+def check(rows: list[dict]) -> list[dict]:
+    """Per ok memory row: the figure checked, steady, the worst other step (its number and draw), margin."""
+    out = []
+    for row in rows:
+        if row.get("kind") != "memory" or row.get("status") != "ok":
             continue
-        key = "allocated_peak" if row["backend"] == "cuda" else "allocated_peak_est"
         steps = row["memory"]["steps"]
-        steady = [s[key] for s in steps if s.get("phase") == "steady"]
-        others = [(s[key], s["step"], s.get("phase")) for s in steps if s.get("phase") not in ("steady", "candidate")]
-        worst = max(others)
-        ok = steady and steady[0] >= worst[0]
-        bad += not ok
-        print(f"{row['case']['model']} {case_label(row['case']):22s} {row['backend']:4s} steady {steady[0] / GiB:7.3f} GiB"
-              f"  worst of {len(others)} steps {worst[0] / GiB:7.3f} GiB (step {worst[1]}, {worst[2]})"
-              f"  {'ok' if ok else 'UNDER'}")
-    return 1 if bad else 0
+        steady = next(s for s in steps if s["phase"] == "steady")
+        k = next(f for f in FIGURES if f in steady)
+        others = [(s.get(f"importance_{k}", 0), s) for s in steps] + [(s[k], s) for s in steps if s is not steady]
+        worst, at = max(others, key=lambda x: x[0])
+        case = row["case"]
+        out.append({"case": f"{case['model']} {case['method']['name']}+{case['select']} {row['backend']}",
+                    "figure": k, "steady": steady[k], "worst_step": worst, "at_step": at["step"],
+                    "phase": at["phase"], "margin": steady[k] - worst, "ok": steady[k] >= worst})
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python scripts/steady_check.py RESULTS.jsonl", file=sys.stderr)
+        return 2
+    with open(argv[0]) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    results = check(rows)
+    mib = 2**20
+    for r in results:
+        print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['case']:<34} {r['figure']}: steady {r['steady'] / mib:,.0f} MiB, "
+              f"worst step {r['worst_step'] / mib:,.0f} MiB (step {r['at_step']}, {r['phase']}), "
+              f"margin {r['margin'] / mib:+,.1f} MiB")
+    if not results:
+        print("no ok memory rows", file=sys.stderr)
+        return 2
+    return 0 if all(r["ok"] for r in results) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

@@ -396,3 +396,96 @@ def test_adalora_rank_allocation_survives_frozen_layers():
         opt.zero_grad(set_to_none=True)
     with torch.no_grad():
         assert math.isfinite(float(model(**batch()).loss))
+
+
+def test_a_non_finite_held_out_loss_is_skipped_with_a_warning_in_the_rounds_record():
+    policy = unbound(IST(mu=10.0, n_candidates=3, seed=4), 8)
+    losses = iter([1.0, float("nan"), 2.0])
+    policy.heldout_loss = lambda scaled, factor: next(losses)
+    with pytest.warns(UserWarning, match="1 of 3 held-out losses not finite"):
+        policy.update_importance(10)
+    r = policy.rounds[-1]
+    assert r["skipped"] == [1] and r["losses"][1] is None and "labels all -100" in r["warning"]
+    sets = r["candidates"]
+    e = np.exp(-np.array([1.0, 2.0]))
+    expected = np.zeros(8)
+    for s, rew in zip([sets[0], sets[2]], e - e.mean(), strict=True):
+        expected[s] += 10.0 * rew
+    np.testing.assert_allclose(policy.importance, expected, atol=1e-12)
+    assert np.isfinite(policy.select(11)).all()                       # the next draw still works
+
+
+def test_a_held_out_batch_with_every_label_masked_gives_a_skipped_round_not_a_crash():
+    model = tiny("lora")
+    held = batch()
+    held["labels"] = torch.full_like(held["labels"], -100)
+    policy = IST(seed=0).bind(model, None, eval_batch=held)
+    with pytest.warns(UserWarning, match="3 of 3 held-out losses not finite"):
+        policy.update_importance(10)
+    assert not np.abs(policy.importance).any() and len(policy.select(11)) == 1
+
+
+def _chi2(counts, expected):
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_rst_and_lisa_draw_each_layer_uniformly_chi_square():
+    for policy, draws in ((unbound(RST(layers=0.25, seed=11), 8), range(4000)),
+                          (unbound(LISA(gamma=2, interval=1, seed=11), 8), range(4000))):
+        counts = np.bincount(np.concatenate([policy.select(s) for s in draws]), minlength=8)
+        assert _chi2(counts, 4000 * 2 / 8) < CHI2_7DF_P001, type(policy).__name__
+
+
+def test_ist_code_draws_update_sets_weighted_by_sigmoid_of_minus_score_chi_square():
+    """Sequential weighted draws without replacement: for N_u = 1 each layer's frequency is exactly
+    sigmoid(-s_i) / sum; computed here, not by the code."""
+    policy = unbound(ISTCode(layers=0.125, seed=5), 8)      # N_u = 1 of 8
+    policy.importance[:] = np.linspace(-2, 2, 8)
+    w = 1 / (1 + np.exp(policy.importance))
+    counts = np.bincount(np.concatenate([policy.select(s) for s in range(8000)]), minlength=8)
+    assert _chi2(counts, 8000 * w / w.sum()) < CHI2_7DF_P001
+    uniform = np.full(8, 1000.0)
+    assert _chi2(counts, uniform) > 10 * CHI2_7DF_P001                 # not uniform
+
+
+def test_ist_paper_form_draw_frequencies_match_uniform_p_over_sigmoid_chi_square():
+    """p_i ~ U(0, sigmoid(I_i)), N_u = 1: P(layer i max) computed here by numeric integration."""
+    policy = unbound(IST(layers=0.125, seed=6), 8)
+    policy.importance[:] = np.linspace(-1.5, 1.5, 8)
+    c = 1 / (1 + np.exp(-policy.importance))
+    x = np.linspace(0, 1, 200001)
+    cdf = np.clip(x[:, None] / c[None, :], 0, 1)
+    prob = np.array([np.trapezoid((x <= c[i]) / c[i] * np.prod(np.delete(cdf, i, axis=1), axis=1), x)
+                     for i in range(8)])
+    counts = np.bincount(np.concatenate([policy.select(s) for s in range(8000)]), minlength=8)
+    assert abs(prob.sum() - 1) < 1e-3
+    assert _chi2(counts, 8000 * prob) < CHI2_7DF_P001
+
+
+def test_candidate_draws_use_their_own_stream_not_the_selections():
+    policy = unbound(IST(seed=3), 8)
+    before = [policy.select(s) for s in range(20)]
+    policy.heldout_loss = lambda scaled, factor: 1.0                   # rewards 0: importance unchanged
+    policy.update_importance(10)
+    assert [policy.select(s) for s in range(20)] == before
+    g = np.random.default_rng([3, 10, 1])                              # (seed, step, stream 1)
+    assert policy.rounds[-1]["candidates"][0] == sorted(g.choice(8, size=4, replace=False).tolist())
+
+
+def test_frozen_layers_never_move_with_zeroed_grads_and_weight_decay():
+    """zero_grad(set_to_none=False) keeps zero tensors; AdamW would decay any parameter with a grad.
+    The gate must leave a deselected layer without one."""
+    model = tiny("lora")
+    randomize_adapters(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.5)
+    policy = RST(layers=0.25, seed=1).bind(model, opt)
+    for step in range(6):
+        policy.begin_step(step)
+        chosen = policy.gate.active
+        before = [[p.detach().clone() for p in b] for b in policy.gate.blocks]
+        model(**batch(seed=step)).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+        for i, block in enumerate(policy.gate.blocks):
+            if i not in chosen:
+                assert all(torch.equal(p, q) for p, q in zip(block, before[i], strict=True)), (step, i)

@@ -163,3 +163,33 @@ def test_typical_is_the_steady_step_where_no_draw_changes_the_lowest_trained_lay
     assert all(v["typical"] == v["steady"] for k, v in summary.items()
                if isinstance(v, dict) and "typical" in v and k != "reserved_peak")
     assert not any(s.get("phase") == "anchor" for s in row["memory"]["steps"])   # no extra step
+
+
+def test_the_gpu_steady_check_runs_end_to_end_on_sim(tmp_path):
+    """suites/steady-check.yaml's cases on tiny Llama (sim, 12 steps, ILA's warm-up 4) through
+    `ist-bench run`, then scripts/steady_check.py: every case ok, and a lowered steady figure fails."""
+    import importlib.util
+    import json
+
+    import yaml
+
+    from ist_bench.cli import main
+    root = Path(__file__).parent.parent
+    spec = yaml.safe_load((root / "suites" / "steady-check.yaml").read_text())
+    spec["defaults"].update(model="tiny-llama", steps=12, seq_len=128, backend="sim")
+    spec["cases"][0]["select"] = {"name": "ila", "warmup": 4}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "r.jsonl"
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(out)]) == 0
+    loader = importlib.util.spec_from_file_location("steady_check", root / "scripts" / "steady_check.py")
+    checker = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(checker)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    results = checker.check(rows)
+    assert len(results) == 3 and all(r["ok"] for r in results), results
+    assert all(len(r["memory"]["steps"]) >= 13 for r in rows)
+    assert checker.main([str(out)]) == 0
+    for r in rows:   # a steady figure below a step's is caught
+        next(s for s in r["memory"]["steps"] if s["phase"] == "steady")["allocated_peak_est"] = 0
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert checker.main([str(out)]) == 1

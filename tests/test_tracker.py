@@ -221,7 +221,7 @@ def test_the_worst_draw_bounds_every_drawn_step():
     row = memory_row("tiny-llama", "full", backend="sim", select="rst", steps=16, seq_len=64,
                      select_opts={"layers": 0.5})
     *drawn, steady = row["memory"]["steps"]
-    assert steady["active_layers"] == [0, 3]
+    assert steady["active_layers"] == [2, 3]   # full FT trains the embeddings: the top layers are the worst draw
     for key in ("activations", "gradients", "optimizer", "peak", "allocated_peak_est"):
         assert steady[key] >= max(s[key] for s in drawn), key
     # with `reset` only the active layers hold state at the steady step

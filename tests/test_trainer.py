@@ -1,11 +1,12 @@
 """IST and its peers on a stock Hugging Face Trainer: one added line, a real (tiny) training run."""
 
+import numpy as np
 import pytest
 import torch
 
 from ist_bench import zoo
 from ist_bench.data import SAMPLE_FILE, load_samples, load_tokenizer, render
-from ist_bench.selection import IST, LISA
+from ist_bench.selection import ILA, IST, LIFT, LISA, RST
 
 STEPS = 200
 
@@ -84,3 +85,47 @@ def test_every_policy_is_a_trainer_callback(alpaca, tmp_path):
     # reset: only the layer trained last holds AdamW moments
     held = {i for i, block in enumerate(lisa.gate.blocks) if any(p in trainer.optimizer.state for p in block)}
     assert held == set(periods[-1])
+
+
+def _run(alpaca, out, policy, max_steps, resume=None, stop_at=None, save_steps=6):
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+    tok, data = alpaca
+
+    class Stop(TrainerCallback):         # the run is killed right after its checkpoint
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == stop_at:
+                control.should_training_stop = True
+    args = TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
+                             learning_rate=1e-2, report_to=[], save_strategy="steps", save_steps=save_steps,
+                             use_cpu=True, seed=0, disable_tqdm=True, logging_steps=1000)
+    trainer = Trainer(model=_lora_model(), args=args, train_dataset=data, callbacks=[policy, Stop()],
+                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    trainer.train(resume_from_checkpoint=resume)
+    return [h["active"] for h in policy.history]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: IST(seed=0, interval=2, layers=0.5, mu=1e6), lambda: ILA(warmup=8, freeze=0.5),
+    pytest.param(lambda: LIFT(order="random", interval=1, seed=3), marks=pytest.mark.slow),
+    pytest.param(lambda: LISA(gamma=2, interval=3, seed=1), marks=pytest.mark.slow),
+    pytest.param(lambda: RST(layers=0.5, seed=2), marks=pytest.mark.slow)], ids=["ist", "ila", "lift", "lisa", "rst"])
+def test_a_run_killed_after_a_checkpoint_and_resumed_selects_what_an_uninterrupted_run_does(alpaca, tmp_path, make):
+    """12 steps, checkpoint at 6: IST's rounds at 2, 4, 6, ... (mu large, so that what it learned
+    decides its draws) and ILA's warm-up of 8 steps straddle it."""
+    full = make()
+    whole = _run(alpaca, tmp_path / "whole", full, 12)
+    head = _run(alpaca, tmp_path / "cut", make(), 12, stop_at=6)
+    assert head == whole[:6]
+    assert (tmp_path / "cut" / "checkpoint-6").is_dir()
+    resumed = make()
+    tail = _run(alpaca, tmp_path / "cut", resumed, 12, resume=str(tmp_path / "cut" / "checkpoint-6"))
+    assert tail == whole[6:]
+    if isinstance(resumed, (IST, ILA)):     # what it learned came back, not a fresh start
+        np.testing.assert_allclose(resumed.importance, full.importance, rtol=1e-4)
+
+
+def test_resuming_without_the_policys_state_warns(alpaca, tmp_path):
+    _run(alpaca, tmp_path, IST(seed=0, interval=2), 12, stop_at=6)
+    (tmp_path / "checkpoint-6" / "selection-ist.json").unlink()
+    with pytest.warns(UserWarning, match="without .*selection-ist.json: the policy starts from scratch"):
+        _run(alpaca, tmp_path, IST(seed=0, interval=2), 12, resume=str(tmp_path / "checkpoint-6"))

@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ist_bench.errors import UsageError, choice_error
 from ist_bench.zoo import locate_layers
@@ -252,6 +256,18 @@ class SelectionPolicy(TrainerCallback):
         finally:
             model.train(was_training)
 
+    # -- state across a checkpoint ----------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What the policy learned (JSON-able); draws need nothing else: each is a function of
+        (seed, step, stream). The per-step `history` is a record, not state, and is not saved."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def state_file(self, folder: str | Path) -> Path:
+        return Path(folder) / f"selection-{self.name}.json"
+
     # -- Hugging Face Trainer events ---------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         if self.gate is None or self.model is not model:
@@ -259,6 +275,18 @@ class SelectionPolicy(TrainerCallback):
             if self.needs_eval_batch and batch is None:
                 batch = heldout_batch(train_dataloader, getattr(self.settings, "eval_batch", 16), self.seed)
             self.bind(model, optimizer, eval_batch=_to_device(batch, model))
+        if state.global_step > 0:   # resumed: the checkpoint Trainer restored is output_dir/checkpoint-<step>
+            file = self.state_file(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            if file.exists():
+                self.load_state_dict(json.loads(file.read_text()))
+            else:
+                warnings.warn(f"--select {self.name}: resuming at step {state.global_step} without {file}: "
+                              f"the policy starts from scratch", stacklevel=2)
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir() and state.is_world_process_zero:
+            self.state_file(folder).write_text(json.dumps(self.state_dict()))
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.begin_step(state.global_step)
@@ -269,8 +297,9 @@ class SelectionPolicy(TrainerCallback):
 
 def heldout_batch(dataloader, n: int, seed: int) -> dict:
     """`n` samples of the training set, drawn once with a fixed seed and collated as training
-    batches are (the public IST code draws 16 from the train set the same way). Trainer's
-    events never carry the current batch, so the callback takes its own."""
+    batches are, kept for the whole run. (The public IST code differs: it draws a fresh batch of
+    16 from the train set every round.) Trainer's events never carry the current batch, so the
+    callback takes its own."""
     if dataloader is None:
         raise UsageError("IST needs a held-out batch: pass eval_batch=... to bind(), or train with a Trainer")
     dataset = dataloader.dataset

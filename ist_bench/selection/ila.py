@@ -75,5 +75,11 @@ class ILA(SelectionPolicy):
             return  # sim: gradients have no values
         self.importance += np.abs([float(s) for s in sums])
 
+    def state_dict(self) -> dict:
+        return {"importance": self.importance.tolist(), "kept": self.kept}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.importance, self.kept = np.array(state["importance"], dtype=float), state["kept"]
+
     def record(self) -> dict:
         return {"importance": self.importance.round(6).tolist()}

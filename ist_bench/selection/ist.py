@@ -23,6 +23,7 @@ uniform); memory does not depend on which layers the importance favours beyond t
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,8 @@ class ISTSettings:
     mu: float = 10.0          # importance step size (the paper uses 10, and 100 for arithmetic)
     eval_batch: int = 1       # held-out sequences per forward; the paper's Table 13 timing (importance
                               # adds ~41 ms/iter = 30 forwards per 100 iterations, each as long as a
-                              # training forward) implies one; the public code draws 16
+                              # training forward) implies one; the public code draws a fresh 16 every
+                              # round, ours is one fixed draw for the whole run
 
     def check(self, policy: str) -> None:
         fraction(policy, "layers", self.layers)
@@ -86,9 +88,19 @@ class IST(SelectionPolicy):
         g = rng(self.seed, step, 1)
         sets = [self.draw_candidates(g) for _ in range(self.settings.n_candidates)]
         losses = np.array([self.candidate_loss(c) for c in sets])
-        rewards = np.exp(-losses) - np.exp(-losses).mean()
+        ok = np.isfinite(losses)   # e.g. a held-out batch whose labels are all -100: NaN loss
+        rewards = np.zeros(len(sets))
+        if ok.sum() >= 2:          # one candidate's reward is always 0
+            rewards[ok] = np.exp(-losses[ok]) - np.exp(-losses[ok]).mean()
         self.apply_rewards(sets, rewards)
-        self.rounds.append({"step": step, "candidates": sets, "losses": losses.tolist(), "rewards": rewards.tolist()})
+        record = {"step": step, "candidates": sets, "losses": [float(x) if f else None for x, f in zip(losses, ok, strict=True)],
+                  "rewards": rewards.tolist()}
+        if not ok.all():
+            record["skipped"] = np.flatnonzero(~ok).tolist()
+            record["warning"] = (f"step {step}: {int((~ok).sum())} of {len(sets)} held-out losses not finite "
+                                 f"(labels all -100?); those candidates skipped")
+            warnings.warn(f"--select {self.name}: {record['warning']}", stacklevel=2)
+        self.rounds.append(record)
 
     # The three places where the paper's form and the public code's differ:
     def draw_candidates(self, g: np.random.Generator) -> list[int]:
@@ -104,6 +116,12 @@ class IST(SelectionPolicy):
 
     def record(self) -> dict:
         return {"importance": self.importance.round(6).tolist()}
+
+    def state_dict(self) -> dict:
+        return {"importance": self.importance.tolist(), "rounds": len(self.rounds)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.importance = np.array(state["importance"], dtype=float)
 
 
 class ISTCode(IST):
