@@ -388,6 +388,8 @@ def load_yaml(path: str | Path, what: str = "suite", *, keys: tuple[str, ...] | 
         raise UsageError(f"malformed {what} {path}: {e.problem or e.context or 'not YAML'}{where}") from None
     except yaml.YAMLError:
         raise UsageError(f"malformed {what} {path}: not YAML") from None
+    except (ValueError, OverflowError) as e:   # e.g. an integer of thousands of digits
+        raise UsageError(f"malformed {what} {path}: a value cannot be read ({str(e).split(':')[0][:80]})") from None
     finally:
         loader.dispose()
 

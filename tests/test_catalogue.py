@@ -98,8 +98,8 @@ CATALOGUE = [
     (["fit", "--gpu", "rtx4090", "--granularity", "0"], "--granularity must be >= 1, got 0"),
     (["memroy"], "argument COMMAND: invalid choice: 'memroy' (choose from 'memory'"),
     # issue 17: hostile input files and values, each a schema error naming the field
-    (["run", "{utf16.yaml}"], "malformed suite"),
-    (["run", "{latin1.yaml}"], "codec can't decode"),
+    (["run", "{utf16.yaml}"], "is UTF-16/32 text; save it as UTF-8"),
+    (["run", "{latin1.yaml}"], "is not UTF-8 (invalid byte at offset 9)"),
     (["run", "{notype.yaml}"], "'warmup' must be an integer >= 0"),
     (["run", "{nankind.yaml}"], "'kind' must be memory, time (or a list of both), got ['memory', 'train']"),
     (["run", "{bigint.yaml}"], "malformed suite"),
