@@ -359,7 +359,10 @@ def load_yaml(path: str | Path, what: str = "suite", *, keys: tuple[str, ...] | 
     `run /etc/shadow`) is refused here by its line number, so no later message can quote it (`keys=()`:
     only that check)."""
     text = decode_text(read_bounded(path, f"{what} file", max_bytes), path, f"{what} file")
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)   # the reader refuses control characters here, before any parse
+    except yaml.YAMLError as e:
+        raise UsageError(f"malformed {what} {path}: {getattr(e, 'reason', None) or 'not YAML'}") from None
     loader.max_depth = max_depth
     try:
         node = loader.get_single_node()
@@ -388,6 +391,8 @@ def load_yaml(path: str | Path, what: str = "suite", *, keys: tuple[str, ...] | 
         raise UsageError(f"malformed {what} {path}: {e.problem or e.context or 'not YAML'}{where}") from None
     except yaml.YAMLError:
         raise UsageError(f"malformed {what} {path}: not YAML") from None
+    except UsageError:
+        raise
     except (ValueError, OverflowError) as e:   # e.g. an integer of thousands of digits
         raise UsageError(f"malformed {what} {path}: a value cannot be read ({str(e).split(':')[0][:80]})") from None
     finally:

@@ -95,7 +95,7 @@ def test_an_interrupt_stops_workers_at_once_and_leaves_no_process_or_temp_file(t
 
 def test_a_truncated_last_line_is_reported_and_skipped_a_broken_middle_line_is_an_error(tmp_path, capsys):
     good = json.dumps({"schema": 1, "kind": "memory", "case": {"model": "m", "method": {"name": "lora"}},
-                       "status": "ok"})
+                       "status": "ok", "memory": {"summary": {"run_peak": 1}, "steps": []}})
     f = tmp_path / "r.jsonl"
     f.write_text(good + "\n" + good[:40])                             # a write cut short by a crash
     assert len(read_rows(f)) == 1

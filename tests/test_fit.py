@@ -42,12 +42,15 @@ def test_checkpointing_keeps_only_each_blocks_input(depth, backend):
     assert (_act(depth[4], backend) - _act(depth[2], backend)) / 2 == EAGER_LAYER
 
 
-def test_sdpa_saves_what_flash_attention_saves(depth):
-    """On sim, SDPA runs CUDA's FlashAttention op: instead of the fp32 softmax (4HT^2) and its bf16 copy
-    (2HT^2) a block saves a fp32 log-sum-exp per head and query (4HT) and the kernel's RNG seed and offset
-    (24 bytes); its output (laid out T x H x d) is the tensor o_proj saves, as eager's contiguous copy was."""
+def test_sdpa_saves_what_cudnn_attention_saves(depth):
+    """On sim, SDPA runs the op CUDA runs on the H200, cuDNN attention (docs/sim.md): instead of the fp32
+    softmax (4HT^2) and its bf16 copy (2HT^2) a block saves a fp32 log-sum-exp per head and query (4HT)
+    and two int64 RNG scalars (16 bytes); its output (laid out T x H x d) is the tensor o_proj saves, as
+    eager's contiguous copy was; and k, v keep their KV = 2 heads (grouped-query attention: eager saved
+    them expanded to the H = 4 query heads), d = h / H."""
+    kv, d = 2, h // H
     per_layer = (_act(depth[4], attn="sdpa") - _act(depth[2], attn="sdpa")) / 2
-    assert per_layer == EAGER_LAYER - 6 * H * T * T + 4 * H * T + 24
+    assert per_layer == EAGER_LAYER - 6 * H * T * T + 4 * H * T + 16 - 2 * T * (H - kv) * d * 2
 
 
 @pytest.mark.parametrize("backend", ["sim", "cpu"])

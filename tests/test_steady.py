@@ -141,10 +141,17 @@ def test_typical_is_the_mean_over_every_draw_of_the_policy(select, opts, steps, 
                  probe=True)
     summary = row["memory"]["summary"]
     probes = [p for p in row["memory"]["probes"] if p["active_layers"] is not None]   # not ILA's warm-up
-    for k in ("peak", "peak_blocks", "allocated_peak_est", "activations", "gradients", "optimizer"):
+    for k in ("peak", "activations", "gradients", "optimizer"):
         mean = sum(p[k] for p in probes) / len(probes)
         assert summary[k]["typical"] == pytest.approx(mean, abs=1), k
     assert summary["peak"]["typical"] < summary["peak"]["steady"]
+    # allocator figures: the typical tensor peak plus the steady step's overhead beyond its tensors, within
+    # that overhead of the mean (a kernel's scratch sets some draws' peaks, not all: measure/memory.py)
+    for k in ("peak_blocks", "allocated_peak_est"):
+        overhead = summary[k]["steady"] - summary["peak"]["steady"]
+        mean = sum(p[k] for p in probes) / len(probes)
+        assert summary[k]["typical"] == summary["peak"]["typical"] + overhead, k
+        assert abs(summary[k]["typical"] - mean) <= overhead, k
 
 
 def test_typical_of_a_wide_toy_model_is_within_a_layers_temporaries_of_the_mean():

@@ -289,7 +289,8 @@ def test_memoized_meta_ops_give_the_same_bytes_as_the_meta_kernels(monkeypatch, 
     from ist_bench.measure import backends, sim
     from ist_bench.measure.tracker import MemoryTracker
     memo = memory_row(model, method, backend="sim", select=select, steps=3)
-    monkeypatch.setattr(backends, "tracker", lambda backend, capacity=None: MemoryTracker(
-        "meta", block=sim.cuda_block_bytes, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES, memo=False))
+    monkeypatch.setattr(backends, "tracker", lambda backend, capacity=None, history=False: MemoryTracker(
+        "meta", block=sim.cuda_block_bytes, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES, memo=False,
+        scratch=sim.cuda_scratch, history=history))
     plain = memory_row(model, method, backend="sim", select=select, steps=3)
     assert memo["memory"]["steps"] == plain["memory"]["steps"]

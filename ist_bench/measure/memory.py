@@ -161,7 +161,10 @@ class MemoryMeter:
                 acts.append(e)
         out["temporary"] += t.peak_scratch   # kernels' own scratch at that moment (sim's model of it)
         out["workspace"] = t.outside if self.estimate else 0
-        self._row["at_peak_activations_by_layer"] = {"bytes": _by_layer(acts, "nbytes"), "blocks": _by_layer(acts, "blocks")}
+        # per layer at the tensor peak (bytes: what typical's tensor peak follows) and at the block peak
+        at_tensor_peak = [e for s, e in t.alive_at(t.tensor_peak_moment).items() if s in self._serials.get("activations", ())]
+        self._row["at_peak_activations_by_layer"] = {"bytes": _by_layer(at_tensor_peak, "nbytes"),
+                                                     "blocks": _by_layer(acts, "blocks")}
         return out, dict(top.most_common(TOP_MODULES))
 
     def _allocator_reset(self) -> None:
@@ -217,13 +220,15 @@ def _by_layer(entries, field: str) -> dict[str, int]:
 
 # How a figure of the step changes when blocks below the lowest trained one save nothing:
 # by the activations those blocks saved (end of forward) or had live at the steady step's peak.
-_LAYER_SHARE = {"activations": ("activations_by_layer", None), "peak": ("at_peak_activations_by_layer", "bytes"),
-                "peak_blocks": ("at_peak_activations_by_layer", "blocks"),
-                "allocated_peak_est": ("at_peak_activations_by_layer", "blocks"),
-                "allocated_peak": ("at_peak_activations_by_layer", "blocks")}
+_LAYER_SHARE = {"activations": ("activations_by_layer", None), "peak": ("at_peak_activations_by_layer", "bytes")}
+# Allocator figures: the typical tensor peak plus what the allocator holds beyond the tensors at the steady
+# step's peak (block rounding, workspaces, a kernel's scratch): the draws share that overhead but where a
+# kernel's scratch sets the steady peak and a draw's lowest block is the top one (its peak is then the end
+# of forward), so it is within that overhead of the mean over the draws, not exact.
+_OVER_PEAK = ("peak_blocks", "allocated_peak_est", "allocated_peak")
 
 
-def typical(steady: dict, anchor: dict | None, weights) -> dict[str, int]:
+def typical(steady: dict, anchor: dict | None, weights, base: dict | None = None) -> dict[str, int]:
     """The expected figures of a step over the policy's draws (docs/measurement.md, "typical").
 
     `weights[m]` is P(lowest trained block = m). With identical blocks and nothing below the
@@ -235,7 +240,10 @@ def typical(steady: dict, anchor: dict | None, weights) -> dict[str, int]:
     not shed all of block m-1's bytes, and the anchor measures what it keeps. Figures a draw does not change (weights,
     gradients, optimizer and method state, importance) are the steady's; `reserved_peak`
     (allocator caching) is not modelled and has none. weights None: every step is like the steady
-    one. Checked draw by draw on sim: tests/test_steady.py."""
+    one. `base`: the layer-0 draw whose per-layer costs are followed (layer 0 and the top layers; the
+    steady step may be another candidate where a kernel's scratch makes that one peak higher).
+    Checked draw by draw on sim: tests/test_steady.py."""
+    base = base or steady
     out = {}
     for k, v in steady.items():
         if not isinstance(v, int) or isinstance(v, bool) or k in ("step", "reserved_peak"):
@@ -244,13 +252,18 @@ def typical(steady: dict, anchor: dict | None, weights) -> dict[str, int]:
             out[k] = v
             continue
         share, field = _LAYER_SHARE[k]
-        per = steady.get(share, {})
+        v = base.get(k, v)
+        per = base.get(share, {})
         per = per.get(field, {}) if field else per
         cost = np.array([per.get(str(i), 0) for i in range(len(weights))], dtype=float)
         below = np.concatenate([[0.0], np.cumsum(cost)])          # below[m]: what blocks 0 .. m-1 hold
         a = min(anchor["active_layers"])
         f = np.array([v if m == 0 else anchor[k] + below[a] - below[m] for m in range(len(weights))])
         out[k] = int(round(float(np.dot(weights, f))))
+    if weights is not None and anchor is not None and "peak" in out:
+        for k in _OVER_PEAK:
+            if isinstance(steady.get(k), int):
+                out[k] = out["peak"] + steady[k] - steady["peak"]
     return out
 
 
@@ -265,7 +278,8 @@ def summarize(steps: list[dict], weights=None) -> dict:
     out = {}
     steady = next((s for s in steps if s.get("phase") == "steady"), None)
     anchor = next((s for s in steps if s.get("typical_anchor")), None)
-    typ = typical(steady, anchor, weights) if steady is not None else {}
+    base = next((s for s in steps if s.get("typical_base")), None)
+    typ = typical(steady, anchor, weights, base) if steady is not None else {}
     for k in keys:
         vals = [s[k] for s in steps if k in s]
         out[k] = {"first": vals[0], "min": min(vals), "median": statistics.median_low(vals), "max": max(vals),

@@ -85,6 +85,9 @@ class MemoryTracker(TorchDispatchMode):
         self.live = self.peak = 0
         self.live_blocks = self.peak_blocks = 0
         self.peak_moment = 0   # the clock when `peak_blocks` was reached
+        # the clock when the tensors' blocks (no scratch) peaked: where a kernel's scratch sets `peak_blocks`,
+        # this is the moment the tensors alone peak, whose make-up `measure.memory.typical` follows
+        self.tensor_peak_moment, self._tensor_peak_blocks = 0, 0
         self._self_ref = weakref.ref(self)  # for the free callbacks: they must not keep the tracker alive
         meta = device_type == "meta"
         self._here = (lambda t: t.is_meta) if meta else (lambda t: t.device.type == device_type)
@@ -102,6 +105,7 @@ class MemoryTracker(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self.peak, self.peak_blocks, self.peak_moment = self.live, self.live_blocks, self.clock
+        self.tensor_peak_moment, self._tensor_peak_blocks = self.clock, self.live_blocks
         self.peak_scratch = 0
         if not self.history:
             self.log = {s: e for s, e in self.log.items() if e.died is None}   # forget the dead
@@ -131,6 +135,8 @@ class MemoryTracker(TorchDispatchMode):
         self.live_blocks += blocks
         if self.live > self.peak:
             self.peak = self.live
+        if self.live_blocks > self._tensor_peak_blocks:
+            self._tensor_peak_blocks, self.tensor_peak_moment = self.live_blocks, self.clock
         self._reach(self.live_blocks, 0)
 
     def _reach(self, blocks: int, scratch: int) -> None:

@@ -115,6 +115,8 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
             tried = meter.steps[n - candidates:n]
             for r in tried:
                 r["phase"] = "candidate"
+            if weights is not None:
+                tried[0]["typical_base"] = True   # worst_cases()[0]: layer 0 and the top layers
             worst = max(tried, key=lambda r: r.get("allocated_peak", r.get("allocated_peak_est", r["peak"])))
             worst["phase"] = "steady"
             tried.remove(worst)
