@@ -14,6 +14,7 @@ import torch
 
 from ist_bench.errors import UsageError, choice_error
 from ist_bench.measure import sim
+from ist_bench.measure.allocator import CachingAllocator
 from ist_bench.measure.tracker import MemoryTracker
 
 BACKENDS = ("sim", "cpu", "cuda")
@@ -45,7 +46,8 @@ def step_context(backend: str) -> contextlib.AbstractContextManager:
 
 
 def tracker(backend: str, capacity: int | None = None, history: bool = False) -> MemoryTracker:
-    """A tracker for the backend's device; sim and cuda also count modelled CUDA blocks.
+    """A tracker for the backend's device; sim and cuda also count modelled CUDA blocks (sim replays the
+    caching allocator over the run, measure/allocator.py; cuda rounds each request as a fresh block would).
 
     On sim the tracker also holds the modelled cuBLAS workspaces (`outside`), so its estimate
     and its `capacity` check (what the allocator may hand out in all) both include them.
@@ -53,7 +55,7 @@ def tracker(backend: str, capacity: int | None = None, history: bool = False) ->
     if backend != "sim":
         return MemoryTracker(device(backend).type, block=None if backend == "cpu" else sim.cuda_block_bytes,
                              history=history)
-    return MemoryTracker("meta", block=sim.cuda_block_bytes, capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES,
+    return MemoryTracker("meta", allocator=CachingAllocator(), capacity=capacity, outside=sim.CUBLAS_WORKSPACE_BYTES,
                          memo=True, scratch=sim.cuda_scratch, history=history)
 
 

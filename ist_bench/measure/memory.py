@@ -49,14 +49,15 @@ _RUNNING = {"importance_start": "importance forwards", "importance": "before the
 class MemoryMeter:
     def __init__(self, tracker: MemoryTracker, model: nn.Module, optimizer: torch.optim.Optimizer,
                  method_state: Callable[[], list[torch.Tensor]] = list, allocator: bool = False,
-                 estimate: bool = False):
+                 estimate: bool = False, created: list[torch.Tensor] | None = None):
         self.tracker, self.optimizer, self.method_state = tracker, optimizer, method_state
         self.params = list(model.parameters())
         weights = self.params + list(model.buffers())
         self.allocator = allocator  # read torch.cuda's allocator statistics too
         self.estimate = estimate  # sim: report the tracker's modelled allocated peak
         self.weights = storage_bytes(weights)
-        tracker.register(weights)
+        # in the order the device allocated them (`created`, if known): sim's allocator replay packs them as the GPU did
+        tracker.register([*(created or ()), *weights])
         self._weight_serials = {tracker.serial(t) for t in weights}
         self._names = {m: _short(n) for n, m in model.named_modules()}
         self._stack: list[str] = []

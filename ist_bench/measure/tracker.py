@@ -8,7 +8,9 @@ counted twice and their bytes are part of the total.
 
 `live` is what a caching allocator would call "allocated", without its block rounding;
 `peak` is the largest `live` since the last `reset_peak()`. An optional `block` function
-(sim's allocator model) keeps a second count of rounded block bytes, and an optional
+(a block size per request) or `allocator` (sim's replay of the CUDA caching allocator,
+measure/allocator.py: the block a request gets depends on what is cached) keeps a second
+count of block bytes, and an optional
 `capacity` turns exceeding it (with `outside` bytes, e.g. modelled workspaces, added) into
 `SimulatedOOM`: what a GPU of that size would do. An optional `scratch` function (sim's model
 of CUDA kernels' internal temporaries, `sim.cuda_scratch`) gives the bytes an op takes from the
@@ -54,6 +56,7 @@ class Storage:
     tag: str | None
     born: int
     died: int | None = None
+    handle: object = None   # the allocator's block, to give back when the storage dies
 
 
 class MemoryTracker(TorchDispatchMode):
@@ -65,8 +68,9 @@ class MemoryTracker(TorchDispatchMode):
 
     def __init__(self, device_type: str, *, block: Callable[[int], int] | None = None,
                  capacity: int | None = None, outside: int = 0, memo: bool = False,
-                 scratch: Callable[..., int] | None = None, history: bool = False):
+                 scratch: Callable[..., int] | None = None, history: bool = False, allocator=None):
         super().__init__()
+        self.allocator = allocator   # alloc(nbytes) -> block with .size (or None), free(block)
         self.history = history   # keep every storage's lifetime and each scratch (clock, blocks): a timeline
         self.scratch_log: list[tuple[int, int]] = []
         self.scratch = scratch
@@ -126,11 +130,11 @@ class MemoryTracker(TorchDispatchMode):
         if key in self._live:
             return
         nbytes = storage.nbytes()
-        blocks = self.block(nbytes)
+        blocks, handle = self._book(nbytes)
         self.clock += 1
         serial = self.clock
         self._live[key] = (weakref.ref(storage, self._freed(key)), serial)
-        self.log[serial] = Storage(nbytes, blocks, self.tag, serial)
+        self.log[serial] = Storage(nbytes, blocks, self.tag, serial, handle=handle)
         self.live += nbytes
         self.live_blocks += blocks
         if self.live > self.peak:
@@ -138,6 +142,13 @@ class MemoryTracker(TorchDispatchMode):
         if self.live_blocks > self._tensor_peak_blocks:
             self._tensor_peak_blocks, self.tensor_peak_moment = self.live_blocks, self.clock
         self._reach(self.live_blocks, 0)
+
+    def _book(self, nbytes: int) -> tuple[int, object]:
+        """The block bytes a request of `nbytes` takes, and the allocator's handle on them."""
+        if self.allocator is None:
+            return self.block(nbytes), None
+        handle = self.allocator.alloc(nbytes)
+        return (0 if handle is None else handle.size), handle
 
     def _reach(self, blocks: int, scratch: int) -> None:
         """The allocator holds `blocks` now (`scratch` of them an op's own temporaries)."""
@@ -168,6 +179,8 @@ class MemoryTracker(TorchDispatchMode):
                 storage.died = tracker.clock
                 tracker.live -= storage.nbytes
                 tracker.live_blocks -= storage.blocks
+                if tracker.allocator is not None:
+                    tracker.allocator.free(storage.handle)
         return callback
 
     # -- the dispatch hook ----------------------------------------------------------------
@@ -196,7 +209,9 @@ class MemoryTracker(TorchDispatchMode):
         if self.scratch is not None:
             extra = self.scratch(func, args, kwargs, out)
             if extra:
-                blocks = self.block(extra)
+                blocks, handle = self._book(extra)
+                if self.allocator is not None:
+                    self.allocator.free(handle)   # the kernel gives it back before it returns
                 if self.history:
                     self.scratch_log.append((self.clock, blocks))
                 self._reach(self.live_blocks + blocks, blocks)

@@ -164,6 +164,7 @@ class Built:
     device: torch.device
     policy: SelectionPolicy
     info: dict
+    created: list[torch.Tensor]   # parameters and buffers in the order the device allocated them
 
 
 def build(case: Case) -> Built:
@@ -171,6 +172,7 @@ def build(case: Case) -> Built:
     device = backends.device(case.backend)
     model = zoo.build_model(config, dtype=DTYPES[case.dtype], device=device, seed=case.seed, attn=case.attn)
     n_params = sum(p.numel() for p in model.parameters())
+    base = [*model.parameters(), *model.buffers()]
     with torch.device(device) if device.type == "meta" else contextlib.nullcontext():
         model = apply_method(model, case.method)   # sim: adapters born on meta, not initialised on the CPU
     if os.environ.get("IST_BENCH_INJECT") == "unfreeze":
@@ -210,7 +212,9 @@ def build(case: Case) -> Built:
     }
     if os.environ.get("IST_BENCH_INJECT"):
         info["injected"] = os.environ["IST_BENCH_INJECT"]
-    return Built(model, optimizer, batches, device, policy, info)
+    known = {id(t) for t in base}   # the base model's tensors first (it is built first), then the method's
+    created = base + [t for t in [*model.parameters(), *model.buffers()] if id(t) not in known]
+    return Built(model, optimizer, batches, device, policy, info, created)
 
 
 def record_failure(row: dict, e: BaseException) -> None:

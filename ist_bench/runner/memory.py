@@ -58,7 +58,8 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
             row.update(b.info)
             policy = b.policy
             meter = MemoryMeter(tracker, b.model, b.optimizer, method_state=lambda: method_state(b.model, case.method),
-                                allocator=case.backend == "cuda", estimate=case.backend == "sim")
+                                allocator=case.backend == "cuda", estimate=case.backend == "sim",
+                                created=b.created)
             if policy.eval_batch:
                 tracker.register(policy.eval_batch.values())
 
