@@ -113,7 +113,10 @@ def one_case(case: dict, out: Path) -> None:
     torch.cuda.memory._record_memory_history(max_entries=5_000_000, context=None, stacks="python")
     from ist_bench.runner.case import Case
     from ist_bench.runner.memory import measure_memory
-    row = measure_memory(Case.from_dict({**case, "backend": "cuda"}))
+    row = measure_memory(Case.from_dict({**case, "backend": "cuda"}), busy_gpu="warn")   # the parent holds a context
+    if row["status"] != "ok":
+        out.write_text(json.dumps({"case": case, "status": row["status"], "error": row["error"]}))
+        return
     trace = torch.cuda.memory._snapshot()["device_traces"][0]
     gpu_segments = [e["size"] for e in trace if e["action"] == "segment_alloc"]
     steps = row["memory"]["steps"]

@@ -12,7 +12,9 @@ expandable segments, one stream):
 - requests of at most 1 MiB come from the small pool (2 MiB segments), larger ones from the large
   pool; a new large segment is 20 MiB for requests under 10 MiB, else the request rounded up to 2 MiB;
 - a request takes the smallest cached block of its pool that fits (lowest address among equals) and
-  splits it if the remainder is >= 512 B (small pool) or > 1 MiB (large pool); otherwise a new segment;
+  splits it if the remainder is >= 512 B (small pool) or > 1 MiB (large pool); otherwise a new segment,
+  each at a lower address than the ones before (how the driver mapped them on the H200: with rising
+  addresses, 5 of 6 recorded sequences part from the GPU's in their choice among equal-sized blocks);
 - a freed block merges with free neighbours of its segment and is cached; segments go back to the
   driver only on `empty_cache()` (no OOM retry is modelled).
 
@@ -63,7 +65,7 @@ class CachingAllocator:
     def __init__(self):
         self.allocated = self.reserved = 0
         self._pools: dict[bool, list[tuple[int, int, Block]]] = {True: [], False: []}   # (size, addr, block)
-        self._next_addr = 0
+        self._next_addr = 1 << 48   # new segments go below the last one
 
     def alloc(self, nbytes: int) -> Block | None:
         if nbytes == 0:
@@ -76,8 +78,8 @@ class CachingAllocator:
             block = pool.pop(i)[2]
         else:
             seg = segment_size(size)
+            self._next_addr -= seg
             block = Block(self._next_addr, seg, small)
-            self._next_addr += seg
             self.reserved += seg
         remaining = block.size - size
         if remaining >= MIN_BLOCK if small else remaining > SMALL:
