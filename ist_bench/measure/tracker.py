@@ -201,7 +201,9 @@ class MemoryTracker(TorchDispatchMode):
             except torch.OutOfMemoryError as e:   # a real OOM (cuda): say where, in the message's first line
                 raise type(e)(f"out of memory{self._at()}: {e}") from None
             if key is not None:
-                template = _template(out)
+                # an op whose schema promises a fresh output may still return a view (`_unsafe_view`): a
+                # rebuilt output would then be a storage of its own, an allocation the GPU never makes
+                template = None if _aliases_input(out, args, kwargs) else _template(out)
                 if template is not None:
                     self.memo[key] = template
         for t in _tensors(out):
@@ -304,6 +306,11 @@ def _template(out):
         return of(out)
     except _Unkeyable:
         return None
+
+
+def _aliases_input(out, args, kwargs) -> bool:
+    inputs = {id(t.untyped_storage()) for t in _tensors([*args, *kwargs.values()])}
+    return any(id(t.untyped_storage()) in inputs for t in _tensors(out))
 
 
 def _dense_bytes(shape, stride, dtype) -> int:
