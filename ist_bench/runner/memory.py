@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from ist_bench import quant
 from ist_bench.measure import backends, env
 from ist_bench.measure.cuda import NvmlPoller, gpu_guard
 from ist_bench.measure.memory import MemoryMeter, summarize
@@ -58,7 +59,8 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
             row.update(b.info)
             policy = b.policy
             meter = MemoryMeter(tracker, b.model, b.optimizer, method_state=lambda: method_state(b.model, case.method),
-                                allocator=case.backend == "cuda", estimate=case.backend == "sim")
+                                allocator=case.backend == "cuda", estimate=case.backend == "sim",
+                                extra_weights=quant.state_tensors(b.model))
             if policy.eval_batch:
                 tracker.register(policy.eval_batch.values())
 
