@@ -174,16 +174,3 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     """bitsandbytes' AdamW8bit / PagedAdamW8bit / PagedAdamW32bit (weight decay as torch's AdamW: 0.01)."""
     bnb = require_bnb(f"--optim {name}")
     return getattr(bnb.optim, BNB_OPTIMS[name])(params, lr=lr, weight_decay=0.01)
-
-
-def expected_weight_bytes(shape: tuple[int, int], quant: str, double_quant: bool, blocksize: int = 64) -> dict:
-    """Bytes bitsandbytes keeps for one quantized weight of `shape` (out, in), from the format alone:
-    4-bit: two values a byte, an absmax per block of 64 (fp32, or uint8 with double quant plus an
-    fp32 absmax per 256 of those, an fp32 offset and its 256-entry fp32 code), a 16-entry fp32 code;
-    int8: one byte a value and an fp32 scale per output row."""
-    n = math.prod(shape)
-    if quant == "int8":
-        return {"packed": n, "state": 4 * shape[0]}
-    blocks = -(-n // blocksize)
-    state = 16 * 4 + (blocks + 4 * -(-blocks // 256) + 4 + 256 * 4 if double_quant else 4 * blocks)
-    return {"packed": -(-n // 2), "state": state}

@@ -93,6 +93,9 @@ class Case:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["method"] = self.method.settings()
+        if self.quant == "none" and not self.double_quant and self.quant_compute_dtype == "bf16":
+            for key in ("quant", "double_quant", "quant_compute_dtype"):   # a bf16 case's row stays as before
+                del d[key]
         return d
 
     def check(self) -> Case:
