@@ -381,7 +381,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     start = time.time()
     tgt, answers = fit.fit(args.model, args.gpu, methods, selects, granularity=args.granularity,
                            batch_len=args.batch_len, dtype=args.dtype, attn=args.attn,
-                           grad_checkpointing=args.grad_checkpointing, optimizer_state=args.optimizer_state)
+                           grad_checkpointing=args.grad_checkpointing, optimizer_state=args.optimizer_state,
+                           quant=args.quant, double_quant=args.double_quant,
+                           quant_compute_dtype=args.quant_compute_dtype, optim=args.fit_optim)
     table = Table(title=f"{args.model} on {tgt.note}", title_justify="left")
     for col in ("method", "longest seq", "peak there", "dominant", f"batch @{answers[0].batch_len}"):
         table.add_column(col, justify="left" if col in ("method", "dominant") else "right")
@@ -717,6 +719,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--optimizer-state", default="keep", help="keep | reset (default keep)")
+    p.add_argument("--quant", default="none", help="quantized base: none | nf4 | fp4 | int8 (bitsandbytes; default none)")
+    p.add_argument("--double-quant", action="store_true", help="4-bit: double quantization (QLoRA's)")
+    p.add_argument("--quant-compute-dtype", default="bf16", help="4-bit: compute dtype (default bf16)")
+    p.add_argument("--optim", dest="fit_optim", default="fused",
+                   help="optimizer: fused | foreach | for-loop (torch AdamW) | adamw8bit | paged-adamw8bit | "
+                        "paged-adamw32bit (bitsandbytes; default fused)")
     p.add_argument("--json", metavar="FILE", help="append the answers to this JSONL file (created if missing; '-': "
                                                   "stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of peak memory vs length per method, with the card's line")
