@@ -26,7 +26,6 @@ from torch import nn
 
 from ist_bench.errors import UsageError
 
-QUANTS = ("none", "nf4", "fp4", "int8")
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BNB_OPTIMS = {"adamw8bit": "AdamW8bit", "paged-adamw8bit": "PagedAdamW8bit", "paged-adamw32bit": "PagedAdamW32bit"}
 INT8_THRESHOLD = 0.0
