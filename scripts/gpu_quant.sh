@@ -18,7 +18,9 @@ if [ "${1:-}" = "--dry-run" ]; then
 fi
 python3 -c "import bitsandbytes as b; print('bitsandbytes', b.__version__)" || { echo "no bitsandbytes: copy its wheel into .whl/"; exit 2; }
 log "sim (background)"
-ist run "$suite" --backend sim --jobs 6 --timeout 400 --out "$out/r/quant-sim.jsonl" > "$out/r/sim.log" 2>&1 &
+# no GPU for sim's workers: importing bitsandbytes queries the device, which would open a CUDA context
+# that the cuda cases' busy-GPU guard then refuses to share
+CUDA_VISIBLE_DEVICES= ist run "$suite" --backend sim --jobs 6 --timeout 400 --out "$out/r/quant-sim.jsonl" > "$out/r/sim.log" 2>&1 &
 sim_pid=$!
 log "cuda"
 ist run "$suite" --backend "$cuda" --timeout 240 --out "$out/r/quant-h200.jsonl" 2>&1 | tail -14
