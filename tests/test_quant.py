@@ -207,3 +207,13 @@ def test_missing_bitsandbytes_names_the_pip_command(monkeypatch):
         Case(model="tiny-llama", quant="nf4", backend="sim").check()
     with pytest.raises(UsageError, match=r"--optim paged-adamw8bit needs bitsandbytes"):
         Case(model="tiny-llama", optim="paged-adamw8bit", backend="sim").check()
+
+
+def test_a_quantized_cell_is_its_own_cell_and_not_validated_by_its_bf16_twin():
+    from ist_bench.report.cells import check_note, column
+
+    bf16 = {"model": "llama-7b", "method": {"name": "lora"}, "select": "none", "optim": "fused"}
+    qlora = {**bf16, "quant": "nf4", "double_quant": True, "optim": "paged-adamw8bit"}
+    assert column(qlora) == "lora nf4 dq paged-adamw8bit" and column(bf16) == "lora"
+    assert check_note({"backend": "sim", "case": bf16}).startswith("validated")
+    assert check_note({"backend": "sim", "case": qlora}).startswith("NOT validated")
