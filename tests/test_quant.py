@@ -181,10 +181,14 @@ def test_ist_runs_on_a_quantized_base_and_saves_gradients_and_optimizer_state():
     assert ist["memory"]["summary"]["gradients"]["typical"] < full["memory"]["summary"]["gradients"]["typical"]
 
 
-@pytest.mark.parametrize("method", ["series", "parallel", "dora"])
+@pytest.mark.parametrize("method", ["series", "parallel", "dora", "adalora"])
 def test_other_peft_methods_wrap_the_quantized_layers(method):
+    """The same adapters as on the bf16 base, around 4-bit layers: as many trainable values, fewer weight bytes."""
     row = memory_row("tiny-llama", method, backend="sim", quant="nf4", steps=1)
+    bf16 = memory_row("tiny-llama", method, backend="sim", steps=1)
     assert row["settings"]["quant"]["layers"] == 28
+    assert row["trainable_params"] == bf16["trainable_params"] > 0
+    assert row["memory"]["summary"]["gradients"]["steady"] == bf16["memory"]["summary"]["gradients"]["steady"]
 
 
 @pytest.mark.parametrize("args,needle", [
