@@ -384,7 +384,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                            grad_checkpointing=args.grad_checkpointing, optimizer_state=args.optimizer_state,
                            quant=args.quant, double_quant=args.double_quant,
                            quant_compute_dtype=args.quant_compute_dtype, optim=args.fit_optim)
-    table = Table(title=f"{args.model} on {tgt.note}", title_justify="left")
+    base = "" if args.quant == "none" else f" · {args.quant}{' + double quant' if args.double_quant else ''} base"
+    opt = "" if args.fit_optim == "fused" else f" · {args.fit_optim}"
+    table = Table(title=f"{args.model}{base}{opt} on {tgt.note}", title_justify="left")
     for col in ("method", "longest seq", "peak there", "dominant", f"batch @{answers[0].batch_len}"):
         table.add_column(col, justify="left" if col in ("method", "dominant") else "right")
     for a in answers:
