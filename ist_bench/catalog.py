@@ -119,7 +119,7 @@ def choices() -> dict[str, tuple]:
     """The valid values of the case options that take a name."""
     return {"method": tuple(m.name for m in methods()), "select": tuple(p.name for p in policies()),
             "dtype": constant("runner/case.py", "DTYPES"), "optim": constant("runner/case.py", "OPTIM_IMPLS"),
-            "attn": constant("runner/case.py", "ATTENTION"),
+            "attn": constant("runner/case.py", "ATTENTION"), "quant": constant("runner/case.py", "QUANTS"),
             "optimizer_state": constant("selection/base.py", "OPTIMIZER_STATES")}
 
 

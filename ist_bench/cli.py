@@ -48,6 +48,11 @@ def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
                    help="pack: exactly --seq-len tokens per step; sample: one sample per step (default pack)")
     p.add_argument("--optim", default=c["optim"], help=f"AdamW kernel: {', '.join(ch['optim'])} "
                                                        f"(default {c['optim']})")
+    p.add_argument("--quant", default=c["quant"], help=f"quantized base (bitsandbytes; docs/quant.md): "
+                                                       f"{', '.join(ch['quant'])} (default {c['quant']})")
+    p.add_argument("--double-quant", action="store_true", help="4-bit: quantize the absmax too (QLoRA's double quant)")
+    p.add_argument("--quant-compute-dtype", default=c["quant_compute_dtype"],
+                   help=f"4-bit: dtype each layer dequantizes to (default {c['quant_compute_dtype']})")
     p.add_argument("--r", type=int, default=m["r"], help=f"LoRA/DoRA rank (default {m['r']})")
     p.add_argument("--alpha", type=int, default=m["alpha"], help=f"LoRA alpha (default {m['alpha']})")
     p.add_argument("--dropout", type=float, default=m["dropout"], help=f"LoRA dropout (default {m['dropout']})")
@@ -57,7 +62,8 @@ def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
 
 # The names a case option takes, with the words `Case.check` uses for them (same one-line message).
 _NAMED = {"method": "method", "select": "selection policy", "optimizer_state": "optimizer-state policy",
-          "dtype": "dtype", "optim": "optimizer implementation", "attn": "attention implementation"}
+          "dtype": "dtype", "optim": "optimizer implementation", "attn": "attention implementation",
+          "quant": "quantization"}
 
 
 def _check_names(args: argparse.Namespace) -> None:
@@ -87,7 +93,8 @@ def _case_from(args: argparse.Namespace):
                 steps=args.steps, seq_len=args.seq_len, batch=args.batch, attn=args.attn,
                 grad_checkpointing=args.grad_checkpointing, dtype=args.dtype, seed=args.seed, data=args.data,
                 tokenizer=args.tokenizer, data_mode=args.data_mode, optim=args.optim,
-                capacity=getattr(args, "capacity", None))
+                capacity=getattr(args, "capacity", None), quant=args.quant, double_quant=args.double_quant,
+                quant_compute_dtype=args.quant_compute_dtype)
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
@@ -374,8 +381,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     start = time.time()
     tgt, answers = fit.fit(args.model, args.gpu, methods, selects, granularity=args.granularity,
                            batch_len=args.batch_len, dtype=args.dtype, attn=args.attn,
-                           grad_checkpointing=args.grad_checkpointing, optimizer_state=args.optimizer_state)
-    table = Table(title=f"{args.model} on {tgt.note}", title_justify="left")
+                           grad_checkpointing=args.grad_checkpointing, optimizer_state=args.optimizer_state,
+                           quant=args.quant, double_quant=args.double_quant,
+                           quant_compute_dtype=args.quant_compute_dtype, optim=args.fit_optim)
+    base = "" if args.quant == "none" else f" · {args.quant}{' + double quant' if args.double_quant else ''} base"
+    opt = "" if args.fit_optim == "fused" else f" · {args.fit_optim}"
+    table = Table(title=f"{args.model}{base}{opt} on {tgt.note}", title_justify="left")
     for col in ("method", "longest seq", "peak there", "dominant", f"batch @{answers[0].batch_len}"):
         table.add_column(col, justify="left" if col in ("method", "dominant") else "right")
     for a in answers:
@@ -710,6 +721,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--optimizer-state", default="keep", help="keep | reset (default keep)")
+    p.add_argument("--quant", default="none", help="quantized base: none | nf4 | fp4 | int8 (bitsandbytes; default none)")
+    p.add_argument("--double-quant", action="store_true", help="4-bit: double quantization (QLoRA's)")
+    p.add_argument("--quant-compute-dtype", default="bf16", help="4-bit: compute dtype (default bf16)")
+    p.add_argument("--optim", dest="fit_optim", default="fused",
+                   help="optimizer: fused | foreach | for-loop (torch AdamW) | adamw8bit | paged-adamw8bit | "
+                        "paged-adamw32bit (bitsandbytes; default fused)")
     p.add_argument("--json", metavar="FILE", help="append the answers to this JSONL file (created if missing; '-': "
                                                   "stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of peak memory vs length per method, with the card's line")

@@ -137,7 +137,7 @@ def test_catalog_read_from_source_equals_the_imported_objects():
 
     from ist_bench import catalog
     from ist_bench.methods import METHODS, MethodSpec
-    from ist_bench.runner.case import ATTENTION, DTYPES, OPTIM_IMPLS, Case
+    from ist_bench.runner.case import ATTENTION, DTYPES, OPTIM_IMPLS, QUANTS, Case
     from ist_bench.selection import OPTIMIZER_STATES, POLICIES
 
     case, spec = Case(), MethodSpec()
@@ -149,7 +149,8 @@ def test_catalog_read_from_source_equals_the_imported_objects():
     assert [(p.name, p.description, p.options) for p in catalog.policies()] == \
         [(k, c.description, dataclasses.asdict(c.Settings())) for k, c in POLICIES.items()]
     assert catalog.choices() == {"method": tuple(METHODS), "select": tuple(POLICIES), "dtype": tuple(DTYPES),
-                                 "optim": OPTIM_IMPLS, "attn": ATTENTION, "optimizer_state": OPTIMIZER_STATES}
+                                 "optim": OPTIM_IMPLS, "attn": ATTENTION, "optimizer_state": OPTIMIZER_STATES,
+                                 "quant": QUANTS}
 
 
 @pytest.mark.slow

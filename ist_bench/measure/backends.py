@@ -42,6 +42,7 @@ def step_context(backend: str) -> contextlib.AbstractContextManager:
     stack = contextlib.ExitStack()
     stack.enter_context(sim.cuda_kernels())
     stack.enter_context(sim.fused_adam_on_meta())
+    stack.enter_context(sim.bnb_on_meta())
     return stack
 
 

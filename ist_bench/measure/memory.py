@@ -49,10 +49,13 @@ _RUNNING = {"importance_start": "importance forwards", "importance": "before the
 class MemoryMeter:
     def __init__(self, tracker: MemoryTracker, model: nn.Module, optimizer: torch.optim.Optimizer,
                  method_state: Callable[[], list[torch.Tensor]] = list, allocator: bool = False,
-                 estimate: bool = False, created: list[torch.Tensor] | None = None):
+                 estimate: bool = False, extra_weights: list[torch.Tensor] = (),
+                 created: list[torch.Tensor] | None = None):
         self.tracker, self.optimizer, self.method_state = tracker, optimizer, method_state
         self.params = list(model.parameters())
-        weights = self.params + list(model.buffers())
+        # extra_weights: tensors a module holds besides parameters and buffers (a quantized layer's absmax)
+        weights = self.params + list(model.buffers()) + list(extra_weights)
+        self.paged = bool(getattr(optimizer, "is_paged", False))   # bitsandbytes' paged optimizers
         self.allocator = allocator  # read torch.cuda's allocator statistics too
         self.estimate = estimate  # sim: report the tracker's modelled allocated peak
         self.weights = storage_bytes(weights)
@@ -123,6 +126,8 @@ class MemoryMeter:
         elif phase == "optimizer":
             opt, state = self._optimizer_tensors(), self.method_state()
             self._row["optimizer"] = storage_bytes(opt)
+            if self.paged:   # in CUDA managed memory, outside the caching allocator (and its peak)
+                self._row["optimizer_paged"] = storage_bytes(self._optimizer_tensors(paged=True))
             self._row["method_state"] = storage_bytes(state)
             self._serials["optimizer"] |= self._serials_of(opt)
             self._serials["method_state"] |= self._serials_of(state)
@@ -186,8 +191,10 @@ class MemoryMeter:
     def _serials_of(self, tensors) -> set[int]:
         return {s for s in (self.tracker.serial(x) for x in tensors) if s is not None}
 
-    def _optimizer_tensors(self) -> list[torch.Tensor]:
-        return [v for state in self.optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    def _optimizer_tensors(self, paged: bool = False) -> list[torch.Tensor]:
+        """The optimizer's state tensors: those the allocator holds, or (`paged`) bitsandbytes' paged ones."""
+        return [v for state in self.optimizer.state.values() for v in state.values()
+                if isinstance(v, torch.Tensor) and getattr(v, "is_paged", False) == paged]
 
     def _state_tensors(self) -> list[torch.Tensor]:
         grads = [p.grad for p in self.params if p.grad is not None]

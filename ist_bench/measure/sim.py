@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
+import sys
 from unittest import mock
 
 import torch
@@ -144,11 +146,75 @@ def _sum_scratch(args, kwargs, out) -> int:
     return 8 * x.numel() + 512
 
 
+def _gemm_4bit_scratch(args, kwargs, out) -> int:
+    # bitsandbytes' gemm_4bit on CUDA: past 512 rows (M) on Hopper its heuristic takes the unfused path
+    # (`_dequant_linear_fallback`): the weight dequantized to the input's dtype ([N, K]) and, with double
+    # quantization, the absmax dequantized to fp32 and offset (two fp32 tensors of one value per block),
+    # then F.linear; all freed when the op returns. At <= 512 rows the fused kernel runs (no scratch).
+    A, shape = args[0], args[2]
+    absmax_8bit = kwargs.get("absmax_8bit", args[7] if len(args) > 7 else None)
+    if A.numel() // A.shape[-1] <= 512:
+        return 0
+    blocks = [math.prod(shape) * A.element_size()]
+    if absmax_8bit is not None:
+        blocks += [4 * absmax_8bit.numel()] * 2
+    return sum(cuda_block_bytes(b) for b in blocks)
+
+
+def _int8_scaled_mm_scratch(args, kwargs, out) -> int:
+    # bitsandbytes' int8_scaled_mm: an int32 product [M, N], dequantized into fp16 (CUDA's kernel writes
+    # fp16 only) and then cast to the output dtype; the int32 and fp16 tensors are the op's own.
+    m_n = out.numel()
+    return cuda_block_bytes(4 * m_n) + (cuda_block_bytes(2 * m_n) if out.dtype != torch.float16 else 0)
+
+
 _SCRATCH = {
     torch.ops.aten._softmax_backward_data.default: _softmax_backward_scratch,
     torch.ops.aten._scaled_dot_product_cudnn_attention_backward.default: _cudnn_attention_backward_scratch,
     torch.ops.aten.sum.dim_IntList: _sum_scratch,
 }
+
+
+def _add_bnb_scratch() -> None:
+    """bitsandbytes' ops exist once it is imported (quantized cases only)."""
+    if "bitsandbytes" in sys.modules and hasattr(torch.ops, "bitsandbytes"):
+        ops = torch.ops.bitsandbytes
+        _SCRATCH.setdefault(ops.gemm_4bit.default, _gemm_4bit_scratch)
+        _SCRATCH.setdefault(ops.int8_scaled_mm.default, _int8_scaled_mm_scratch)
+
+
+@contextlib.contextmanager
+def bnb_on_meta():
+    """bitsandbytes on the meta device. Its ops have fake kernels (they run as they are); what they lack is
+    a paged optimizer's state: `get_paged` asks the CUDA driver for managed memory. On meta such a buffer
+    is a meta tensor created outside the tracker and marked `is_paged`, as bitsandbytes marks its own, so
+    it is counted as paged optimizer state and never as allocated memory (as on the GPU)."""
+    if "bitsandbytes" not in sys.modules:
+        yield
+        return
+    from bitsandbytes.optim.optimizer import Optimizer8bit
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    _add_bnb_scratch()
+    state_buffer = Optimizer8bit.get_state_buffer
+
+    def get_state_buffer(self, p, dtype=torch.float32):
+        if not (p.is_meta and self.is_paged and p.numel() >= 1e5):   # bitsandbytes pages buffers of >= 1e5 values
+            return state_buffer(self, p, dtype)
+        with _disable_current_modes():
+            buf = torch.empty(p.shape, dtype=dtype, device="meta")
+        buf.is_paged = True
+        return buf
+
+    prefetch = Optimizer8bit.prefetch_state
+
+    def prefetch_state(self, p):   # moving managed memory to the GPU: nothing to move on meta
+        if not p.is_meta:
+            prefetch(self, p)
+
+    with (mock.patch.object(Optimizer8bit, "get_state_buffer", get_state_buffer),
+          mock.patch.object(Optimizer8bit, "prefetch_state", prefetch_state)):
+        yield
 
 
 @contextlib.contextmanager

@@ -123,8 +123,8 @@ class MemoryTracker(TorchDispatchMode):
         return {s: e for s, e in self.log.items() if e.born <= moment and (e.died is None or e.died > moment)}
 
     def _add(self, t: torch.Tensor) -> None:
-        if not isinstance(t, torch.Tensor) or not self._here(t) or t.is_sparse:
-            return
+        if not isinstance(t, torch.Tensor) or not self._here(t) or t.is_sparse or getattr(t, "is_paged", False):
+            return   # a paged tensor (bitsandbytes) lives in CUDA managed memory, outside the allocator
         storage = t.untyped_storage()
         key = id(storage)
         if key in self._live:

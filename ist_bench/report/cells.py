@@ -11,16 +11,18 @@ from ist_bench.results import case_label
 
 # Settings that make a case a different cell from the paper's: shown in its column label when not the default.
 KNOB_DEFAULTS = {"batch": 1, "attn": "eager", "grad_checkpointing": False, "seq_len": 1024, "dtype": "bf16",
-                 "optimizer_state": "keep"}
+                 "optimizer_state": "keep", "quant": "none", "double_quant": False, "quant_compute_dtype": "bf16"}
 KNOB_LABELS = {"batch": "batch={}", "attn": "{}", "grad_checkpointing": "ckpt", "seq_len": "seq={}", "dtype": "{}",
-               "optimizer_state": "state-{}"}
+               "optimizer_state": "state-{}", "quant": "{}", "double_quant": "dq", "quant_compute_dtype": "compute={}"}
+BNB_OPTIMS = ("adamw8bit", "paged-adamw8bit", "paged-adamw32bit")   # bitsandbytes' optimizers: their own cells
 
 
 def column(case: dict) -> str:
     """A Table-1 column: method + policy (`lora+ist`), then every knob off the paper's setting
     (`lora batch=4`, `lora ckpt`, `lora sdpa`), so two different cases never share a cell."""
     return case_label(case) + "".join(" " + KNOB_LABELS[k].format(case[k]) for k, d in KNOB_DEFAULTS.items()
-                                      if case.get(k, d) != d)
+                                      if case.get(k, d) != d) + \
+        (f" {case['optim']}" if case.get("optim") in BNB_OPTIMS else "")
 
 
 @functools.cache

@@ -25,6 +25,7 @@ _ROWS = [
     ("activations", "activations", "activations"),
     ("gradients", "gradients", "gradients"),
     ("optimizer", "optimizer state", "optimizer"),
+    ("optimizer_paged", "optimizer state (paged)", None),
     ("method_state", "method state", "method_state"),
     (None, "temporaries", "temporary"),
     (None, "allocator rounding", "rounding"),
@@ -136,9 +137,30 @@ def print_memory(row: dict) -> None:
                           f"and start-up {human(n['nvml_baseline'])}", style="dim")
     if "settings" in row:
         console.print(settings_line(row), style="dim")
+        if row["settings"].get("quant"):
+            console.print(quant_line(row), style="dim")
         if row["backend"] == "sim":
             console.print("sim: meta tensors, exact tensor bytes; allocator block rounding and the cuBLAS "
                           "workspaces are modelled (Hopper), not measured.", style="dim")
+
+
+def quant_line(row: dict) -> str:
+    """The quantized base and what peft's prepare_model_for_kbit_training did (docs/quant.md)."""
+    q = row["settings"]["quant"]
+    fmt = (f"{q['quant']}{' + double quant' if q.get('double_quant') else ''}, blocks of {q.get('blocksize')}, "
+           f"compute {q.get('compute_dtype')}" if q["quant"] != "int8" else f"int8, threshold {q.get('int8_threshold')}")
+    prep = q.get("prepared") or {}
+    line = (f"base: {q['layers']} bitsandbytes layers in {fmt}: {human(q['packed_bytes'])} packed + "
+            f"{human(q['state_bytes'])} quantization state; prepare_model_for_kbit_training upcast "
+            f"{prep.get('n_upcast', 0)} parameters to fp32 ({', '.join(prep.get('upcast_to_fp32', [])[:3])}"
+            f"{', ...' if len(prep.get('upcast_to_fp32', [])) > 3 else ''}), checkpointing "
+            f"{'on' if prep.get('use_gradient_checkpointing') else 'off'}")
+    paged = row.get("memory", {}).get("summary", {}).get("optimizer_paged")
+    if paged is not None:
+        line += (". Paged optimizer state: bitsandbytes keeps it in CUDA managed memory, outside the caching "
+                 "allocator, so it is its own line, not in the allocated peak" if row["backend"] != "cpu" else
+                 ". Paged optimizer: bitsandbytes falls back to plain buffers on the CPU (counted as optimizer state)")
+    return line
 
 
 def settings_line(row: dict) -> str:

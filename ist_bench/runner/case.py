@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ist_bench import schema, zoo
+from ist_bench import quant, schema, zoo
 from ist_bench.data import TokenBatches, model_inputs, needs_mask
 from ist_bench.errors import UsageError, choice_error
 from ist_bench.measure import backends
@@ -25,7 +25,9 @@ from ist_bench.selection import SelectionPolicy, make_policy
 from ist_bench.units import parse_bytes
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-OPTIM_IMPLS = ("fused", "foreach", "for-loop")
+OPTIM_IMPLS = ("fused", "foreach", "for-loop", "adamw8bit", "paged-adamw8bit", "paged-adamw32bit")  # the last 3: bitsandbytes
+QUANTS = ("none", "nf4", "fp4", "int8")   # bitsandbytes base (ist_bench/quant.py)
+QUANT_COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
 ATTENTION = ("eager", "sdpa")
 
 
@@ -50,6 +52,9 @@ class Case:
     optim: str = "fused"          # AdamW kernel: fused is transformers.Trainer's default on torch >= 2.8
     lr: float = 1e-4
     capacity: str | None = None   # sim: memory to simulate an OOM against; cuda: cap the allocator ("24GiB")
+    quant: str = "none"           # bitsandbytes base: nf4 | fp4 (Linear4bit) | int8 (Linear8bitLt); docs/quant.md
+    double_quant: bool = False    # 4-bit: quantize the absmax too (QLoRA's double quantization)
+    quant_compute_dtype: str = "bf16"   # 4-bit: the dtype each layer dequantizes to and computes in
 
     @classmethod
     def from_dict(cls, d: dict) -> Case:
@@ -88,6 +93,9 @@ class Case:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["method"] = self.method.settings()
+        if self.quant == "none" and not self.double_quant and self.quant_compute_dtype == "bf16":
+            for key in ("quant", "double_quant", "quant_compute_dtype"):   # a bf16 case's row stays as before
+                del d[key]
         return d
 
     def check(self) -> Case:
@@ -104,6 +112,7 @@ class Case:
             raise choice_error("optimizer implementation", self.optim, OPTIM_IMPLS)
         if self.attn not in ATTENTION:
             raise choice_error("attention implementation", self.attn, ATTENTION)
+        self._check_quant()
         limit = zoo.max_positions(config)
         if limit is not None and self.seq_len > limit:
             raise UsageError(f"--seq-len {self.seq_len} is longer than {self.model}'s {limit} positions")
@@ -126,6 +135,21 @@ class Case:
         TokenBatches(self.seq_len, config.vocab_size, data=self.data, tokenizer=self.tokenizer, batch=self.batch,
                      mode=self.data_mode, seed=self.seed)
         return dataclasses.replace(self, backend=backend, method=method)
+
+    def _check_quant(self) -> None:
+        if self.quant not in QUANTS:
+            raise choice_error("quantization", self.quant, QUANTS)
+        if self.quant_compute_dtype not in QUANT_COMPUTE_DTYPES:
+            raise choice_error("quantization compute dtype", self.quant_compute_dtype, QUANT_COMPUTE_DTYPES)
+        if self.quant != "none":
+            if self.method.name not in quant.QUANT_METHODS:
+                raise UsageError(f"--quant {self.quant} freezes the base in {self.quant} and --method "
+                                 f"{self.method.name} trains it; use one of {', '.join(quant.QUANT_METHODS)}")
+            if self.double_quant and self.quant == "int8":
+                raise UsageError("--double-quant applies to 4-bit bases (nf4, fp4), not --quant int8")
+            quant.require_bnb(f"--quant {self.quant}")
+        if self.optim in quant.BNB_OPTIMS:
+            quant.require_bnb(f"--optim {self.optim}")
 
     def policy(self) -> SelectionPolicy:
         """The selection policy, validated (not yet bound to a model)."""
@@ -170,8 +194,15 @@ class Built:
 def build(case: Case) -> Built:
     config = zoo.load_config(case.model)
     device = backends.device(case.backend)
-    model = zoo.build_model(config, dtype=DTYPES[case.dtype], device=device, seed=case.seed, attn=case.attn)
-    n_params = sum(p.numel() for p in model.parameters())
+    prepared = None
+    if case.quant == "none":
+        model = zoo.build_model(config, dtype=DTYPES[case.dtype], device=device, seed=case.seed, attn=case.attn)
+    else:
+        model = quant.build_quantized(config, quant=case.quant, double_quant=case.double_quant,
+                                      compute_dtype=case.quant_compute_dtype, dtype=DTYPES[case.dtype], device=device,
+                                      seed=case.seed, attn=case.attn)
+        prepared = quant.prepare(model, case.grad_checkpointing)
+    n_params = sum(_numel(p) for p in model.parameters())
     base = [*model.parameters(), *model.buffers()]
     with torch.device(device) if device.type == "meta" else contextlib.nullcontext():
         model = apply_method(model, case.method)   # sim: adapters born on meta, not initialised on the CPU
@@ -185,8 +216,11 @@ def build(case: Case) -> Built:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[case.optim]
-    optimizer = torch.optim.AdamW(trainable, lr=case.lr, **impl)
+    if case.optim in quant.BNB_OPTIMS:
+        optimizer = quant.make_optimizer(case.optim, trainable, case.lr)
+    else:
+        impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[case.optim]
+        optimizer = torch.optim.AdamW(trainable, lr=case.lr, **impl)
     batches = TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
                            mode=case.data_mode, seed=case.seed, meta=device.type == "meta")
     policy = case.policy()
@@ -203,18 +237,27 @@ def build(case: Case) -> Built:
             "attn_implementation": model.config._attn_implementation,
             "gradient_checkpointing": _checkpointing(model),
             "use_cache": bool(model.config.use_cache),
-            "optimizer": f"AdamW({case.optim})",
+            "optimizer": f"bnb.optim.{quant.BNB_OPTIMS[case.optim]}" if case.optim in quant.BNB_OPTIMS
+            else f"AdamW({case.optim})",
             "optimizer_state": case.optimizer_state,
             "device": str(device),
             **batches.describe(),
         },
         "selection": {"policy": policy.describe(), "n_active": policy.n_active},
     }
+    if case.quant != "none":
+        info["settings"]["quant"] = quant.describe(model, case, prepared)
     if os.environ.get("IST_BENCH_INJECT"):
         info["injected"] = os.environ["IST_BENCH_INJECT"]
     known = {id(t) for t in base}   # the base model's tensors first (it is built first), then the method's
     created = base + [t for t in [*model.parameters(), *model.buffers()] if id(t) not in known]
     return Built(model, optimizer, batches, device, policy, info, created)
+
+
+def _numel(p: torch.Tensor) -> int:
+    """A parameter's element count; a packed 4-bit weight counts the values it holds (two a byte)."""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else p.numel()
 
 
 def record_failure(row: dict, e: BaseException) -> None:

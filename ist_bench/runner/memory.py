@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from ist_bench import quant
 from ist_bench.measure import backends, env
 from ist_bench.measure.cuda import NvmlPoller, gpu_guard
 from ist_bench.measure.memory import MemoryMeter, summarize
@@ -59,7 +60,7 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
             policy = b.policy
             meter = MemoryMeter(tracker, b.model, b.optimizer, method_state=lambda: method_state(b.model, case.method),
                                 allocator=case.backend == "cuda", estimate=case.backend == "sim",
-                                created=b.created)
+                                extra_weights=quant.state_tensors(b.model), created=b.created)
             if policy.eval_batch:
                 tracker.register(policy.eval_batch.values())
 
