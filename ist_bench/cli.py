@@ -337,6 +337,7 @@ def _validate_sample(args: argparse.Namespace) -> list[dict]:
 
     from ist_bench.measure.cuda import card_memory
     from ist_bench.report.console import console
+    from ist_bench.results import model_label
     from ist_bench.runner.sample import draw_cases, run_sample
 
     if not torch.cuda.is_available():
@@ -349,7 +350,7 @@ def _validate_sample(args: argparse.Namespace) -> list[dict]:
     count = iter(range(1, 2 * len(cases) + 1))
     lanes = args.jobs or max(1, min(12, os.cpu_count() or 1))   # sim cells at once (cuda cells one by one)
     rows = run_sample(cases, out, timeout_s=args.timeout, parallel=lanes, card_bytes=card_memory(),
-                      on_row=lambda r: console.print(f"  {next(count)}: {r['backend']} {r['case']['model']} "
+                      on_row=lambda r: console.print(f"  {next(count)}: {r['backend']} {model_label(r['case']['model'])} "
                                                      f"{r['status']}", style="dim"))
     if args.timeline_worst:
         from ist_bench.runner.sample import worst_cell_timelines

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ist_bench.report.cells import check_note
-from ist_bench.results import case_label
+from ist_bench.results import case_label, model_label
 from ist_bench.safeio import terminal_width
 from ist_bench.units import human, in_unit, unit_for
 
@@ -16,7 +16,7 @@ console = Console(width=terminal_width())   # ist_bench/safeio.py: PYTHONIOENCOD
 NOISY = 1.05  # step-time p90/p10 above which a timing run is flagged
 
 def _title(case: dict) -> str:
-    return f"{case['model']} · {case_label(case)}"
+    return f"{model_label(case['model'])} · {case_label(case)}"
 
 
 # (summary key, label, at-peak key)

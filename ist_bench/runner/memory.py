@@ -144,11 +144,11 @@ def _write_timeline(path: str, case: Case, row: dict, tracker, meter) -> list[st
     from pathlib import Path
 
     from ist_bench.measure.timeline import Timeline
-    from ist_bench.results import case_label
+    from ist_bench.results import case_label, model_label
 
     summary = row.get("memory", {}).get("summary", {})
     peak = summary.get("run_allocated_peak") or summary.get("run_allocated_peak_est") or row.get("peak_reached") or 0
-    tl = Timeline.of(tracker, meter, case.backend, f"{case.model} {case_label(case.to_dict())}", peak)
+    tl = Timeline.of(tracker, meter, case.backend, f"{model_label(case.model)} {case_label(case.to_dict())}", peak)
     written = [str(tl.save(path))]
     if case.backend == "cuda":
         snapshot = Path(path).with_suffix(".cuda.pickle")
