@@ -112,6 +112,7 @@ class MemoryTracker(TorchDispatchMode):
 
     def serial(self, t: torch.Tensor) -> int | None:
         """The serial of a live tensor's storage (None if untracked)."""
+        t = local(t)
         entry = self._live.get(id(t.untyped_storage())) if isinstance(t, torch.Tensor) else None
         return None if entry is None else entry[1]
 
@@ -119,6 +120,7 @@ class MemoryTracker(TorchDispatchMode):
         return {s: e for s, e in self.log.items() if e.born <= moment and (e.died is None or e.died > moment)}
 
     def _add(self, t: torch.Tensor) -> None:
+        t = local(t)
         if not isinstance(t, torch.Tensor) or not self._here(t) or t.is_sparse:
             return
         storage = t.untyped_storage()
@@ -309,10 +311,15 @@ def _rebuild(template):
     return kind(_rebuild(x) for x in items)
 
 
+def local(t):
+    """A sharded (DTensor) parameter, gradient or state is counted by the shard this rank holds."""
+    return getattr(t, "_local_tensor", t)
+
+
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the unique storages behind `tensors` (shared/tied storages once)."""
+    """Bytes of the unique storages behind `tensors` (shared/tied storages once; a DTensor by its local shard)."""
     seen: dict[int, int] = {}
-    for t in tensors:
+    for t in map(local, tensors):
         if isinstance(t, torch.Tensor) and not t.is_sparse:
             st = t.untyped_storage()
             seen[id(st)] = st.nbytes()

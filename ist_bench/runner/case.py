@@ -166,7 +166,8 @@ class Built:
     info: dict
 
 
-def build(case: Case) -> Built:
+def build(case: Case, wrap=None) -> Built:
+    """`wrap(model)`, if given, runs after the method and before the optimizer (FSDP2 sharding: ist_bench/dist)."""
     config = zoo.load_config(case.model)
     device = backends.device(case.backend)
     model = zoo.build_model(config, dtype=DTYPES[case.dtype], device=device, seed=case.seed, attn=case.attn)
@@ -182,6 +183,8 @@ def build(case: Case) -> Built:
         # non-reentrant: no need for inputs that require grad (peft's frozen embeddings), as Trainer does today
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
+    if wrap is not None:
+        model = wrap(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[case.optim]
     optimizer = torch.optim.AdamW(trainable, lr=case.lr, **impl)

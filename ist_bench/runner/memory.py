@@ -18,7 +18,7 @@ from ist_bench.units import parse_bytes
 
 
 def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | list = False,
-                   timeline: str | None = None) -> dict:
+                   timeline: str | None = None, wrap=None) -> dict:
     """Measure memory over the steps of the protocol (docs/measurement.md); returns the result row.
 
     1. step 0, the *first* step, as a real run takes it (no optimizer state before it); with
@@ -54,7 +54,7 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
             if timeline:
                 torch.cuda.memory._record_memory_history(max_entries=1_000_000, context=None)
         with nvml:
-            b = build(case)
+            b = build(case, wrap)
             row.update(b.info)
             policy = b.policy
             meter = MemoryMeter(tracker, b.model, b.optimizer, method_state=lambda: method_state(b.model, case.method),
