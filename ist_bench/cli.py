@@ -101,6 +101,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
         if Path(args.timeline).suffix not in FORMATS:
             raise UsageError(f"--timeline {args.timeline!r}: the file must end in {', '.join(FORMATS)}")
         _check_writable(args.timeline)
+    if args.nproc is not None:
+        return _memory_dist(args, case)
     row = measure_memory(case, busy_gpu=args.busy_gpu, timeline=args.timeline)
     print_memory(row)
     if row.get("timeline"):
@@ -108,6 +110,37 @@ def cmd_memory(args: argparse.Namespace) -> int:
         console.print(f"timeline: wrote {', '.join(row['timeline'])}", soft_wrap=True)
     _append_json(args.json, [row])
     return 0 if row["status"] in ("ok", "oom") else 1
+
+
+def _memory_dist(args: argparse.Namespace, case) -> int:
+    """`memory --nproc N`: N ranks under FSDP2/DDP (torchrun on cpu/cuda; a fake process group on sim)."""
+    from ist_bench.dist.launch import check, launch
+    from ist_bench.report.console import print_memory, print_ranks
+
+    check(args.nproc, args.shard, case.backend)
+    if args.timeline:
+        raise UsageError("--timeline is for one process; leave it out with --nproc")
+    reshard = args.reshard_after_forward == "on"
+    if case.backend == "sim":
+        from ist_bench.dist.fake import simulate
+        row = simulate(case, args.nproc, reshard_after_forward=reshard)
+    else:
+        row = launch(case, args.nproc, args.shard, reshard_after_forward=reshard)
+    print_memory(row)
+    print_ranks(row)
+    _append_json(args.json, [row])
+    return 0 if row["status"] in ("ok", "oom") else 1
+
+
+def _dist_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=int, help="ranks (world size): cpu/cuda launch torchrun with N workers (gloo / "
+                                             "NCCL); sim plays rank 0 of N under a fake process group (any N, one "
+                                             "CPU). Default: one process, no sharding")
+    p.add_argument("--shard", default="fsdp2", help="with --nproc: fsdp2 (fully_shard on each block, then the root; "
+                                                    "bf16 params, fp32 reduce) or ddp (default fsdp2)")
+    p.add_argument("--reshard-after-forward", choices=("on", "off"), default="on",
+                   help="fsdp2: free each block's gathered weights after its forward (on, ZeRO-3) or keep them "
+                        "for backward (off, ZeRO-2-like; default on)")
 
 
 CPU_TIME_MAX_PARAMS = 400e6  # above this a CPU step takes minutes: refuse rather than hang
@@ -625,6 +658,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--capacity", help="memory to run against, e.g. 80GiB: sim simulates the OOM, cuda caps "
                                       "its allocator")
     _busy_arg(p)
+    _dist_args(p)
     p.add_argument("--json", metavar="FILE", help="append the result row (bytes) to this JSONL file (created if "
                                                   "missing; '-': write it to stdout, the table to stderr)")
     p.add_argument("--timeline", metavar="FILE", help="also write the memory timeline (live bytes by category over "

@@ -139,3 +139,22 @@ def test_bad_world_sizes_and_shards_are_one_line():
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="only 0 GPU"):
             check(2, "fsdp2", "cuda")
+
+
+def _gathered_bytes(n):
+    """bf16 bytes of the unsharded (all-gathered, padding included) parameters: the root's and one block's."""
+    shapes = _lora_shapes()
+    root = sum(_padded(s, n) * n * 2 for s, _, layer in shapes[:3])
+    block = sum(_padded(s, n) * n * 2 for s, _, layer in shapes[3:3 + 9 + 10])
+    return root, block
+
+
+def test_fsdp2_buffers_are_their_own_category_and_follow_reshard_after_forward():
+    from ist_bench.dist.fake import simulate
+
+    root, block = _gathered_bytes(2)
+    on = simulate(_case("none", "sim"), 2)
+    off = simulate(_case("none", "sim"), 2, reshard_after_forward=False)
+    assert on["ranks"][0]["fsdp_buffers_at_peak"] == root + block        # the root stays gathered; one block
+    assert off["ranks"][0]["fsdp_buffers_at_peak"] >= root + 4 * block   # every block kept for backward
+    assert on["ranks"][0]["activations"] == off["ranks"][0]["activations"]   # gathered weights are not activations

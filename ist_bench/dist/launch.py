@@ -82,7 +82,7 @@ def gather(case, ranks: list[dict], nproc: int, shard: str, reshard_after_forwar
     if len(draws) > 1:   # every rank must train the same layers, or the collectives pair different tensors
         for r in ranks:
             r.update(status="error", error="the ranks drew different layers")
-    failed = [r for r in ranks if r.get("status") != "ok"]
+    failed = sorted((r for r in ranks if r.get("status") != "ok"), key=lambda r: r.get("failed_at", float("inf")))
     ok = [r for r in ranks if r.get("status") == "ok" and "memory" in r]
     row = {"schema": SCHEMA, "kind": "memory", "case": case.to_dict(), "backend": case.backend,
            "status": failed[0]["status"] if failed else "ok",
@@ -108,6 +108,9 @@ def _rank_summary(r: dict) -> dict:
     """Per rank: status, the run's peak, and each category's steady figure (weights/grads/optimizer shards)."""
     s = r.get("memory", {}).get("summary", {})
     out = {"rank": r["rank"], "status": r.get("status"), "error": r.get("error")}
+    at = r.get("memory", {}).get("steps", [{}])[-1].get("at_peak", {})
+    if "fsdp_buffers" in at:
+        out["fsdp_buffers_at_peak"] = at["fsdp_buffers"]
     for k in ("run_peak", "run_allocated_peak", "run_allocated_peak_est", "run_reserved_peak"):
         if k in s:
             out[k] = s[k]

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         row.update(measure(case, job))
     except Exception as e:   # this rank's failure is its row; torchrun tears the other ranks down
         record_failure(row, e)
+        row["failed_at"] = time.time()   # the first rank to fail is the cause; the others lost their peer
     Path(out, f"rank{rank}.json").write_text(json.dumps(row, default=str))
     if dist.is_initialized():
         dist.destroy_process_group()

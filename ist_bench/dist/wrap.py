@@ -41,6 +41,9 @@ def shard_fsdp2(model: nn.Module, *, mesh=None, reshard_after_forward: bool = Tr
     """
     from torch.distributed.fsdp import fully_shard
 
+    from ist_bench.dist import track
+
+    track.install()   # the tracker sees FSDP2's resize-based frees and its buffers
     kw = {"mesh": mesh, "mp_policy": mp_policy(param, reduce)}
     for block in zoo.locate_layers(model):
         fully_shard(block, reshard_after_forward=reshard_after_forward, **kw)

@@ -79,6 +79,7 @@ class MemoryTracker(TorchDispatchMode):
         self.capacity, self.outside = capacity, outside  # `outside`: bytes taken besides tensors
         self._live: dict[int, tuple[weakref.ref, int]] = {}   # id(storage) -> (ref, serial)
         self.log: dict[int, Storage] = {}                      # serial -> its bytes, tag and lifetime
+        self.fsdp: set[int] = set()   # serials of FSDP2's gathered parameters and collective buffers (dist/track.py)
         self.clock = 0
         self.tag: str | None = None
         self.where: str | None = None   # what the run is doing (the meter sets "step 3, backward"), for OOM messages
@@ -155,6 +156,12 @@ class MemoryTracker(TorchDispatchMode):
         """' at step 3, backward, in model.layers.2.mlp': where the run was (what the meter and tags say)."""
         parts = [p for p in (self.where, self.tag and f"in {self.tag}") if p]
         return f" at {', '.join(parts)}" if parts else ""
+
+    def retire(self, t: torch.Tensor) -> None:
+        """Count a storage as freed now though its object lives on (FSDP2 frees by `storage.resize_(0)`)."""
+        t = local(t)
+        if isinstance(t, torch.Tensor) and self._here(t):
+            self._freed(id(t.untyped_storage()))(None)
 
     def _freed(self, key: int):
         self_ref = self._self_ref

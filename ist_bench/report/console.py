@@ -27,6 +27,7 @@ _ROWS = [
     ("optimizer", "optimizer state", "optimizer"),
     ("method_state", "method state", "method_state"),
     (None, "temporaries", "temporary"),
+    (None, "FSDP2 buffers", "fsdp_buffers"),     # gathered weights, all-gather / reduce-scatter buffers
     (None, "allocator rounding", "rounding"),
     (None, "cuBLAS workspace", "workspace"),
     ("peak", "peak, tensors", None),
@@ -139,6 +140,25 @@ def print_memory(row: dict) -> None:
         if row["backend"] == "sim":
             console.print("sim: meta tensors, exact tensor bytes; allocator block rounding and the cuBLAS "
                           "workspaces are modelled (Hopper), not measured.", style="dim")
+
+
+def print_ranks(row: dict) -> None:
+    """A distributed row's ranks: status, peak and the shards each holds."""
+    if not row.get("ranks"):
+        return
+    d = row["dist"]
+    table = Table(title=f"{d['shard']} on {d['nproc']} ranks ({d['launcher']}; reshard after forward "
+                        f"{'on' if d['reshard_after_forward'] else 'off'})", title_justify="left")
+    keys = ("weights", "gradients", "optimizer", "activations", "fsdp_buffers_at_peak")
+    vals = [[r.get("run_allocated_peak", r.get("run_allocated_peak_est", r.get("run_peak"))), *map(r.get, keys)]
+            for r in row["ranks"]]
+    unit, size = unit_for([v for vs in vals for v in vs if v is not None])
+    for c in ("rank", "status", f"peak {unit}", "weights", "grads", "optim", "acts", "FSDP2 buf"):
+        table.add_column(c, justify="right")
+    for r, vs in zip(row["ranks"], vals, strict=True):
+        table.add_row(str(r["rank"]), r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error')}",
+                      *("-" if v is None else in_unit(v, size) for v in vs))
+    console.print(table)
 
 
 def settings_line(row: dict) -> str:
