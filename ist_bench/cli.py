@@ -406,6 +406,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     selects = [s.strip() for s in args.select.split(",") if s.strip()]
     _check_writable(args.json)
     start = time.time()
+    if args.nproc is not None:
+        return _fit_nproc(args, methods, selects, start)
     tgt, answers = fit.fit(args.model, args.gpu, methods, selects, granularity=args.granularity,
                            batch_len=args.batch_len, dtype=args.dtype, attn=args.attn,
                            grad_checkpointing=args.grad_checkpointing, optimizer_state=args.optimizer_state)
@@ -433,6 +435,50 @@ def cmd_fit(args: argparse.Namespace) -> int:
         from ist_bench.report.plots import fit_curves
         console.print(f"wrote {fit_curves(args.model, tgt, answers, args.plot)}")
     return 0
+
+
+def _fit_nproc(args: argparse.Namespace, methods: list[str], selects: list[str], start: float) -> int:
+    import dataclasses
+    import time
+
+    from rich.table import Table
+
+    from ist_bench import fit
+    from ist_bench.report.console import console
+    from ist_bench.units import human
+
+    nproc = args.nproc if args.nproc == "auto" else _int_arg("--nproc", args.nproc, "an integer >= 1 or auto")
+    tgt, answers = fit.fit_nproc(args.model, args.gpu, methods, selects, nproc, seq_len=args.batch_len,
+                                 dtype=args.dtype, attn=args.attn, grad_checkpointing=args.grad_checkpointing,
+                                 optimizer_state=args.optimizer_state)
+    from ist_bench.results import model_label
+    table = Table(title=f"{model_label(args.model)} on {tgt.note}, FSDP2", title_justify="left")
+    for col in ("method", "nproc", "per-rank peak", "dominant", "tried (N: peak)"):
+        table.add_column(col, justify="left" if col in ("method", "dominant", "tried (N: peak)") else "right")
+    for a in answers:
+        tried = ", ".join(f"{n}: {human(p['peak'])}" for n, p in sorted(a.probes.items(), key=lambda x: int(x[0])))
+        table.add_row(a.label, str(a.nproc) if a.fits else f"[red]{'none <= 64' if a.nproc is None else a.nproc}[/]",
+                      human(a.peak), a.dominant, tried)
+    console.print(table)
+    console.print(f"one steady step of {args.batch_len} tokens (batch 1) per rank, FSDP2 on sim (rank 0 of N under "
+                  f"a fake process group; bf16 params, fp32 reduce, reshard after forward); fits when the estimated "
+                  f"allocated peak plus fit's margin is within {human(tgt.usable)}; {time.time() - start:.0f} s",
+                  style="dim")
+    if args.json:
+        _append_json(args.json, [{"kind": "fit", "model": args.model, "gpu": args.gpu, "usable": tgt.usable,
+                                  "note": tgt.note, "shard": "fsdp2",
+                                  "answers": [dataclasses.asdict(a) for a in answers]}])
+    return 0
+
+
+def _int_arg(name: str, value: str, what: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"{name} must be {what}, got {value!r}") from None
+    if n < 1:
+        raise UsageError(f"{name} must be {what}, got {value!r}")
+    return n
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -745,6 +791,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing on")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--optimizer-state", default="keep", help="keep | reset (default keep)")
+    p.add_argument("--nproc", help="ranks under FSDP2 (sim, per rank): an integer, or auto for the smallest power of "
+                                   "two up to 64 at which one --batch-len step fits (no length/batch search then)")
     p.add_argument("--json", metavar="FILE", help="append the answers to this JSONL file (created if missing; '-': "
                                                   "stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of peak memory vs length per method, with the card's line")

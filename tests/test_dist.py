@@ -158,3 +158,35 @@ def test_fsdp2_buffers_are_their_own_category_and_follow_reshard_after_forward()
     assert on["ranks"][0]["fsdp_buffers_at_peak"] == root + block        # the root stays gathered; one block
     assert off["ranks"][0]["fsdp_buffers_at_peak"] >= root + 4 * block   # every block kept for backward
     assert on["ranks"][0]["activations"] == off["ranks"][0]["activations"]   # gathered weights are not activations
+
+
+MID = str(Path(__file__).parent / "configs" / "mid-llama.json")   # ~0.2B params: sharding decides the fit
+
+
+@pytest.mark.slow
+def test_fit_nproc_auto_answers_the_smallest_world_size_that_fits():
+    from ist_bench import fit
+
+    tgt, (a,) = fit.fit_nproc(MID, "1.5GiB", ["full"], ["none"], "auto", seq_len=256)
+    peaks = {int(n): p["peak"] for n, p in a.probes.items()}
+    assert a.fits and peaks[a.nproc] + fit.margin(peaks[a.nproc], "full") <= tgt.usable
+    below = [n for n in peaks if n < a.nproc]
+    assert below and all(peaks[n] + fit.margin(peaks[n], "full") > tgt.usable for n in below)
+    assert peaks[max(below)] > peaks[a.nproc]    # the per-rank peak falls as the world grows
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["fit", "--model", "tiny-llama", "--gpu", "1GiB", "--nproc", "0"], "--nproc must be an integer >= 1 or auto"),
+    (["fit", "--model", "tiny-llama", "--gpu", "1GiB", "--nproc", "many"], "got 'many'"),
+    (["memory", "--model", "tiny-llama", "--backend", "sim", "--nproc", "0"], "--nproc must be an integer >= 1"),
+    (["memory", "--model", "tiny-llama", "--backend", "sim", "--nproc", "2", "--shard", "zero3"],
+     "unknown shard 'zero3'; valid: fsdp2, ddp"),
+    (["memory", "--model", "tiny-llama", "--backend", "sim", "--nproc", "2", "--shard", "ddp"],
+     "--shard ddp is not modelled"),
+])
+def test_bad_distributed_input_is_one_line_exit_2(argv, message, capsys):
+    from ist_bench.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

@@ -108,7 +108,7 @@ def _rank_summary(r: dict) -> dict:
     """Per rank: status, the run's peak, and each category's steady figure (weights/grads/optimizer shards)."""
     s = r.get("memory", {}).get("summary", {})
     out = {"rank": r["rank"], "status": r.get("status"), "error": r.get("error")}
-    at = r.get("memory", {}).get("steps", [{}])[-1].get("at_peak", {})
+    at = (r.get("memory", {}).get("steps") or [{}])[-1].get("at_peak", {})
     if "fsdp_buffers" in at:
         out["fsdp_buffers_at_peak"] = at["fsdp_buffers"]
     for k in ("run_peak", "run_allocated_peak", "run_allocated_peak_est", "run_reserved_peak"):

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("IST_BENCH_DIST_FAIL_RANK") == str(rank):   # tests only: one rank dies mid-run
             raise RuntimeError(f"injected failure on rank {rank}")
         row.update(measure(case, job))
+        if row["status"] != "ok":       # measure_memory keeps a step's failure in its row
+            row["failed_at"] = time.time()
     except Exception as e:   # this rank's failure is its row; torchrun tears the other ranks down
         record_failure(row, e)
         row["failed_at"] = time.time()   # the first rank to fail is the cause; the others lost their peer
