@@ -181,6 +181,19 @@ def cmd_time(args: argparse.Namespace) -> int:
                          f"(limit {CPU_TIME_MAX_PARAMS / 1e6:.0f}M); use --backend cuda")
     if args.profile_steps is not None and args.profile_steps < 0:
         raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
+    if args.nproc is not None:
+        from ist_bench.dist.launch import check, launch
+        from ist_bench.report.console import print_ranks
+        check(args.nproc, args.shard, case.backend)
+        if args.compare_select:
+            raise UsageError("--compare-select runs one process per side; leave it out with --nproc")
+        row = launch(case, args.nproc, args.shard, reshard_after_forward=args.reshard_after_forward == "on",
+                     kind="time", warmup=args.warmup)
+        if row.get("time"):
+            print_time(row)
+        print_ranks(row)
+        _append_json(args.json, [row])
+        return 0 if row["status"] in ("ok", "oom") else 1
     if args.compare_select:
         jobs = [{"kind": "time", "case": v.to_dict(), "warmup": args.warmup, "profile_steps": args.profile_steps,
                  "busy_gpu": args.busy_gpu} for _ in range(args.rounds) for v in variants]   # A B A B ...
@@ -728,6 +741,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="also time the harness against a bare PyTorch loop in this many interleaved pairs of "
                         "10-step blocks (default 0: off)")
     _busy_arg(p)
+    _dist_args(p)
     p.add_argument("--json", metavar="FILE", help="append the result row(s) to this JSONL file (created if missing; "
                                                   "'-': write them to stdout, the table to stderr)")
     p.set_defaults(func=cmd_time)

@@ -44,11 +44,12 @@ def _free_port() -> int:
 
 
 def launch(case, nproc: int, shard: str = "fsdp2", *, reshard_after_forward: bool = True,
-           timeout_s: float = 1800, collective_timeout_s: float = 300) -> dict:
-    """The case row of a real N-rank run (cpu: gloo; cuda: NCCL)."""
+           timeout_s: float = 1800, collective_timeout_s: float = 300, kind: str = "memory",
+           warmup: int = 10) -> dict:
+    """The case row of a real N-rank run (cpu: gloo; cuda: NCCL); `kind` memory or time."""
     start = time.time()
     job = {"case": case.to_dict(), "shard": shard, "reshard_after_forward": reshard_after_forward,
-           "timeout_s": collective_timeout_s}
+           "timeout_s": collective_timeout_s, "kind": kind, "warmup": warmup, "profile_steps": 0}
     with tempfile.TemporaryDirectory(prefix="ist-bench-dist-") as tmp:
         Path(tmp, "job.json").write_text(json.dumps(job))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
@@ -70,7 +71,7 @@ def launch(case, nproc: int, shard: str = "fsdp2", *, reshard_after_forward: boo
             ranks.append(json.loads(path.read_text()) if path.is_file() else
                          {"rank": r, "status": "error", "error": f"rank {r} wrote no row ({launcher})"})
     return gather(case, ranks, nproc, shard, reshard_after_forward, launcher=launcher, log=log,
-                  wall_s=time.time() - start)
+                  wall_s=time.time() - start, kind=kind)
 
 
 def gather(case, ranks: list[dict], nproc: int, shard: str, reshard_after_forward: bool, **extra) -> dict:
@@ -84,12 +85,20 @@ def gather(case, ranks: list[dict], nproc: int, shard: str, reshard_after_forwar
             r.update(status="error", error="the ranks drew different layers")
     failed = sorted((r for r in ranks if r.get("status") != "ok"), key=lambda r: r.get("failed_at", float("inf")))
     ok = [r for r in ranks if r.get("status") == "ok" and "memory" in r]
-    row = {"schema": SCHEMA, "kind": "memory", "case": case.to_dict(), "backend": case.backend,
+    kind = extra.get("kind", "memory")
+    row = {"schema": SCHEMA, "kind": kind, "case": case.to_dict(), "backend": case.backend,
            "status": failed[0]["status"] if failed else "ok",
            "error": f"rank {failed[0]['rank']}: {failed[0].get('error')}" if failed else None,
            "dist": {"nproc": nproc, "shard": shard, "reshard_after_forward": reshard_after_forward,
                     "launcher": extra.get("launcher", "in-process")},
            "ranks": [_rank_summary(r) for r in ranks]}
+    timed = [r for r in ranks if r.get("status") == "ok" and "time" in r]
+    if timed:   # the slowest rank sets the pace of a synchronous step
+        top = max(timed, key=lambda r: r["time"]["phases_ms"]["step"]["median"])
+        row["time"] = top["time"]
+        for k in ("n_layers", "params", "trainable_params", "settings", "selection", "provenance", "warmup"):
+            if k in top:
+                row[k] = top[k]
     if ok:
         top = max(ok, key=lambda r: r["memory"]["summary"].get("run_peak", 0))
         row["memory"] = top["memory"]
@@ -117,6 +126,9 @@ def _rank_summary(r: dict) -> dict:
     for cat in ("weights", "gradients", "optimizer", "activations", "fsdp_buffers"):
         if cat in s:
             out[cat] = s[cat].get("steady", s[cat].get("max"))
+    if "time" in r:
+        out["step_ms"] = r["time"]["phases_ms"]["step"]["median"]
+        out["s_per_100_iter"] = r["time"].get("s_per_100_iter")
     if "history" in r.get("selection", {}):
         out["draws"] = [h["active"] for h in r["selection"]["history"]]
     return out

@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     row = {"rank": rank, "status": "ok", "error": None}
     try:
         case = Case.from_dict(job["case"])
-        init("nccl" if case.backend == "cuda" else "gloo", job.get("timeout_s", 300))
-        if case.backend == "cuda":
+        if case.backend == "cuda":   # before the group: NCCL binds each rank to its own GPU
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        init("nccl" if case.backend == "cuda" else "gloo", job.get("timeout_s", 300))
         if os.environ.get("IST_BENCH_DIST_FAIL_RANK") == str(rank):   # tests only: one rank dies mid-run
             raise RuntimeError(f"injected failure on rank {rank}")
         row.update(measure(case, job))
@@ -63,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 def measure(case, job: dict) -> dict:
     """The memory protocol of runner/memory.py on this rank, the model sharded before the optimizer exists."""
     from ist_bench.runner.memory import measure_memory
+    from ist_bench.runner.time import measure_time
 
+    if job.get("kind") == "time":
+        return measure_time(case, warmup=job.get("warmup", 10), profile_steps=job.get("profile_steps", 0),
+                            busy_gpu="ignore", wrap=wrapper(job))
     return measure_memory(case, busy_gpu="ignore", wrap=wrapper(job))   # the other ranks share the host's GPUs
 
 

@@ -149,6 +149,10 @@ def print_ranks(row: dict) -> None:
     d = row["dist"]
     table = Table(title=f"{d['shard']} on {d['nproc']} ranks ({d['launcher']}; reshard after forward "
                         f"{'on' if d['reshard_after_forward'] else 'off'})", title_justify="left")
+    if row.get("kind") == "time":
+        console.print(", ".join(f"rank {r['rank']}: {r['status']}" + (f" {r['step_ms']:.1f} ms/step" if r.get("step_ms")
+                                else f" {r.get('error')}" if r["status"] != "ok" else "") for r in row["ranks"]))
+        return
     keys = ("weights", "gradients", "optimizer", "activations", "fsdp_buffers_at_peak")
     vals = [[r.get("run_allocated_peak", r.get("run_allocated_peak_est", r.get("run_peak"))), *map(r.get, keys)]
             for r in row["ranks"]]
