@@ -117,7 +117,7 @@ def _memory_dist(args: argparse.Namespace, case) -> int:
     from ist_bench.dist.launch import check, launch
     from ist_bench.report.console import print_memory, print_ranks
 
-    check(args.nproc, args.shard, case.backend)
+    check(args.nproc, args.shard, case.backend, case.method.name)
     if args.timeline:
         raise UsageError("--timeline is for one process; leave it out with --nproc")
     reshard = args.reshard_after_forward == "on"
@@ -184,7 +184,7 @@ def cmd_time(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         from ist_bench.dist.launch import check, launch
         from ist_bench.report.console import print_ranks
-        check(args.nproc, args.shard, case.backend)
+        check(args.nproc, args.shard, case.backend, case.method.name)
         if args.compare_select:
             raise UsageError("--compare-select runs one process per side; leave it out with --nproc")
         row = launch(case, args.nproc, args.shard, reshard_after_forward=args.reshard_after_forward == "on",

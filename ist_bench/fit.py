@@ -245,10 +245,13 @@ def fit_nproc(model: str, gpu: str, methods: list[str], selects: list[str], npro
 
     if nproc != "auto" and (not isinstance(nproc, int) or nproc < 1):
         raise UsageError(f"--nproc must be an integer >= 1 or auto, got {nproc!r}")
+    from ist_bench.dist.launch import check
+
     tgt = target(gpu)
     answers = []
     for method in methods:
         for select in selects:
+            check(1, "fsdp2", "sim", method)
             base = Case(model=model, method=MethodSpec(name=method), select=select, backend="sim", steps=0,
                         seq_len=seq_len, **case_kw).check()
             a = ShardAnswer(method, select, seq_len)

@@ -183,6 +183,8 @@ def test_fit_nproc_auto_answers_the_smallest_world_size_that_fits():
      "unknown shard 'zero3'; valid: fsdp2, ddp"),
     (["memory", "--model", "tiny-llama", "--backend", "sim", "--nproc", "2", "--shard", "ddp"],
      "--shard ddp is not modelled"),
+    (["memory", "--model", "tiny-llama", "--method", "adalora", "--backend", "sim", "--nproc", "2"],
+     "--method adalora cannot run under --shard fsdp2: its rank allocator"),
 ])
 def test_bad_distributed_input_is_one_line_exit_2(argv, message, capsys):
     from ist_bench.cli import main
