@@ -52,8 +52,8 @@ def expected(n, rank, active_layers):
     return {"weights": weights, "gradients": grads, "optimizer": optimizer}
 
 
-def _case(select, backend):
-    return Case.from_dict({"model": ODD, "method": "lora", "select": select, "backend": backend, "steps": 2,
+def _case(select, backend, steps=1):
+    return Case.from_dict({"model": ODD, "method": "lora", "select": select, "backend": backend, "steps": steps,
                            "seq_len": 32, "optim": "foreach"}).check()
 
 
@@ -95,7 +95,7 @@ def test_fsdp2_groups_keep_fp32_adapter_grads_when_a_policy_freezes_blocks_first
     still reduces its gradients in fp32 when drawn later."""
     from ist_bench.dist.fake import simulate
 
-    row = simulate(_case("ist", "sim"), 2)
+    row = simulate(_case("ist", "sim", steps=3), 2)
     steps = row["memory"]["steps"]
     assert len({s["active_layers"][0] for s in steps}) > 1      # a block frozen at step 0 trains later
     assert [s["gradients"] for s in steps] == [expected(2, 0, [0])["gradients"]] * len(steps)   # fp32, not bf16
@@ -192,3 +192,15 @@ def test_bad_distributed_input_is_one_line_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_steady_step_alone_runs_sharded_when_the_importance_round_gathers_first():
+    """fit's probe (steps=0): IST's importance round, under inference_mode, is the first to gather; the
+    gathered parameters must still be trainable tensors afterwards."""
+    from ist_bench.dist.fake import simulate
+
+    case = Case.from_dict({"model": ODD, "method": "lora", "select": "ist", "backend": "sim", "steps": 0,
+                           "seq_len": 32}).check()
+    row = simulate(case, 2)
+    assert row["status"] == "ok", row["error"]
+    assert row["ranks"][0]["gradients"] == expected(2, 0, [0])["gradients"]

@@ -38,6 +38,9 @@ def shard_fsdp2(model: nn.Module, *, mesh=None, reshard_after_forward: bool = Tr
     may freeze a whole block before that forward; the block would then never get its reduce dtype and its
     gradients would come back in bf16. So the lazy init runs here, with every parameter the method made
     trainable: `FSDPState._lazy_init` (private; the one call the first forward makes, idempotent).
+    Then each group is gathered and freed once (public `unshard()`/`reshard()`), so FSDP2 creates its
+    gathered parameters here, as ordinary tensors: created first inside IST's importance round
+    (`torch.inference_mode`) they would be inference tensors, and training them fails.
     """
     from torch.distributed.fsdp import fully_shard
 
@@ -49,6 +52,9 @@ def shard_fsdp2(model: nn.Module, *, mesh=None, reshard_after_forward: bool = Tr
         fully_shard(block, reshard_after_forward=reshard_after_forward, **kw)
     fully_shard(model, reshard_after_forward=reshard_after_forward, **kw)
     model._get_fsdp_state()._lazy_init()
+    for module in [model, *zoo.locate_layers(model)]:
+        module.unshard()
+        module.reshard()
     return model
 
 
