@@ -67,7 +67,7 @@ def test_padded_shard_sizes_are_ceil_divided_dim0():
     assert padded_shard_numel((64,), 3) == 22
 
 
-@pytest.mark.parametrize("n", [2, 4, 8])
+@pytest.mark.parametrize("n", [pytest.param(2, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow), 8])
 def test_sim_per_rank_bytes_equal_the_computed_shard_sizes(n):
     from ist_bench.dist.fake import simulate
 
