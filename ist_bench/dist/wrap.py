@@ -59,10 +59,13 @@ def shard_fsdp2(model: nn.Module, *, mesh=None, reshard_after_forward: bool = Tr
 
 
 def shard_ddp(model: nn.Module) -> nn.Module:
-    """Replicate (DDP): every rank holds the whole model; gradients are all-reduced in buckets."""
-    from torch.nn.parallel import DistributedDataParallel
+    """Replicate (DDP): every rank holds the whole model; gradients are all-reduced in buckets. torch's
+    composable `replicate` (DDP in place) keeps the model object, so its config and layers stay where
+    the runner and the policies look for them (`DistributedDataParallel` would wrap it)."""
+    from torch.distributed._composable.replicate import replicate
 
-    return DistributedDataParallel(model)
+    replicate(model)
+    return model
 
 
 def padded_shard_numel(shape: torch.Size | tuple, world: int) -> int:
