@@ -204,3 +204,14 @@ def test_a_steady_step_alone_runs_sharded_when_the_importance_round_gathers_firs
     row = simulate(case, 2)
     assert row["status"] == "ok", row["error"]
     assert row["ranks"][0]["gradients"] == expected(2, 0, [0])["gradients"]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_hold_the_whole_model():
+    from ist_bench.dist.launch import launch
+
+    row = launch(_case("none", "cpu"), 2, "ddp", timeout_s=600)
+    assert row["status"] == "ok", (row["error"], row.get("log_tail"))
+    full = expected(1, 0, range(4))
+    for r in row["ranks"]:
+        assert _figures(r) == full
