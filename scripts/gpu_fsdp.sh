@@ -14,7 +14,7 @@ if [ "${1:-}" = "--dry-run" ]; then real=cpu; small=tiny-llama; big=""; full="";
 sims=()
 for m in $small $big; do
   for s in none ist; do
-    ist memory --model "$m" --method lora --select "$s" --backend sim --nproc 1 --shard fsdp2 --steps 3 "${extra[@]}" \
+    timeout 420 python3 -m ist_bench.cli memory --model "$m" --method lora --select "$s" --backend sim --nproc 1 --shard fsdp2 --steps 2 "${extra[@]}" \
       --json "$out/fsdp-sim.jsonl" > "$out/sim-$m-$s.log" 2>&1 &
     sims+=($!)
   done
@@ -22,13 +22,13 @@ done
 for m in $small $big; do
   for s in none ist; do
     log "$real $m lora+$s"
-    ist memory --model "$m" --method lora --select "$s" --backend "$real" --nproc 1 --shard fsdp2 --steps 3 \
+    timeout 150 python3 -m ist_bench.cli memory --model "$m" --method lora --select "$s" --backend "$real" --nproc 1 --shard fsdp2 --steps 2 \
       "${extra[@]}" --json "$out/fsdp-$real.jsonl" 2>&1 | grep -E "^run peak|^│ +0 |OOM|ERROR|error" | head -4
   done
 done
 if [ -n "$full" ]; then
   log "$real $full full (expected: oom)"
-  ist memory --model "$full" --method full --backend "$real" --steps 1 --json "$out/full-$real.jsonl" 2>&1 | \
+  timeout 120 python3 -m ist_bench.cli memory --model "$full" --method full --backend "$real" --steps 1 --json "$out/full-$real.jsonl" 2>&1 | \
     grep -E "^run peak|OOM|ERROR" | head -2
 fi
 log "waiting for ${#sims[@]} sim cases"; for p in "${sims[@]}"; do wait "$p"; done

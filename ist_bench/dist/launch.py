@@ -66,6 +66,12 @@ def launch(case, nproc: int, shard: str = "fsdp2", *, reshard_after_forward: boo
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)   # its own process group: torn down as one
+        def stop(*_):   # killed ourselves (SIGTERM, Ctrl-C): take the ranks down with us
+            raise SystemExit(143)
+        try:
+            previous = signal.signal(signal.SIGTERM, stop)
+        except ValueError:   # not the main thread
+            previous = None
         try:
             log, _ = proc.communicate(timeout=timeout_s)
             launcher = "ok" if proc.returncode == 0 else f"torchrun exited {proc.returncode}"
@@ -73,6 +79,12 @@ def launch(case, nproc: int, shard: str = "fsdp2", *, reshard_after_forward: boo
             os.killpg(proc.pid, signal.SIGKILL)
             log, _ = proc.communicate()
             launcher = f"timeout: killed after {timeout_s:.0f} s"
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         ranks = []
         for r in range(nproc):
             path = Path(tmp, f"rank{r}.json")
