@@ -108,6 +108,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
         if Path(args.timeline).suffix not in FORMATS:
             raise UsageError(f"--timeline {args.timeline!r}: the file must end in {', '.join(FORMATS)}")
         _check_writable(args.timeline)
+    if args.nproc is not None:
+        return _memory_dist(args, case)
     row = measure_memory(case, busy_gpu=args.busy_gpu, timeline=args.timeline)
     print_memory(row)
     if row.get("timeline"):
@@ -115,6 +117,37 @@ def cmd_memory(args: argparse.Namespace) -> int:
         console.print(f"timeline: wrote {', '.join(row['timeline'])}", soft_wrap=True)
     _append_json(args.json, [row])
     return 0 if row["status"] in ("ok", "oom") else 1
+
+
+def _memory_dist(args: argparse.Namespace, case) -> int:
+    """`memory --nproc N`: N ranks under FSDP2/DDP (torchrun on cpu/cuda; a fake process group on sim)."""
+    from ist_bench.dist.launch import check, launch
+    from ist_bench.report.console import print_memory, print_ranks
+
+    check(args.nproc, args.shard, case.backend, case.method.name)
+    if args.timeline:
+        raise UsageError("--timeline is for one process; leave it out with --nproc")
+    reshard = args.reshard_after_forward == "on"
+    if case.backend == "sim":
+        from ist_bench.dist.fake import simulate
+        row = simulate(case, args.nproc, reshard_after_forward=reshard)
+    else:
+        row = launch(case, args.nproc, args.shard, reshard_after_forward=reshard)
+    print_memory(row)
+    print_ranks(row)
+    _append_json(args.json, [row])
+    return 0 if row["status"] in ("ok", "oom") else 1
+
+
+def _dist_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=int, help="ranks (world size): cpu/cuda launch torchrun with N workers (gloo / "
+                                             "NCCL); sim plays rank 0 of N under a fake process group (any N, one "
+                                             "CPU). Default: one process, no sharding")
+    p.add_argument("--shard", default="fsdp2", help="with --nproc: fsdp2 (fully_shard on each block, then the root; "
+                                                    "bf16 params, fp32 reduce) or ddp (default fsdp2)")
+    p.add_argument("--reshard-after-forward", choices=("on", "off"), default="on",
+                   help="fsdp2: free each block's gathered weights after its forward (on, ZeRO-3) or keep them "
+                        "for backward (off, ZeRO-2-like; default on)")
 
 
 CPU_TIME_MAX_PARAMS = 400e6  # above this a CPU step takes minutes: refuse rather than hang
@@ -155,6 +188,19 @@ def cmd_time(args: argparse.Namespace) -> int:
                          f"(limit {CPU_TIME_MAX_PARAMS / 1e6:.0f}M); use --backend cuda")
     if args.profile_steps is not None and args.profile_steps < 0:
         raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
+    if args.nproc is not None:
+        from ist_bench.dist.launch import check, launch
+        from ist_bench.report.console import print_ranks
+        check(args.nproc, args.shard, case.backend, case.method.name)
+        if args.compare_select:
+            raise UsageError("--compare-select runs one process per side; leave it out with --nproc")
+        row = launch(case, args.nproc, args.shard, reshard_after_forward=args.reshard_after_forward == "on",
+                     kind="time", warmup=args.warmup)
+        if row.get("time"):
+            print_time(row)
+        print_ranks(row)
+        _append_json(args.json, [row])
+        return 0 if row["status"] in ("ok", "oom") else 1
     if args.compare_select:
         jobs = [{"kind": "time", "case": v.to_dict(), "warmup": args.warmup, "profile_steps": args.profile_steps,
                  "busy_gpu": args.busy_gpu} for _ in range(args.rounds) for v in variants]   # A B A B ...
@@ -344,6 +390,7 @@ def _validate_sample(args: argparse.Namespace) -> list[dict]:
 
     from ist_bench.measure.cuda import card_memory
     from ist_bench.report.console import console
+    from ist_bench.results import model_label
     from ist_bench.runner.sample import draw_cases, run_sample
 
     if not torch.cuda.is_available():
@@ -356,7 +403,7 @@ def _validate_sample(args: argparse.Namespace) -> list[dict]:
     count = iter(range(1, 2 * len(cases) + 1))
     lanes = args.jobs or max(1, min(12, os.cpu_count() or 1))   # sim cells at once (cuda cells one by one)
     rows = run_sample(cases, out, timeout_s=args.timeout, parallel=lanes, card_bytes=card_memory(),
-                      on_row=lambda r: console.print(f"  {next(count)}: {r['backend']} {r['case']['model']} "
+                      on_row=lambda r: console.print(f"  {next(count)}: {r['backend']} {model_label(r['case']['model'])} "
                                                      f"{r['status']}", style="dim"))
     if args.timeline_worst:
         from ist_bench.runner.sample import worst_cell_timelines
@@ -379,6 +426,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     selects = [s.strip() for s in args.select.split(",") if s.strip()]
     _check_writable(args.json)
     start = time.time()
+    if args.nproc is not None:
+        return _fit_nproc(args, methods, selects, start)
     tgt, answers = fit.fit(args.model, args.gpu, methods, selects, granularity=args.granularity,
                            batch_len=args.batch_len, dtype=args.dtype, attn=args.attn,
                            grad_checkpointing=args.grad_checkpointing, optimizer_state=args.optimizer_state,
@@ -410,6 +459,50 @@ def cmd_fit(args: argparse.Namespace) -> int:
         from ist_bench.report.plots import fit_curves
         console.print(f"wrote {fit_curves(args.model, tgt, answers, args.plot)}")
     return 0
+
+
+def _fit_nproc(args: argparse.Namespace, methods: list[str], selects: list[str], start: float) -> int:
+    import dataclasses
+    import time
+
+    from rich.table import Table
+
+    from ist_bench import fit
+    from ist_bench.report.console import console
+    from ist_bench.units import human
+
+    nproc = args.nproc if args.nproc == "auto" else _int_arg("--nproc", args.nproc, "an integer >= 1 or auto")
+    tgt, answers = fit.fit_nproc(args.model, args.gpu, methods, selects, nproc, seq_len=args.batch_len,
+                                 dtype=args.dtype, attn=args.attn, grad_checkpointing=args.grad_checkpointing,
+                                 optimizer_state=args.optimizer_state)
+    from ist_bench.results import model_label
+    table = Table(title=f"{model_label(args.model)} on {tgt.note}, FSDP2", title_justify="left")
+    for col in ("method", "nproc", "per-rank peak", "dominant", "tried (N: peak)"):
+        table.add_column(col, justify="left" if col in ("method", "dominant", "tried (N: peak)") else "right")
+    for a in answers:
+        tried = ", ".join(f"{n}: {human(p['peak'])}" for n, p in sorted(a.probes.items(), key=lambda x: int(x[0])))
+        table.add_row(a.label, str(a.nproc) if a.fits else f"[red]{'none <= 64' if a.nproc is None else a.nproc}[/]",
+                      human(a.peak), a.dominant, tried)
+    console.print(table)
+    console.print(f"one steady step of {args.batch_len} tokens (batch 1) per rank, FSDP2 on sim (rank 0 of N under "
+                  f"a fake process group; bf16 params, fp32 reduce, reshard after forward); fits when the estimated "
+                  f"allocated peak plus fit's margin is within {human(tgt.usable)}; {time.time() - start:.0f} s",
+                  style="dim")
+    if args.json:
+        _append_json(args.json, [{"kind": "fit", "model": args.model, "gpu": args.gpu, "usable": tgt.usable,
+                                  "note": tgt.note, "shard": "fsdp2",
+                                  "answers": [dataclasses.asdict(a) for a in answers]}])
+    return 0
+
+
+def _int_arg(name: str, value: str, what: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"{name} must be {what}, got {value!r}") from None
+    if n < 1:
+        raise UsageError(f"{name} must be {what}, got {value!r}")
+    return n
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -635,6 +728,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--capacity", help="memory to run against, e.g. 80GiB: sim simulates the OOM, cuda caps "
                                       "its allocator")
     _busy_arg(p)
+    _dist_args(p)
     p.add_argument("--json", metavar="FILE", help="append the result row (bytes) to this JSONL file (created if "
                                                   "missing; '-': write it to stdout, the table to stderr)")
     p.add_argument("--timeline", metavar="FILE", help="also write the memory timeline (live bytes by category over "
@@ -658,6 +752,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="also time the harness against a bare PyTorch loop in this many interleaved pairs of "
                         "10-step blocks (default 0: off)")
     _busy_arg(p)
+    _dist_args(p)
     p.add_argument("--json", metavar="FILE", help="append the result row(s) to this JSONL file (created if missing; "
                                                   "'-': write them to stdout, the table to stderr)")
     p.set_defaults(func=cmd_time)
@@ -727,6 +822,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--optim", dest="fit_optim", default="fused",
                    help="optimizer: fused | foreach | for-loop (torch AdamW) | adamw8bit | paged-adamw8bit | "
                         "paged-adamw32bit (bitsandbytes; default fused)")
+    p.add_argument("--nproc", help="ranks under FSDP2 (sim, per rank): an integer, or auto for the smallest power of "
+                                   "two up to 64 at which one --batch-len step fits (no length/batch search then)")
     p.add_argument("--json", metavar="FILE", help="append the answers to this JSONL file (created if missing; '-': "
                                                   "stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of peak memory vs length per method, with the card's line")

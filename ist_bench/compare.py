@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 
 from ist_bench.errors import UsageError
-from ist_bench.results import case_label, read_rows, row_key
+from ist_bench.results import case_label, model_label, read_rows, row_key
 from ist_bench.schema import Thresholds  # the tolerances, validated: finite, factors >= 1
 
 MiB = 1 << 20
@@ -62,7 +62,8 @@ class Comparison:
 
 
 def title(row: dict) -> str:
-    return f"{row.get('kind', 'memory')}: {row['case']['model']} {case_label(row['case'])} [{row.get('backend')}]"
+    model = model_label(row["case"]["model"])
+    return f"{row.get('kind', 'memory')}: {model} {case_label(row['case'])} [{row.get('backend')}]"
 
 
 def environment(rows: list[dict]) -> dict[str, set]:

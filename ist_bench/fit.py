@@ -212,3 +212,70 @@ def fit(model: str, gpu: str, methods: list[str], selects: list[str], granularit
             a.probes = {str(k[0]): v["peak"] for k, v in sorted(f.cache.items()) if k[1] == 1}
             answers.append(a)
     return tgt, answers
+
+
+WORLD_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class ShardAnswer:
+    """`fit --nproc`: whether one step of `seq_len` tokens (batch 1) fits each rank under FSDP2."""
+    method: str
+    select: str
+    seq_len: int
+    nproc: int | None = None               # the N asked, or (auto) the smallest N that fits; None: none <= 64
+    fits: bool = False
+    peak: int | None = None                # per-rank estimated allocated peak at nproc (rank 0: the largest shards)
+    dominant: str | None = None
+    probes: dict = field(default_factory=dict)   # N -> per-rank peak
+
+    @property
+    def label(self) -> str:
+        return case_label({"method": {"name": self.method}, "select": self.select})
+
+
+def fit_nproc(model: str, gpu: str, methods: list[str], selects: list[str], nproc: int | str, seq_len: int = 1024,
+              **case_kw) -> tuple[Target, list[ShardAnswer]]:
+    """Per-rank fit under FSDP2 on sim (fake process group): at `nproc` ranks, or (`auto`) the smallest
+    power of two up to 64 at which the steady step plus the margin fits the card, found by bisection
+    (the per-rank peak falls as N grows)."""
+    from ist_bench.dist.fake import simulate
+    from ist_bench.methods import MethodSpec
+    from ist_bench.runner.memory import measure_memory
+
+    if nproc != "auto" and (not isinstance(nproc, int) or nproc < 1):
+        raise UsageError(f"--nproc must be an integer >= 1 or auto, got {nproc!r}")
+    from ist_bench.dist.launch import check
+
+    tgt = target(gpu)
+    answers = []
+    for method in methods:
+        for select in selects:
+            check(1, "fsdp2", "sim", method)
+            base = Case(model=model, method=MethodSpec(name=method), select=select, backend="sim", steps=0,
+                        seq_len=seq_len, **case_kw).check()
+            a = ShardAnswer(method, select, seq_len)
+
+            def probe(n: int, base=base, a=a, method=method) -> bool:
+                row = measure_memory(base) if n == 1 else simulate(base, n)
+                if row["status"] != "ok":
+                    raise RuntimeError(f"sim probe failed at --nproc {n}: {row['error']}")
+                peak = row["memory"]["summary"]["run_allocated_peak_est"]
+                a.probes[str(n)] = {"peak": peak, "dominant": _dominant(row["memory"]["steps"][-1]["at_peak"])}
+                return peak + margin(peak, method) <= tgt.usable
+            if nproc == "auto":
+                lo, hi = -1, len(WORLD_SIZES)          # WORLD_SIZES[hi] fits (hi = len: none known to)
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if probe(WORLD_SIZES[mid]):
+                        hi = mid
+                    else:
+                        lo = mid
+                a.nproc = WORLD_SIZES[hi] if hi < len(WORLD_SIZES) else None
+                a.fits = a.nproc is not None
+            else:
+                a.nproc, a.fits = nproc, probe(nproc)
+            shown = a.probes.get(str(a.nproc)) or a.probes[str(max(map(int, a.probes)))]
+            a.peak, a.dominant = shown["peak"], shown["dominant"]
+            answers.append(a)
+    return tgt, answers

@@ -34,6 +34,18 @@ def row_key(row: dict) -> str:
     return row.get("kind", "memory") + case_key(row["case"])
 
 
+def model_label(model: str) -> str:
+    """How a case's model is shown (console, reports, compare): a zoo name as is; a config-file path by
+    the file's stem (`cfgs/big-llama.json` -> `big-llama`), or by its folder's name for a folder or a
+    `<folder>/config.json`, so that a path never wraps a table."""
+    if "/" not in model and "\\" not in model and not model.endswith(".json"):
+        return model
+    path = Path(model.replace("\\", "/").rstrip("/"))
+    if path.name == "config.json" and path.parent.name:
+        return path.parent.name
+    return path.stem or model
+
+
 def case_label(case: dict) -> str:
     """`lora`, `lora+ist`, `lora+ist(mu=100)`: the method, the policy and its options."""
     name = case["method"]["name"]

@@ -83,7 +83,7 @@ def synthetic() -> list[dict]:
             else:
                 emu.free(blocks.pop(ident))
             mine.append([emu.allocated, emu.reserved])
-        bad = [i for i, (g, m) in enumerate(zip(gpu, mine)) if g != m]
+        bad = [i for i, (g, m) in enumerate(zip(gpu, mine, strict=True)) if g != m]
         results.append({"seed": seed, "events": events, "gpu": gpu, "mismatches": len(bad),
                         "first_mismatch": bad[0] if bad else None})
         print(f"synthetic seed {seed}: {len(events)} events, {len(bad)} mismatches", flush=True)

@@ -336,3 +336,25 @@ def test_a_typical_that_is_one_seeds_median_is_not_printed_as_the_policys(tmp_pa
     derived["memory"]["typical"] = "draws"
     md = _report(tmp_path, [base, derived], "derived")["r.md"].decode()
     assert "Not shown" not in md and "at the typical step: 23.3% of the peak" in md   # 1 - 20.7/27
+
+
+@pytest.mark.parametrize("model,label", [("llama-7b", "llama-7b"), ("qwen2.5-7b", "qwen2.5-7b"),
+                                         ("/data/cfgs/big-llama.json", "big-llama"), ("my.json", "my"),
+                                         ("runs/llama-33b/config.json", "llama-33b"), ("runs/llama-33b/", "llama-33b")])
+def test_a_config_path_is_labelled_by_its_stem(model, label):
+    from ist_bench.results import model_label
+    assert model_label(model) == label
+
+
+def test_a_case_whose_model_is_a_path_shows_the_stem_in_console_reports_and_compare(tmp_path):
+    from ist_bench.compare import title
+    from ist_bench.report.console import _title
+    from ist_bench.report.tables import memory_cells
+
+    path = "/some/very/long/folder/of/configs/big-llama.json"
+    row = mem_row(path, "lora")
+    assert _title(row["case"]).startswith("big-llama · ") and path not in _title(row["case"])
+    assert title(row) == "memory: big-llama lora [cuda]"
+    assert list(memory_cells([row])["model"]) == ["big-llama"]
+    md = _report(tmp_path, [row, mem_row("llama-7b", "lora")])["r.md"].decode()
+    assert "| big-llama " in md and "/some/very" not in md

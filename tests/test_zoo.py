@@ -13,6 +13,12 @@ PUBLISHED = {  # (layers, hidden, params) from the published model cards
     "llama-13b": (40, 5120, 13.016e9),
     "llama3-8b": (32, 4096, 8.030e9),
     "bloomz-7b1": (30, 4096, 7.069e9),
+    # beyond one GPU (issue 19): exact counts from the published checkpoints' safetensors indexes
+    "llama-30b": (60, 6656, 32.529e9),
+    "llama2-70b": (80, 8192, 68.977e9),
+    "llama3.1-70b": (80, 8192, 70.554e9),
+    "qwen2.5-32b": (64, 5120, 32.764e9),
+    "qwen2.5-72b": (80, 8192, 72.706e9),
 }
 
 
@@ -29,6 +35,35 @@ def test_zoo_configs_match_published_sizes(name):
     cfg = zoo.load_config(name)
     assert (cfg.num_hidden_layers, cfg.hidden_size) == (layers, hidden)
     assert zoo.count_parameters(cfg) == pytest.approx(params, rel=0.002)
+
+
+def _llama_params(h, f, L, V, heads, kv, qkv_bias=False):
+    d = h // heads
+    attn = 2 * h * h + 2 * h * kv * d + (h + 2 * kv * d if qkv_bias else 0)   # q,o + k,v (+ Qwen's q,k,v bias)
+    return L * (attn + 3 * h * f + 2 * h) + 2 * V * h + h
+
+
+@pytest.mark.parametrize("name,shape", [
+    ("llama-30b", (6656, 17920, 60, 32000, 52, 52, False)),
+    ("llama2-70b", (8192, 28672, 80, 32000, 64, 8, False)),
+    ("llama3.1-70b", (8192, 28672, 80, 128256, 64, 8, False)),
+    ("qwen2.5-32b", (5120, 27648, 64, 152064, 40, 8, True)),
+    ("qwen2.5-72b", (8192, 29568, 80, 152064, 64, 8, True)),
+])
+def test_models_beyond_one_gpu_have_the_published_shapes(name, shape):
+    h, f, L, V, heads, kv, bias = shape
+    cfg = zoo.load_config(name)
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size,
+            cfg.num_attention_heads, cfg.num_key_value_heads) == (h, f, L, V, heads, kv)
+    assert zoo.count_parameters(cfg) == _llama_params(h, f, L, V, heads, kv, bias)
+
+
+def test_llama3_1_70b_uses_llama3_rope_scaling_and_llama2_70b_its_4k_context():
+    c = zoo.load_config("llama3.1-70b")
+    rope = getattr(c, "rope_parameters", None) or c.rope_scaling
+    assert (rope["rope_type"], rope["factor"], rope["original_max_position_embeddings"]) == ("llama3", 8.0, 8192)
+    assert rope.get("rope_theta", getattr(c, "rope_theta", None)) == 500000.0
+    assert zoo.max_positions(zoo.load_config("llama2-70b")) == 4096
 
 
 def test_llama7b_parameter_count_equals_the_formula():

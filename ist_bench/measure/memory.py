@@ -112,8 +112,9 @@ class MemoryMeter:
             if self.estimate:
                 self._pending["importance_allocated_peak_est"] = t.peak_estimate
         elif phase == "forward":
-            self._row["activations"] = t.live - self._row["live_before"]
             saved = {s: e for s, e in t.log.items() if e.born > self._start_clock and e.died is None}
+            gathered = sum(saved.pop(s).nbytes for s in list(saved) if s in t.fsdp)   # FSDP2's, not autograd's
+            self._row["activations"] = t.live - self._row["live_before"] - gathered
             self._serials["activations"] = set(saved)
             self._row["activations_by_layer"] = _by_layer(saved.values(), "nbytes")
             if self.allocator:
@@ -159,8 +160,8 @@ class MemoryMeter:
         for serial, e in t.alive_at(t.peak_moment).items():
             cat = "weights" if serial in self._weight_serials else next(
                 (c for c in ("gradients", "optimizer", "method_state", "activations")
-                 if serial in self._serials.get(c, ())), "temporary")
-            out[cat] += e.nbytes
+                 if serial in self._serials.get(c, ())), "fsdp_buffers" if serial in t.fsdp else "temporary")
+            out[cat] = out.get(cat, 0) + e.nbytes   # fsdp_buffers: only in a sharded run
             out["rounding"] += e.blocks - e.nbytes
             if cat == "activations":
                 top[_group(e.tag)] += e.nbytes

@@ -83,6 +83,7 @@ class MemoryTracker(TorchDispatchMode):
         self.capacity, self.outside = capacity, outside  # `outside`: bytes taken besides tensors
         self._live: dict[int, tuple[weakref.ref, int]] = {}   # id(storage) -> (ref, serial)
         self.log: dict[int, Storage] = {}                      # serial -> its bytes, tag and lifetime
+        self.fsdp: set[int] = set()   # serials of FSDP2's gathered parameters and collective buffers (dist/track.py)
         self.clock = 0
         self.tag: str | None = None
         self.where: str | None = None   # what the run is doing (the meter sets "step 3, backward"), for OOM messages
@@ -116,6 +117,7 @@ class MemoryTracker(TorchDispatchMode):
 
     def serial(self, t: torch.Tensor) -> int | None:
         """The serial of a live tensor's storage (None if untracked)."""
+        t = local(t)
         entry = self._live.get(id(t.untyped_storage())) if isinstance(t, torch.Tensor) else None
         return None if entry is None else entry[1]
 
@@ -123,6 +125,7 @@ class MemoryTracker(TorchDispatchMode):
         return {s: e for s, e in self.log.items() if e.born <= moment and (e.died is None or e.died > moment)}
 
     def _add(self, t: torch.Tensor) -> None:
+        t = local(t)
         if not isinstance(t, torch.Tensor) or not self._here(t) or t.is_sparse or getattr(t, "is_paged", False):
             return   # a paged tensor (bitsandbytes) lives in CUDA managed memory, outside the allocator
         storage = t.untyped_storage()
@@ -164,6 +167,12 @@ class MemoryTracker(TorchDispatchMode):
         """' at step 3, backward, in model.layers.2.mlp': where the run was (what the meter and tags say)."""
         parts = [p for p in (self.where, self.tag and f"in {self.tag}") if p]
         return f" at {', '.join(parts)}" if parts else ""
+
+    def retire(self, t: torch.Tensor) -> None:
+        """Count a storage as freed now though its object lives on (FSDP2 frees by `storage.resize_(0)`)."""
+        t = local(t)
+        if isinstance(t, torch.Tensor) and self._here(t):
+            self._freed(id(t.untyped_storage()))(None)
 
     def _freed(self, key: int):
         self_ref = self._self_ref
@@ -331,10 +340,15 @@ def _rebuild(template):
     return kind(_rebuild(x) for x in items)
 
 
+def local(t):
+    """A sharded (DTensor) parameter, gradient or state is counted by the shard this rank holds."""
+    return getattr(t, "_local_tensor", t)
+
+
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the unique storages behind `tensors` (shared/tied storages once)."""
+    """Bytes of the unique storages behind `tensors` (shared/tied storages once; a DTensor by its local shard)."""
     seen: dict[int, int] = {}
-    for t in tensors:
+    for t in map(local, tensors):
         if isinstance(t, torch.Tensor) and not t.is_sparse:
             st = t.untyped_storage()
             seen[id(st)] = st.nbytes()

@@ -7,7 +7,7 @@ import functools
 import json
 from importlib import resources
 
-from ist_bench.results import case_label
+from ist_bench.results import case_label, model_label
 
 # Settings that make a case a different cell from the paper's: shown in its column label when not the default.
 KNOB_DEFAULTS = {"batch": 1, "attn": "eager", "grad_checkpointing": False, "seq_len": 1024, "dtype": "bf16",
@@ -52,7 +52,7 @@ def check_note(row: dict) -> str:
     if backend == "cpu":
         return "cpu: the tracker's tensor bytes on the host; no GPU validation covers cpu rows."
     v = validated()
-    cell = f"{row['case']['model']} {column(row['case'])}"
+    cell = f"{model_label(row['case']['model'])} {column(row['case'])}"
     if cell in v["cells"]:
         return (f"validated: on the {v['gpu']} this cell's sim estimate was {v['cells'][cell]:+.2f}% off the "
                 f"allocator peak ({v['report']}).")

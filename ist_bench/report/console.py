@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ist_bench.report.cells import check_note
-from ist_bench.results import case_label
+from ist_bench.results import case_label, model_label
 from ist_bench.safeio import terminal_width
 from ist_bench.units import human, in_unit, unit_for
 
@@ -16,7 +16,7 @@ console = Console(width=terminal_width())   # ist_bench/safeio.py: PYTHONIOENCOD
 NOISY = 1.05  # step-time p90/p10 above which a timing run is flagged
 
 def _title(case: dict) -> str:
-    return f"{case['model']} · {case_label(case)}"
+    return f"{model_label(case['model'])} · {case_label(case)}"
 
 
 # (summary key, label, at-peak key)
@@ -28,6 +28,7 @@ _ROWS = [
     ("optimizer_paged", "optimizer state (paged)", None),
     ("method_state", "method state", "method_state"),
     (None, "temporaries", "temporary"),
+    (None, "FSDP2 buffers", "fsdp_buffers"),     # gathered weights, all-gather / reduce-scatter buffers
     (None, "allocator rounding", "rounding"),
     (None, "cuBLAS workspace", "workspace"),
     ("peak", "peak, tensors", None),
@@ -161,6 +162,29 @@ def quant_line(row: dict) -> str:
                  "allocator, so it is its own line, not in the allocated peak" if row["backend"] != "cpu" else
                  ". Paged optimizer: bitsandbytes falls back to plain buffers on the CPU (counted as optimizer state)")
     return line
+
+
+def print_ranks(row: dict) -> None:
+    """A distributed row's ranks: status, peak and the shards each holds."""
+    if not row.get("ranks"):
+        return
+    d = row["dist"]
+    table = Table(title=f"{d['shard']} on {d['nproc']} ranks ({d['launcher']}; reshard after forward "
+                        f"{'on' if d['reshard_after_forward'] else 'off'})", title_justify="left")
+    if row.get("kind") == "time":
+        console.print(", ".join(f"rank {r['rank']}: {r['status']}" + (f" {r['step_ms']:.1f} ms/step" if r.get("step_ms")
+                                else f" {r.get('error')}" if r["status"] != "ok" else "") for r in row["ranks"]))
+        return
+    keys = ("weights", "gradients", "optimizer", "activations", "fsdp_buffers_at_peak")
+    vals = [[r.get("run_allocated_peak", r.get("run_allocated_peak_est", r.get("run_peak"))), *map(r.get, keys)]
+            for r in row["ranks"]]
+    unit, size = unit_for([v for vs in vals for v in vs if v is not None])
+    for c in ("rank", "status", f"peak {unit}", "weights", "grads", "optim", "acts", "FSDP2 buf"):
+        table.add_column(c, justify="right")
+    for r, vs in zip(row["ranks"], vals, strict=True):
+        table.add_row(str(r["rank"]), r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error')}",
+                      *("-" if v is None else in_unit(v, size) for v in vs))
+    console.print(table)
 
 
 def settings_line(row: dict) -> str:

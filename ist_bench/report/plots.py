@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ist_bench.report.tables import MODEL_ORDER, _column_order, cells_of, column  # noqa: E402
+from ist_bench.results import model_label  # noqa: E402
 from ist_bench.safeio import save_figure  # noqa: E402
 
 GiB = 1 << 30
@@ -34,7 +35,7 @@ def _by_model(rows: list[dict], backend: str) -> dict[str, dict[str, dict]]:
     for r in cells_of(rows, "memory"):
         steps = r.get("memory", {}).get("steps") or []
         if r.get("backend") == backend and r["status"] == "ok" and steps and "at_peak" in steps[-1]:
-            out.setdefault(r["case"]["model"], {})[column(r["case"])] = r
+            out.setdefault(model_label(r["case"]["model"]), {})[column(r["case"])] = r
     order = [m for m in MODEL_ORDER if m in out] + sorted(set(out) - set(MODEL_ORDER))
     return {m: out[m] for m in order}
 
@@ -130,7 +131,7 @@ def importance_run(rows: list[dict]) -> tuple[dict | None, str]:
     rounds = run["selection"]["rounds"]
     top = max((abs(x) for rd in rounds for x in rd.get("rewards") or []), default=0.0)
     losses = [x for rd in rounds for x in rd.get("losses") or []]
-    where = f"{run['case']['model']} {column(run['case'])} on {run['backend']}"
+    where = f"{model_label(run['case']['model'])} {column(run['case'])} on {run['backend']}"
     if top < MIN_REWARD:
         loss = f", losses {min(losses):.2f}-{max(losses):.2f}" if losses and max(losses) else ""
         return None, (f"the largest |reward| of {where} is {top:.1e} < {MIN_REWARD:g}{loss}: on the zoo's random "

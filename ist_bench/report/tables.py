@@ -15,6 +15,7 @@ from importlib import resources
 import pandas as pd
 
 from ist_bench.report.cells import KNOB_DEFAULTS, column  # noqa: F401  (re-exported)
+from ist_bench.results import model_label
 
 GiB = 1 << 30
 PAPER = json.loads((resources.files("ist_bench.report") / "paper.json").read_text())
@@ -81,7 +82,7 @@ def memory_cells(rows: list[dict]) -> pd.DataFrame:
         s = r.get("memory", {}).get("summary", {})
         base = base_weights(r)
         total = s["weights"]["first"] if "weights" in s else None
-        rec = {"model": r["case"]["model"], "column": column(r["case"]), "backend": r.get("backend"),
+        rec = {"model": model_label(r["case"]["model"]), "column": column(r["case"]), "backend": r.get("backend"),
                "status": r["status"], "seq_len": r["case"].get("seq_len"),
                "weights": None if base is None else base / GiB,
                "adapter weights": None if base is None or total is None else (total - base) / GiB,

@@ -191,7 +191,8 @@ class Built:
     created: list[torch.Tensor]   # parameters and buffers in the order the device allocated them
 
 
-def build(case: Case) -> Built:
+def build(case: Case, wrap=None) -> Built:
+    """`wrap(model)`, if given, runs after the method and before the optimizer (FSDP2 sharding: ist_bench/dist)."""
     config = zoo.load_config(case.model)
     device = backends.device(case.backend)
     prepared = None
@@ -215,6 +216,8 @@ def build(case: Case) -> Built:
         # non-reentrant: no need for inputs that require grad (peft's frozen embeddings), as Trainer does today
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
+    if wrap is not None:
+        model = wrap(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if case.optim in quant.BNB_OPTIMS:
         optimizer = quant.make_optimizer(case.optim, trainable, case.lr)

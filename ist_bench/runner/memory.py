@@ -19,7 +19,7 @@ from ist_bench.units import parse_bytes
 
 
 def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | list = False,
-                   timeline: str | None = None) -> dict:
+                   timeline: str | None = None, wrap=None) -> dict:
     """Measure memory over the steps of the protocol (docs/measurement.md); returns the result row.
 
     1. step 0, the *first* step, as a real run takes it (no optimizer state before it); with
@@ -55,7 +55,7 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
             if timeline:
                 torch.cuda.memory._record_memory_history(max_entries=1_000_000, context=None)
         with nvml:
-            b = build(case)
+            b = build(case, wrap)
             row.update(b.info)
             policy = b.policy
             meter = MemoryMeter(tracker, b.model, b.optimizer, method_state=lambda: method_state(b.model, case.method),
@@ -146,11 +146,11 @@ def _write_timeline(path: str, case: Case, row: dict, tracker, meter) -> list[st
     from pathlib import Path
 
     from ist_bench.measure.timeline import Timeline
-    from ist_bench.results import case_label
+    from ist_bench.results import case_label, model_label
 
     summary = row.get("memory", {}).get("summary", {})
     peak = summary.get("run_allocated_peak") or summary.get("run_allocated_peak_est") or row.get("peak_reached") or 0
-    tl = Timeline.of(tracker, meter, case.backend, f"{case.model} {case_label(case.to_dict())}", peak)
+    tl = Timeline.of(tracker, meter, case.backend, f"{model_label(case.model)} {case_label(case.to_dict())}", peak)
     written = [str(tl.save(path))]
     if case.backend == "cuda":
         snapshot = Path(path).with_suffix(".cuda.pickle")

@@ -51,7 +51,8 @@ class _Progress:
 
 
 def measure_time(case: Case, warmup: int = 10, *, profile_steps: int | None = None, overhead_blocks: int = 0,
-                 busy_gpu: str = "refuse", progress: Callable[[str, int, int], None] | None = None) -> dict:
+                 busy_gpu: str = "refuse", progress: Callable[[str, int, int], None] | None = None,
+                 wrap=None) -> dict:
     """The time row of `case`: `case.steps` timed steps after `warmup` uncounted ones.
 
     On cuda also: device busy time per phase over `profile_steps` profiled steps (default: as many
@@ -73,7 +74,7 @@ def measure_time(case: Case, warmup: int = 10, *, profile_steps: int | None = No
     try:
         if cuda:
             row["gpu_guard"] = gpu_guard(busy_gpu)
-        b = build(case)
+        b = build(case, wrap)
         row.update(b.info)
 
         def run(steps, meters=(), force=None):
