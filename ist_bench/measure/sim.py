@@ -13,10 +13,12 @@ corrected here, explicitly:
    of the op holds) are modelled by `cuda_scratch`, from measurements on the H200.
 2. Fused AdamW. torch refuses `fused=True` on meta in a Python-level device check only;
    the fused kernel has a meta implementation. `fused_adam_on_meta` skips that check.
-3. The caching allocator. It hands out blocks rounded up to 512 B, and a large request
-   that leaves <= 1 MiB of a fresh segment takes the whole segment; cuBLAS takes a
-   workspace through the allocator on the first matmul of each handle. `cuda_block_bytes`
-   and `CUBLAS_WORKSPACE_BYTES` model these (the estimate, not the tensor bytes).
+3. The caching allocator. It hands out blocks rounded up to 512 B, and a request served by
+   a block that it does not split (<= 1 MiB would remain) books the whole block, so what a
+   step books depends on what is cached: measure/allocator.py replays the allocator over the
+   run. cuBLAS takes a workspace through the allocator on the first matmul of each handle
+   (`CUBLAS_WORKSPACE_BYTES`). These make the estimate, not the tensor bytes. `cuda_block_bytes`
+   is the block of a request from a fresh segment (the cuda backend's tracker books that).
 """
 
 from __future__ import annotations
