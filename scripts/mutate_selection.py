@@ -3,16 +3,18 @@
 Each mutant is one small change to one file, made on the AST (an operator swapped, a constant
 changed, a condition negated, a call or a return value removed, a keyword argument dropped, a
 `with` context replaced by a null one, min/max, any/all, eval/train swapped). For each, in a copy
-of the repository (the worktree is never touched), the mutated file is written and a focused test
-subset runs with `-x` in a forked process (torch, transformers and peft imported once, before the
-fork; ist_bench imported fresh in each child), killed after `--timeout` s. A mutant is *killed* when
-a test fails or errors (or times out), *survived* when every test passes.
+of the repository (the worktree is never touched), the mutated file is written and the tests run
+with `-x` in a forked process (torch, transformers and peft imported once, before the fork;
+ist_bench imported fresh in each child), killed after a timeout. Two phases per mutant: the tests
+that existed before issue 16's contract tests (`--tests`), then, only where those all pass, the
+contract tests (`--new-tests`). A mutant is *killed* when a test fails or errors (or times out),
+*survived* when every test passes; the score before counts phase 1, the score after both.
 
-    nice python scripts/mutate_selection.py --budget-min 25 --sample 120 --seed 0
-    nice python scripts/mutate_selection.py --rerun results/mutation/selection.json   # its survivors only
+    nice python scripts/mutate_selection.py --budget-min 35 --sample 60 --seed 0
+    nice python scripts/mutate_selection.py --rerun results/mutation/selection.json   # survivors, phase 2 again
 
-Writes results/mutation/selection.json (every mutant: file:line, the change, the outcome, the test
-that killed it) and selection.md (the score and the survivors). `--list` prints the mutants only.
+Writes results/mutation/selection.json (every mutant: file:line, the change, the outcomes, the test
+that killed it) and selection.md (the scores and the survivors). `--list` prints the mutants only.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "ist_bench/selection"
-TESTS = ["tests/test_selection_contract.py", "tests/test_selection.py", "tests/test_trainer.py",
-         "tests/test_steady.py"]
+TESTS = ["tests/test_selection.py", "tests/test_trainer.py", "tests/test_steady.py"]
+NEW_TESTS = ["tests/test_selection_contract.py"]
 DESELECT = ["tests/test_steady.py::test_the_gpu_steady_check_runs_end_to_end_on_sim"]   # the CLI + script path
 
 BINOPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
@@ -243,22 +245,31 @@ def run_tests(copy_root: Path, tests: list[str], timeout: float, log: Path) -> t
 
 
 def summary_md(result: dict) -> str:
+    ran = result["ran"]
     lines = [f"# Mutation run over `{TARGET}/`", "",
-             f"Command: `{result['command']}`", "",
-             f"Tests: {', '.join(result['tests'])} (`-m 'not slow' -x`, deselected: {', '.join(DESELECT)})", "",
-             f"Sites: {result['total_sites']} mutants in {TARGET}/; ran {result['ran']} "
-             f"({'a sample of ' + str(result['sample']) + ' (seed ' + str(result['seed']) + ') and the mutants issue 16 names' if result['sample'] else 'all'}"
-             f"{', re-run of ' + result['rerun'] if result.get('rerun') else ''}); baseline (no mutant) "
-             f"{result['baseline_s']:.0f} s.", "",
-             f"**Score: {result['killed']} killed / {result['ran']} = {result['score']:.1%}** "
-             f"(killed includes {result['errors']} that break import or collection and {result['timeouts']} timeouts)",
-             ""]
-    surv = [m for m in result["mutants"] if m.get("status") == "survived"]
-    lines += [f"## Survivors ({len(surv)})", "", "| file:line | kind | mutation | note |", "|---|---|---|---|"]
-    for m in surv:
-        change = m["mutation"].replace("|", "\\|")
-        lines.append(f"| {m['file']}:{m['line']} | {m['kind']} | {change} | {m.get('note', '')} |")
+             f"Command: `{result['command']}`" + (f" (runs: {'; '.join('`' + h['command'] + '`' for h in result['history'])})"
+                                                  if len(result["history"]) > 1 else ""), "",
+             f"Tests before: {', '.join(result['tests'])}; after: those and {', '.join(result['new_tests'])} "
+             f"(`-m 'not slow' -x`; deselected: {', '.join(DESELECT)}). Unmutated run: "
+             f"{result['baseline_s']['old']:.0f} s + {result['baseline_s']['new']:.0f} s.", "",
+             f"Mutants: {result['total_sites']} in {TARGET}/; ran {ran}"
+             + (f" (a sample of {result['sample']}, seed {result['seed']}, plus the mutants issue 16 names)"
+                if result["sample"] else "") + ".", "",
+             f"**Score before: {result['killed_before']}/{ran} = {result['score_before']:.1%}; "
+             f"after: {result['killed_after']}/{ran} = {result['score_after']:.1%}** "
+             f"(killed includes {result['errors']} that break import or collection, {result['timeouts']} timeouts)", ""]
+    fixed = [m for m in result["mutants"] if m["before"] == "survived" and m["after"] != "survived"]
+    lines += [f"## Killed by the contract tests only ({len(fixed)})", "", "| file:line | mutation | killed by |",
+              "|---|---|---|"]
+    lines += [f"| {m['file']}:{m['line']} | {_cell(m['mutation'])} | {m['killed_by']} |" for m in fixed]
+    surv = [m for m in result["mutants"] if m["after"] == "survived"]
+    lines += ["", f"## Survivors ({len(surv)})", "", "| file:line | kind | mutation | why |", "|---|---|---|---|"]
+    lines += [f"| {m['file']}:{m['line']} | {m['kind']} | {_cell(m['mutation'])} | {m.get('note', '')} |" for m in surv]
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def main(argv=None) -> int:
@@ -267,7 +278,8 @@ def main(argv=None) -> int:
     p.add_argument("--sample", type=int, default=0, help="a deterministic sample of N mutants (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=240, help="seconds per mutant's test run")
-    p.add_argument("--tests", nargs="+", default=TESTS)
+    p.add_argument("--tests", nargs="+", default=TESTS, help="phase 1: the tests before issue 16's contract tests")
+    p.add_argument("--new-tests", nargs="+", default=NEW_TESTS, help="phase 2: run where phase 1 passes")
     p.add_argument("--include", action="append", default=None, metavar="TEXT",
                    help="also run every mutant whose change contains TEXT (default: the mutants issue 16 names)")
     p.add_argument("--rerun", help="a previous selection.json: run its survivors only (and keep its other outcomes)")
@@ -283,23 +295,26 @@ def main(argv=None) -> int:
         print(f"{len(mutants)} mutants")
         return 0
     previous = json.loads(Path(args.rerun).read_text()) if args.rerun else None
+    rng_order = random.Random(args.seed)
     if previous:
-        chosen_ids = [m["id"] for m in previous["mutants"]]
         by_id = {m["id"]: m for m in mutants}
-        missing = [i for i in chosen_ids if i not in by_id]
+        missing = [m["id"] for m in previous["mutants"] if m["id"] not in by_id]
         if missing:
             print(f"{len(missing)} mutants of {args.rerun} no longer exist (the code changed); first: {missing[0]}")
             return 2
         chosen = [dict(m) for m in previous["mutants"]]
-        todo = [m for m in chosen if m.get("status") == "survived"]
+        todo = [m for m in chosen if m.get("after") in ("survived", "timeout")]
+        for m in todo:
+            m["phase1_cached"] = m.get("before") == "survived"   # a phase-1 timeout runs phase 1 again
     else:
-        chosen = random.Random(args.seed).sample(mutants, args.sample) if 0 < args.sample < len(mutants) else mutants
+        chosen = rng_order.sample(mutants, args.sample) if 0 < args.sample < len(mutants) else list(mutants)
         wanted = [(None, t) for t in args.include] if args.include else ISSUE
-        named = [m for m in mutants if m not in chosen and any(k in (None, m["kind"]) and t in m["source"]
-                                                               for k, t in wanted)]
-        chosen = sorted(chosen + named, key=lambda m: (m["file"], m["site"]))
+        chosen += [m for m in mutants if m not in chosen and any(k in (None, m["kind"]) and t in m["source"]
+                                                                 for k, t in wanted)]
+        rng_order.shuffle(chosen)     # a run cut short by the budget is still a random subset
         todo = chosen
-    tests = [t for t in args.tests if (ROOT / t.split("::")[0]).exists()]
+    old = [t for t in args.tests if (ROOT / t.split("::")[0]).exists()]
+    new = [t for t in args.new_tests if (ROOT / t.split("::")[0]).exists()]
 
     import numpy  # noqa: F401  the heavy imports, once, before forking
     import peft  # noqa: F401
@@ -317,11 +332,16 @@ def main(argv=None) -> int:
         work = Path(tmp) / "repo"
         copy_tree(work)
         shutil.rmtree(work / TARGET / "__pycache__", ignore_errors=True)
-        outcome, baseline, failed = run_tests(work, tests, args.timeout * 2, Path(tmp) / "baseline.log")
-        if outcome != "survived":
-            print(f"the unmutated code fails its tests ({outcome}, {failed}):\n" + (Path(tmp) / "baseline.log").read_text()[-3000:])
-            return 1
-        print(f"baseline: tests pass in {baseline:.0f} s; {len(todo)} mutants to run", flush=True)
+        baseline = {}
+        for name, tests in (("old", old), ("new", new)):
+            outcome, baseline[name], failed = run_tests(work, tests, 1800, Path(tmp) / "baseline.log")
+            if outcome != "survived":
+                print(f"the unmutated code fails its {name} tests ({outcome}, {failed}):\n"
+                      + (Path(tmp) / "baseline.log").read_text()[-3000:])
+                return 1
+        # a survivor runs every test: allow it 2.5x the unmutated run (the machine is shared)
+        limits = {k: max(args.timeout, 2.5 * v) for k, v in baseline.items()}
+        print(f"baseline: old tests {baseline['old']:.0f} s, new {baseline['new']:.0f} s; {len(todo)} mutants", flush=True)
         for k, m in enumerate(todo):
             if time.time() - start > args.budget_min * 60:
                 print(f"budget of {args.budget_min:g} min spent: {len(todo) - k} mutants not run", flush=True)
@@ -330,30 +350,40 @@ def main(argv=None) -> int:
             original = path.read_text()
             try:
                 path.write_text(mutated_source(original, m["site"]))
-                m["status"], m["seconds"], m["killed_by"] = run_tests(work, tests, args.timeout, Path(tmp) / "m.log")
-                m["seconds"] = round(m["seconds"], 1)
+                if not m.pop("phase1_cached", False):
+                    m["before"], secs, m["killed_by"] = run_tests(work, old, limits["old"], Path(tmp) / "m.log")
+                    m["seconds"] = round(secs, 1)
+                if m["before"] == "survived":
+                    m["after"], secs, m["killed_by"] = run_tests(work, new, limits["new"], Path(tmp) / "m.log")
+                    m["seconds"] = round(m.get("seconds", 0) + secs, 1)
+                else:
+                    m["after"] = m["before"]
             finally:
                 path.write_text(original)
-            print(f"[{k + 1}/{len(todo)}] {m['status']:8s} {m['seconds']:5.0f}s {m['file']}:{m['line']} "
+            print(f"[{k + 1}/{len(todo)}] {m['before']:8s} {m['after']:8s} {m['seconds']:5.0f}s {m['file']}:{m['line']} "
                   f"{m['mutation']}  {m['killed_by']}", flush=True)
-    ran = [m for m in chosen if "status" in m]
+    ran = sorted((m for m in chosen if "after" in m), key=lambda m: (m["file"], m["site"]))
     notes = json.loads(Path(args.notes).read_text()) if args.notes else {}
     for m in ran:
-        if m["status"] == "survived" and m["id"] in notes:
+        if m["id"] in notes:
             m["note"] = notes[m["id"]]
-    killed = sum(m["status"] != "survived" for m in ran)
     cmd = "nice python scripts/mutate_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = {"command": cmd.strip(), "tests": tests, "total_sites": len(mutants), "sample": args.sample if not previous
-              else previous.get("sample"), "seed": args.seed if not previous else previous.get("seed"),
-              "rerun": args.rerun, "baseline_s": round(baseline, 1), "ran": len(ran), "killed": killed,
-              "survived": len(ran) - killed, "errors": sum(m["status"] == "error" for m in ran),
-              "timeouts": sum(m["status"] == "timeout" for m in ran), "score": killed / max(1, len(ran)),
-              "wall_s": round(time.time() - start), "mutants": chosen}
+    score = {ph: sum(m[ph] != "survived" for m in ran) for ph in ("before", "after")}
+    result = {"command": cmd.strip(), "tests": old, "new_tests": new,
+              "total_sites": len(mutants), "sample": previous.get("sample") if previous else args.sample,
+              "seed": previous.get("seed") if previous else args.seed, "rerun": args.rerun,
+              "baseline_s": {k: round(v, 1) for k, v in baseline.items()}, "ran": len(ran),
+              "killed_before": score["before"], "killed_after": score["after"],
+              "score_before": score["before"] / max(1, len(ran)), "score_after": score["after"] / max(1, len(ran)),
+              "errors": sum(m["after"] == "error" for m in ran), "timeouts": sum(m["after"] == "timeout" for m in ran),
+              "wall_s": round(time.time() - start), "mutants": ran,
+              "history": [*(previous or {}).get("history", []), {"command": cmd.strip(), "ran": len(todo)}]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(summary_md(result))
-    print(f"score {killed}/{len(ran)} = {result['score']:.1%}; {out} and {out.with_suffix('.md')}")
+    print(f"score before {score['before']}/{len(ran)} = {result['score_before']:.1%}, after {score['after']}/{len(ran)} "
+          f"= {result['score_after']:.1%}; {out} and {out.with_suffix('.md')}")
     return 0
 
 

@@ -198,7 +198,9 @@ def test_the_trainer_callback_feeds_ila_the_gradients_of_every_warmup_step(tmp_p
 @pytest.mark.parametrize("state", ["keep", "reset"])
 def test_the_steady_step_holds_the_optimizer_state_of_its_draw_to_the_byte(state):
     """AdamW holds exp_avg and exp_avg_sq (fp32, the parameter's shape) and a 4-byte step per
-    parameter: `keep` for every layer's adapters, `reset` for the steady draw's only."""
+    parameter: `keep` for every layer's adapters, `reset` for the steady draw's only, and with
+    `reset` already at the step's peak (a layer drawn twice in a row holds its state through
+    the step), not only after the optimizer step creates it."""
     from ist_bench.runner.case import Case
     from ist_bench.runner.memory import measure_memory
 
@@ -212,6 +214,7 @@ def test_the_steady_step_holds_the_optimizer_state_of_its_draw_to_the_byte(state
     assert len(steady["active_layers"]) == 1
     expected = sum(2 * p.numel() * 4 + 4 for i in held for p in per_layer[i])
     assert steady["optimizer"] == expected
+    assert steady["at_peak"]["optimizer"] == expected     # live before the forward, not created by the step
 
 
 # -- draws and their streams --------------------------------------------------------------------
