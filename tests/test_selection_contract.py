@@ -355,3 +355,18 @@ def test_the_gate_still_clears_grads_when_nothing_is_reset():
     gate.apply([1])
     assert [all(p.grad is None for p in b) for b in gate.blocks] == [True, False, True, True]
     assert all(p in opt.state for b in gate.blocks for p in b)
+
+
+def test_bind_refuses_a_model_without_trainable_blocks_only():
+    """A method that adapts some layers only (peft's layers_to_transform) binds; nothing trainable
+    in any block is refused."""
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(0)
+    base = zoo.build_model(zoo.load_config("tiny-llama"), device="cpu", dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], layers_to_transform=[1]))
+    policy = RST(layers=0.5).bind(model, None)
+    assert [bool(b) for b in policy.gate.blocks] == [False, True, False, False]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(UsageError, match="no block of .* has trainable parameters"):
+        RST().bind(model, None)
