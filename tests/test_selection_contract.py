@@ -13,7 +13,7 @@ import torch
 from ist_bench import zoo
 from ist_bench.errors import UsageError
 from ist_bench.methods import MethodSpec, apply_method
-from ist_bench.selection import ILA, IST, RST, ISTCode, LayerGate, make_policy
+from ist_bench.selection import ILA, IST, LISA, RST, ISTCode, LayerGate, make_policy
 
 
 def tiny(method="lora", dropout=0.0, seed=0):
@@ -323,6 +323,7 @@ def test_trainer_fresh_held_out_batches_are_new_each_round_and_the_same_on_a_rer
         return seen
     fresh = run("fresh", tmp_path / "a")
     assert len(fresh) == 3 and all(b.shape[0] == 4 for b in fresh)
+    assert all(len({tuple(r.tolist()) for r in b}) == 4 for b in fresh)    # 4 distinct samples, no repeats
     assert not torch.equal(fresh[0], fresh[1]) and not torch.equal(fresh[1], fresh[2])
     assert all(torch.equal(a, b) for a, b in zip(fresh, run("fresh", tmp_path / "b"), strict=True))
     fixed = run("fixed", tmp_path / "c")
@@ -370,3 +371,101 @@ def test_bind_refuses_a_model_without_trainable_blocks_only():
         p.requires_grad_(False)
     with pytest.raises(UsageError, match="no block of .* has trainable parameters"):
         RST().bind(model, None)
+
+
+# -- what the mutation run found untested (docs/selection.md, "How the tests are checked") ---------
+@pytest.mark.parametrize("policy", [RST(layers=0.5, seed=1), ISTCode(layers=0.5, seed=1),
+                                    LISA(gamma=4, interval=1, seed=1), IST(layers=0.5, seed=1)],
+                         ids=["rst", "ist-code", "lisa", "ist"])
+def test_every_draw_is_n_active_distinct_sorted_layers(policy):
+    policy = unbound(policy, 8)
+    if hasattr(policy, "importance"):
+        policy.importance[:] = np.linspace(-2, 2, 8)
+    for step in range(300):
+        d = policy.select(step)
+        assert len(set(d)) == 4 == len(d) and d == sorted(d), (step, d)
+
+
+def test_ist_code_candidate_sets_are_distinct_layers_weighted_without_replacement():
+    policy = unbound(ISTCode(candidates=0.5, seed=2), 8)
+    policy.importance[:] = np.linspace(-3, 3, 8)
+    g = np.random.default_rng(1)
+    for _ in range(300):
+        c = policy.draw_candidates(g)
+        assert len(set(c)) == 4 == len(c) and c == sorted(c)
+
+
+def test_ist_code_selection_is_a_weighted_draw_on_stream_zero():
+    """The update set: N_u layers without replacement, weights sigmoid(-s), from (seed, step, 0)."""
+    policy = unbound(ISTCode(seed=4, layers=0.25), 8)
+    policy.importance[:] = np.linspace(-1, 1, 8)
+    w = 1 / (1 + np.exp(policy.importance))
+    for step in range(20):
+        g = np.random.default_rng([4, step, 0])
+        assert policy.select(step) == sorted(g.choice(8, size=2, replace=False, p=w / w.sum()).tolist())
+
+
+@pytest.mark.parametrize("name,opts,message", [
+    ("ist", {"mu": -1}, "--select ist: mu must be >= 0, got -1"),
+    ("ist", {"eval_batch": 0}, "--select ist: eval_batch must be >= 1, got 0"),
+    ("ila", {"warmup": 0}, "--select ila: warmup must be >= 1, got 0"),
+    ("ila", {"freeze": 0}, "--select ila: freeze must be in (0, 1), got 0"),
+    ("lift", {"interval": 0}, "--select lift: interval must be >= 1, got 0"),
+    ("lisa", {"interval": 0}, "--select lisa: interval must be >= 1, got 0"),
+    ("rst", {"layers": 1.01}, "--select rst: layers must be in (0, 1], got 1.01"),
+])
+def test_every_bound_of_a_setting_is_checked(name, opts, message):
+    with pytest.raises(UsageError) as e:
+        make_policy(name, opts)
+    assert message in str(e.value)
+    edge = {k: {"mu": 0, "eval_batch": 1, "warmup": 1, "interval": 1, "layers": 1.0}.get(k) for k in opts}
+    if all(v is not None for v in edge.values()):
+        make_policy(name, edge)                                        # the bound itself is allowed
+
+
+def test_the_defaults_are_the_ones_docs_selection_md_lists():
+    """The table of docs/selection.md (and so the paper's and LMFlow's values) against the code."""
+    import re
+    from pathlib import Path
+
+    from ist_bench.selection import POLICIES
+    text = (Path(__file__).parent.parent / "docs" / "selection.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z-]+)` \|[^|]*\| ([^|]*)\|$", text, flags=re.M))
+    assert set(rows) == set(POLICIES)
+    for name, cell in rows.items():
+        documented = dict(re.findall(r"(\w+)=([\w.]+)", cell))
+        if cell.strip() == "as `ist`":
+            documented = dict(re.findall(r"(\w+)=([\w.]+)", rows["ist"]))
+        actual = make_policy(name).describe()
+        assert {k: str(actual[k]) if not isinstance(actual[k], float) else f"{actual[k]:g}" for k in documented} == \
+            documented, name
+        assert set(documented) == set(actual) - {"name", "seed", "optimizer_state"}, name
+
+
+def test_select_options_parse_as_key_value_pairs():
+    from ist_bench.selection import parse_options
+    assert parse_options("beta=0.5, mu=100,") == {"beta": "0.5", "mu": "100"}
+    assert parse_options(None) == {} == parse_options("")
+    for bad in ("beta", "=3", "beta=0.5,mu"):
+        with pytest.raises(UsageError, match="--select-opt takes key=value pairs"):
+            parse_options(bad)
+
+
+def test_possible_draws_of_a_large_model_are_a_fixed_sample_of_distinct_draws_with_the_worst_first():
+    policy = unbound(RST(layers=0.25, seed=0), 32)             # C(32, 8) draws: a sample of 64
+    draws = policy.possible_draws()
+    assert len(draws) == 64 and draws == unbound(RST(layers=0.25, seed=0), 32).possible_draws()
+    assert draws[:2] == [[0, *range(25, 32)], list(range(24, 32))]
+    assert all(len(set(d)) == 8 == len(d) and d == sorted(d) for d in draws)
+    assert len({tuple(d) for d in draws}) > 60
+    assert unbound(RST(layers=0.5), 4).possible_draws() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+    assert unbound(ILA(), 4).possible_draws()[0] is None
+
+
+def test_one_policy_object_trained_on_a_second_model_binds_to_it(tmp_path):
+    from transformers import TrainerCallback
+    policy = RST(layers=0.5, seed=0)
+    m1 = _trainer(policy, TrainerCallback(), tmp_path / "a", steps=2, accumulation=1)
+    m2 = _trainer(policy, TrainerCallback(), tmp_path / "b", steps=2, accumulation=1)
+    assert policy.model is m2 and policy.gate.modules[0] is zoo.locate_layers(m2)[0]
+    assert policy.gate.modules[0] is not zoo.locate_layers(m1)[0]
