@@ -333,7 +333,11 @@ def main(argv=None) -> int:
         copy_tree(work)
         shutil.rmtree(work / TARGET / "__pycache__", ignore_errors=True)
         baseline = {}
+        if previous and all(m["phase1_cached"] for m in todo):   # phase 1 is not run again: its old figure
+            baseline["old"] = previous["baseline_s"]["old"]
         for name, tests in (("old", old), ("new", new)):
+            if name in baseline:
+                continue
             outcome, baseline[name], failed = run_tests(work, tests, 1800, Path(tmp) / "baseline.log")
             if outcome != "survived":
                 print(f"the unmutated code fails its {name} tests ({outcome}, {failed}):\n"
