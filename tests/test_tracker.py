@@ -277,7 +277,7 @@ def test_selection_history_and_settings_are_in_the_row():
                      select_opts={"beta": 0.5, "mu": 100})
     sel = row["selection"]
     assert sel["policy"] == {"name": "ist", "layers": 0.25, "candidates": 0.5, "beta": 0.5, "interval": 10,
-                             "n_candidates": 3, "mu": 100.0, "eval_batch": 1, "seed": 0, "optimizer_state": "keep"}
+                             "n_candidates": 3, "mu": 100.0, "eval_batch": 1, "eval_data": "fixed", "seed": 0, "optimizer_state": "keep"}
     assert [h["step"] for h in sel["history"]] == [0, 1, 2]
     assert all(len(h["importance"]) == 4 for h in sel["history"]) and len(sel["rounds"]) == 1
     assert row["settings"]["optimizer_state"] == "keep"

@@ -147,16 +147,17 @@ class TokenBatches:
             return 0
         return max(range(len(self.samples)), key=lambda i: min(len(self.samples[i]), self.seq_len))
 
-    def heldout(self, n: int) -> torch.Tensor:
+    def heldout(self, n: int, draw: int = 0) -> torch.Tensor:
         """Token ids (n, seq_len) for IST's importance forwards: synthetic draws from a stream no
-        training step uses, or the last n x seq_len tokens of the packed Alpaca stream."""
+        training step uses, or the last n x seq_len tokens of the packed Alpaca stream; `draw` > 0
+        (IST's `eval_data=fresh`: the round's step) gives another draw, the window before it."""
         if self.kind == "synthetic" and self.meta:
             return torch.empty((n, self.seq_len), dtype=torch.long, device="meta")
         if self.kind == "synthetic":
-            g = torch.Generator().manual_seed((self.seed + 1) * 2**40 + 7)
+            g = torch.Generator().manual_seed((self.seed + 1) * 2**40 + 7 + draw)
             return torch.randint(0, self.vocab_size, (n, self.seq_len), generator=g)
         end = len(self._stream)
-        positions = torch.arange(end - n * self.seq_len, end) % end
+        positions = torch.arange(end - (draw + 1) * n * self.seq_len, end - draw * n * self.seq_len) % end
         return self._stream[positions].view(n, self.seq_len)
 
 

@@ -227,7 +227,13 @@ def build(case: Case, wrap=None) -> Built:
     batches = TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
                            mode=case.data_mode, seed=case.seed, meta=device.type == "meta")
     policy = case.policy()
-    heldout = model_inputs(batches.heldout(policy.settings.eval_batch), device, needs_mask(model)) if policy.needs_eval_batch else None
+    heldout = None
+    if policy.needs_eval_batch:   # a function of the round's step: IST's eval_data=fresh draws one per round
+        fresh = policy.settings.eval_data == "fresh"
+
+        def heldout(step):
+            return model_inputs(batches.heldout(policy.settings.eval_batch, step if fresh else 0), device,
+                                needs_mask(model))
     policy.bind(model, optimizer, eval_batch=heldout)  # after the optimizer: it must know every trainable parameter
     gate = policy.gate
     info = {

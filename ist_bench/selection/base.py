@@ -129,13 +129,17 @@ class SelectionPolicy(TrainerCallback):
         self.settings = parse_settings(self.Settings, settings, self.name)
         self.seed, self.optimizer_state = seed, optimizer_state
         self.gate: LayerGate | None = None
+        self.eval_source: Callable[[int], dict] | None = None
         self.history: list[dict] = []     # per step: the active layers (and what the policy learned)
 
     # -- binding ---------------------------------------------------------------------
     def bind(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-             eval_batch: dict | None = None) -> SelectionPolicy:
-        """Attach to a model whose method is applied and whose optimizer exists."""
-        self.model, self.eval_batch = model, eval_batch
+             eval_batch: dict | Callable[[int], dict] | None = None) -> SelectionPolicy:
+        """Attach to a model whose method is applied and whose optimizer exists. `eval_batch`: the
+        held-out batch, or a function of the round's step giving one (IST's `eval_data=fresh` needs
+        that: it draws a new batch every round; `fixed` takes the function's batch for step 0)."""
+        self.eval_source = eval_batch if callable(eval_batch) else None
+        self.model, self.eval_batch = model, eval_batch(0) if callable(eval_batch) else eval_batch
         self.gate = LayerGate(model, optimizer, self.optimizer_state)
         self.n_layers, self.grad_below = len(self.gate.blocks), self.gate.grad_below
         if not any(self.gate.blocks):
@@ -147,6 +151,9 @@ class SelectionPolicy(TrainerCallback):
                                  f"every layer; use a PEFT method (lora, dora, adalora, series, parallel)")
         if self.needs_eval_batch and eval_batch is None:
             raise UsageError(f"--select {self.name} needs a held-out batch for its importance forwards")
+        if getattr(self.settings, "eval_data", "fixed") == "fresh" and self.eval_source is None:
+            raise UsageError(f"--select {self.name} eval_data=fresh draws a held-out batch every round: pass "
+                             f"eval_batch=<function of the round's step> to bind(), or train with a Trainer")
         self.setup()
         return self
 
@@ -271,10 +278,14 @@ class SelectionPolicy(TrainerCallback):
     # -- Hugging Face Trainer events ---------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         if self.gate is None or self.model is not model:
-            batch = self.eval_batch if self.gate is not None else None
+            batch = (self.eval_source or self.eval_batch) if self.gate is not None else None
             if self.needs_eval_batch and batch is None:
-                batch = heldout_batch(train_dataloader, getattr(self.settings, "eval_batch", 16), self.seed)
-            self.bind(model, optimizer, eval_batch=_to_device(batch, model))
+                n, fresh = self.settings.eval_batch, self.settings.eval_data == "fresh"
+
+                def batch(step: int) -> dict:   # fixed: one draw, stream 2^31-1; fresh: (step, 2) per round
+                    stream = (step, 2) if fresh else (2**31 - 1,)
+                    return _to_device(heldout_batch(train_dataloader, n, self.seed, *stream), model)
+            self.bind(model, optimizer, eval_batch=batch if callable(batch) else _to_device(batch, model))
         if state.global_step > 0:   # resumed: the checkpoint Trainer restored is output_dir/checkpoint-<step>
             file = self.state_file(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             if file.exists():
@@ -295,15 +306,15 @@ class SelectionPolicy(TrainerCallback):
         self.after_backward(state.global_step)
 
 
-def heldout_batch(dataloader, n: int, seed: int) -> dict:
-    """`n` samples of the training set, drawn once with a fixed seed and collated as training
-    batches are, kept for the whole run. (The public IST code differs: it draws a fresh batch of
-    16 from the train set every round.) Trainer's events never carry the current batch, so the
-    callback takes its own."""
+def heldout_batch(dataloader, n: int, seed: int, *stream: int) -> dict:
+    """`n` samples of the training set drawn from the generator (seed, *stream), collated as
+    training batches are: IST's `fixed` held-out batch is one such draw for the whole run, `fresh`
+    one per round (as the public IST code does, 16 samples). Trainer's events never carry the
+    current batch, so the callback takes its own."""
     if dataloader is None:
         raise UsageError("IST needs a held-out batch: pass eval_batch=... to bind(), or train with a Trainer")
     dataset = dataloader.dataset
-    idx = rng(seed, 2**31 - 1).choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    idx = rng(seed, *stream).choice(len(dataset), size=min(n, len(dataset)), replace=False)
     return dataloader.collate_fn([dataset[int(i)] for i in idx])
 
 

@@ -28,7 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ist_bench.errors import choice_error
 from ist_bench.selection.base import SelectionPolicy, at_least, count, fraction, rng
+
+EVAL_DATA = ("fixed", "fresh")
 
 
 @dataclass
@@ -41,8 +44,9 @@ class ISTSettings:
     mu: float = 10.0          # importance step size (the paper uses 10, and 100 for arithmetic)
     eval_batch: int = 1       # held-out sequences per forward; the paper's Table 13 timing (importance
                               # adds ~41 ms/iter = 30 forwards per 100 iterations, each as long as a
-                              # training forward) implies one; the public code draws a fresh 16 every
-                              # round, ours is one fixed draw for the whole run
+                              # training forward) implies one; the public code uses 16
+    eval_data: str = "fixed"  # fixed: one draw for the whole run; fresh: a new draw every round (the
+                              # public code's choice; with eval_batch=16 its whole setting)
 
     def check(self, policy: str) -> None:
         fraction(policy, "layers", self.layers)
@@ -52,6 +56,8 @@ class ISTSettings:
         at_least(policy, "n_candidates", self.n_candidates, 2)   # one candidate's reward is always 0
         at_least(policy, "mu", self.mu, 0)
         at_least(policy, "eval_batch", self.eval_batch, 1)
+        if self.eval_data not in EVAL_DATA:
+            raise choice_error(f"--select {policy} eval_data", self.eval_data, EVAL_DATA)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -85,6 +91,8 @@ class IST(SelectionPolicy):
         return step > 0 and step % self.settings.interval == 0
 
     def update_importance(self, step: int) -> None:
+        if self.settings.eval_data == "fresh":    # this round's held-out batch: stream (seed, step, 2)
+            self.eval_batch = self.eval_source(step)
         g = rng(self.seed, step, 1)
         sets = [self.draw_candidates(g) for _ in range(self.settings.n_candidates)]
         losses = np.array([self.candidate_loss(c) for c in sets])
