@@ -4,12 +4,13 @@
 # LoRA +- IST (they fit 141 GB at one rank), and the 30B full fine-tune as a plain case (an oom row).
 # sim cases run in the background on the host's cores while the GPU runs the cuda ones. ~8 min on an H200.
 # Usage (repo root, lent box):  IST_BENCH_GIT_COMMIT=<sha> scripts/gpu_fsdp.sh
+# (FSDP_SMALL, FSDP_BIG, FSDP_FULL override the model lists; empty skips a part)
 # CPU check of the script itself:  scripts/gpu_fsdp.sh --dry-run   (tiny-llama, cpu instead of cuda, 64 tokens)
 set -u
 . scripts/device-env.sh
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 log() { echo "== $(date +%T) $*"; }
-real=cuda; small="llama-7b llama-13b"; big="llama-30b qwen2.5-32b"; extra=(); full=llama-30b
+real=cuda; small=${FSDP_SMALL-"llama-7b llama-13b"}; big=${FSDP_BIG-"llama-30b qwen2.5-32b"}; extra=(); full=${FSDP_FULL-llama-30b}
 if [ "${1:-}" = "--dry-run" ]; then real=cpu; small=tiny-llama; big=""; full=""; extra=(--seq-len 64 --optim foreach); fi
 sims=()
 for m in $small $big; do
