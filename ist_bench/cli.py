@@ -74,7 +74,7 @@ def _check_names(args: argparse.Namespace) -> None:
     zoo = list(catalog.zoo_configs())
     model = Path(args.model)
     if args.model not in zoo and not (model.suffix == ".json" or model.is_dir() or model.exists()):
-        raise choice_error("model", args.model, zoo + ["<path/to/config.json>"])
+        raise choice_error("model", args.model, zoo + ["<path/to/config.json>"], listed_by="ist-bench models")
     valid = catalog.choices()
     for key, what in _NAMED.items():
         if getattr(args, key) not in valid[key]:

@@ -7,9 +7,17 @@ class UsageError(ValueError):
     """Bad input from the user: an unknown name, an out-of-range value, a missing file."""
 
 
-def choice_error(what: str, value: object, valid) -> UsageError:
-    """`unknown model 'llama-70b'; valid: gpt2-small, llama-7b, ...`"""
-    return UsageError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
+def choice_error(what: str, value: object, valid, listed_by: str | None = None) -> UsageError:
+    """`unknown model 'llama-70b'; valid: gpt2-small, llama-7b, ...`; a list too long for one line names
+    the closest choices and the command that lists them all (`listed_by`)."""
+    valid = list(map(str, valid))
+    text = ", ".join(valid)
+    if len(text) > 160 and listed_by:
+        import difflib
+        close = difflib.get_close_matches(str(value), valid, n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        return UsageError(f"unknown {what} {value!r}; {hint}{len(valid)} valid, listed by `{listed_by}`")
+    return UsageError(f"unknown {what} {value!r}; valid: {text}")
 
 
 def read_json(path, what: str):

@@ -51,7 +51,7 @@ BINARY = {   # written as bytes: encodings a suite must not be in
 }
 
 CATALOGUE = [
-    (["memory", "--model", "llama-70b"], "unknown model 'llama-70b'; valid: bloomz-7b1, gemma2-9b"),
+    (["memory", "--model", "llama-70b"], "unknown model 'llama-70b'; did you mean llama2-70b"),
     (["memory", "--method", "prefix"], "unknown method 'prefix'; valid: full, lora, dora, adalora, series, parallel"),
     (["memory", "--select", "ist9"], "unknown selection policy 'ist9'; valid: none, rst, ist, ist-code, lisa"),
     (["memory", "--select", "rst", "--select-opt", "layers=0"], "--select rst: layers must be in (0, 1], got 0"),

@@ -120,7 +120,7 @@ def test_bad_names_answer_in_the_words_case_check_uses(capsys):
     assert main(["memory", "--select", "ist9"]) == 2
     assert "unknown selection policy 'ist9'; valid: none, rst, ist, ist-code, lisa, ila, lift" in capsys.readouterr().err
     assert main(["memory", "--model", "llama-70b"]) == 2
-    assert "unknown model 'llama-70b'; valid: bloomz-7b1," in capsys.readouterr().err
+    assert "unknown model 'llama-70b'; did you mean llama2-70b" in capsys.readouterr().err
 
 
 def test_version_prints_the_package_version(capsys):

@@ -110,9 +110,14 @@ def test_layer_locator_says_when_it_cannot_find_blocks():
         zoo.locate_layers(Odd())
 
 
-def test_unknown_model_lists_valid_names():
-    with pytest.raises(UsageError, match="unknown model 'llama-70b'; valid: .*llama-7b"):
+def test_unknown_model_names_the_closest_and_where_all_are_listed():
+    with pytest.raises(UsageError, match=r"unknown model 'llama-70b'; did you mean llama2-70b, .*listed by `ist-bench models`"):
         zoo.load_config("llama-70b")
+
+
+def test_a_short_list_of_choices_is_given_whole():
+    from ist_bench.errors import choice_error
+    assert str(choice_error("policy", "x", ["a", "b"], listed_by="ist-bench methods")) == "unknown policy 'x'; valid: a, b"
 
 
 def test_malformed_config_is_a_usage_error(tmp_path):

@@ -73,7 +73,7 @@ def load_config(name_or_path: str):
         if not isinstance(raw, dict) or "model_type" not in raw:
             raise UsageError(f"malformed config file {file}: no 'model_type' key")
     else:
-        raise choice_error("model", name_or_path, names() + ["<path/to/config.json>"])
+        raise choice_error("model", name_or_path, names() + ["<path/to/config.json>"], listed_by="ist-bench models")
     raw.pop("_ist_bench", None)
     model_type = raw.pop("model_type")
     if not isinstance(model_type, str):
