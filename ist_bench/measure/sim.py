@@ -135,9 +135,11 @@ def _cudnn_attention_backward_scratch(args, kwargs, out) -> int:
 
 
 def _sum_scratch(args, kwargs, out) -> int:
-    # A reduction over leading dimensions (a norm's weight gradient, DoRA's magnitude) keeps partial
-    # sums of 8 bytes per input element (+512): exact for 2048-4096 outputs; for 11008 outputs the GPU
-    # took 6.25 bytes per element, so this is an upper bound. Reducing the last dimension takes none.
+    # A reduction over leading dimensions (a norm's weight gradient, DoRA's magnitude) stages partial sums
+    # in a global buffer: 8 bytes per input element up to a cap of 512 B per output times
+    # ceil(132 * 2048 / outputs) (132: the H200's SMs), plus 512; none over 512 or fewer rows. The same
+    # for bf16, fp16 and fp32 inputs, within 1.5 KiB in all 51 shapes of scripts/probe_reduce_scratch.py
+    # (results/probes/h200-reduce-scratch.json). Reducing the last dimension takes none.
     x = args[0]
     dims = args[1] if len(args) > 1 else kwargs.get("dim")
     if not isinstance(x, torch.Tensor) or not dims or x.dim() == 0:
@@ -145,7 +147,14 @@ def _sum_scratch(args, kwargs, out) -> int:
     dims = {d % x.dim() for d in dims}
     if x.dim() - 1 in dims or all(x.shape[d] == 1 for d in dims):
         return 0
-    return 8 * x.numel() + 512
+    rows = math.prod(x.shape[d] for d in dims)
+    outputs = x.numel() // rows
+    if rows <= 512 or outputs == 0:
+        return 0
+    return min(8 * rows * outputs, 512 * outputs * -(-REDUCE_GRID // outputs)) + 512
+
+
+REDUCE_GRID = 132 * 2048   # the H200's SMs x 2048: where a reduction's staging buffer stops growing
 
 
 def _gemm_4bit_scratch(args, kwargs, out) -> int:
@@ -168,6 +177,8 @@ def _int8_scaled_mm_scratch(args, kwargs, out) -> int:
     # fp16 only) and then cast to the output dtype; the int32 and fp16 tensors are the op's own.
     m_n = out.numel()
     return cuda_block_bytes(4 * m_n) + (cuda_block_bytes(2 * m_n) if out.dtype != torch.float16 else 0)
+
+
 
 
 _SCRATCH = {
