@@ -73,3 +73,40 @@ def test_recorded_gpu_sequences_replay_byte_for_byte():
             else:
                 a.free(blocks.pop(ident))
             assert [a.allocated, a.reserved] == gpu, (seq["seed"], ident)
+
+
+def test_the_memo_never_turns_a_view_into_an_allocation():
+    # `_unsafe_view` promises a fresh tensor in its schema but returns a view of `mm`'s output: replayed
+    # from the memo as a storage of its own, it was one allocation per linear layer the GPU never makes
+    import torch
+
+    from ist_bench.measure.tracker import MemoryTracker
+
+    def requests(memo):
+        log = []
+
+        class Logging(CachingAllocator):
+            def alloc(self, nbytes):
+                log.append(nbytes)
+                return super().alloc(nbytes)
+        t = MemoryTracker("meta", allocator=Logging(), memo=memo)
+        w = torch.empty(64, 32, device="meta")
+        t.register([w])
+        with t:
+            for _ in range(3):
+                x = torch.empty(2, 8, 32, device="meta")
+                torch.nn.functional.linear(x, w)
+        return log
+    # each step: the weight once (registered), then the input and mm's output
+    assert requests(memo=True) == requests(memo=False) == [64 * 32 * 4] + [2 * 8 * 32 * 4, 2 * 8 * 64 * 4] * 3
+
+
+def test_sim_books_the_weights_in_the_order_the_device_allocates_them():
+    from ist_bench.methods import MethodSpec
+    from ist_bench.runner.case import Case, build
+    b = build(Case(model="tiny-llama", method=MethodSpec(name="lora"), seq_len=32, steps=1, backend="sim").check())
+    names = {id(p): n for n, p in b.model.named_parameters()}
+    order = [names[id(t)] for t in b.created if id(t) in names]
+    first_adapter = next(i for i, n in enumerate(order) if "lora_" in n)
+    assert all("lora_" not in n for n in order[:first_adapter]) and all("lora_" in n for n in order[first_adapter:])
+    assert len(order) == len(names)
