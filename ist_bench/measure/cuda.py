@@ -153,10 +153,11 @@ class BusyGPU(RuntimeError):
     """Another process holds memory or compute on the card a case is about to measure."""
 
 
-def gpu_guard(mode: str = "refuse", samples: int = 5, interval_s: float = 0.1) -> dict:
+def gpu_guard(mode: str = "refuse", samples: int = 5, interval_s: float = 0.1, settle_s: float = 15.0) -> dict:
     """Before a GPU case (and before this process creates its CUDA context): look for other users
     of the card: processes NVML lists, memory in use, utilization in every one of `samples`.
-    `refuse` raises BusyGPU, `warn` prints a warning and goes on, `ignore` does not look. What was
+    `refuse` raises BusyGPU, `warn` prints a warning and goes on, `ignore` does not look. Utilization
+    alone (no other process, little memory in use) is sampled again for up to `settle_s` first. What was
     seen is returned for the result row. Without NVML it records that it could not look."""
     import sys
     import time
@@ -180,10 +181,19 @@ def gpu_guard(mode: str = "refuse", samples: int = 5, interval_s: float = 0.1) -
         except pynvml.NVMLError:
             pass
         used = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        util = []
-        for _ in range(samples):
-            util.append(int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
-            time.sleep(interval_s)
+
+        def sample() -> list[int]:
+            out = []
+            for _ in range(samples):
+                out.append(int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+                time.sleep(interval_s)
+            return out
+        util = sample()
+        # NVML's utilization is an average over its last sampling window: right after the previous case's
+        # process exits (nothing else on the card) it still reads busy. Let it settle before refusing.
+        deadline = time.monotonic() + settle_s
+        while not others and used <= BUSY_MEMORY and min(util) >= BUSY_UTILIZATION and time.monotonic() < deadline:
+            util = sample()
     finally:
         pynvml.nvmlShutdown()
     busy = []
