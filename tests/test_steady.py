@@ -34,11 +34,19 @@ def steady_of(row) -> dict:
     return next(s for s in row["memory"]["steps"] if s["phase"] == "steady")
 
 
+# Tensor bytes are bounded exactly. Allocator figures replay the caching allocator over the run (docs/sim.md),
+# so two steps that hold the same tensors can book different blocks: a reused block books up to 1 MiB more
+# than its request, depending on what earlier steps left cached (the H200 showed 512 KiB between two
+# identical steps, suites/steady-check.yaml). The steady step bounds them within that.
+ALLOCATOR_SLACK = 1 << 20
+
+
 def assert_bounded(row, steps):
     steady = steady_of(row)
     for s in steps:
         for k in PEAKS:
-            assert s[k] <= steady[k], (k, s["step"], s.get("phase"), s.get("active_layers"), s[k] - steady[k])
+            slack = 0 if k == "peak" else ALLOCATOR_SLACK
+            assert s[k] <= steady[k] + slack, (k, s["step"], s.get("phase"), s.get("active_layers"), s[k] - steady[k])
         for k in ("importance_peak", "importance_allocated_peak_est"):
             if k in s:
                 assert s[k] <= steady[k], (k, s["step"])
