@@ -215,3 +215,15 @@ def test_ddp_ranks_hold_the_whole_model():
     full = expected(1, 0, range(4))
     for r in row["ranks"]:
         assert _figures(r) == full
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_unsharded_originals_are_freed_once_sharded(n):
+    """What lives before a step is the rank's shards and its optimizer state: the build must not keep the
+    unsharded parameters FSDP2 replaced (a full copy of the model per rank, seen on the H200 at N = 1)."""
+    from ist_bench.dist.fake import simulate
+
+    row = simulate(_case("none", "sim"), n)
+    step = row["memory"]["steps"][-1]
+    inputs = 1024   # 32 token ids and labels (int64) and their bookkeeping; an unsharded copy would be ~900 KB
+    assert step["live_before"] - step["weights"] - step["optimizer"] <= inputs

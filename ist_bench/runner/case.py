@@ -204,7 +204,9 @@ def build(case: Case, wrap=None) -> Built:
                                       seed=case.seed, attn=case.attn)
         prepared = quant.prepare(model, case.grad_checkpointing)
     n_params = sum(_numel(p) for p in model.parameters())
-    base = [*model.parameters(), *model.buffers()]
+    # the base model's tensors are allocated first, then the method's: their order, by id only (holding the
+    # tensors would keep the originals that FSDP2's sharding replaces alive, a full unsharded copy per rank)
+    base = {id(t): i for i, t in enumerate([*model.parameters(), *model.buffers()])}
     with torch.device(device) if device.type == "meta" else contextlib.nullcontext():
         model = apply_method(model, case.method)   # sim: adapters born on meta, not initialised on the CPU
     if os.environ.get("IST_BENCH_INJECT") == "unfreeze":
@@ -258,8 +260,7 @@ def build(case: Case, wrap=None) -> Built:
         info["settings"]["quant"] = quant.describe(model, case, prepared)
     if os.environ.get("IST_BENCH_INJECT"):
         info["injected"] = os.environ["IST_BENCH_INJECT"]
-    known = {id(t) for t in base}   # the base model's tensors first (it is built first), then the method's
-    created = base + [t for t in [*model.parameters(), *model.buffers()] if id(t) not in known]
+    created = sorted([*model.parameters(), *model.buffers()], key=lambda t: base.get(id(t), len(base)))   # stable
     return Built(model, optimizer, batches, device, policy, info, created)
 
 
