@@ -94,7 +94,8 @@ def _case_from(args: argparse.Namespace):
                 grad_checkpointing=args.grad_checkpointing, dtype=args.dtype, seed=args.seed, data=args.data,
                 tokenizer=args.tokenizer, data_mode=args.data_mode, optim=args.optim,
                 capacity=getattr(args, "capacity", None), quant=args.quant, double_quant=args.double_quant,
-                quant_compute_dtype=args.quant_compute_dtype)
+                quant_compute_dtype=args.quant_compute_dtype, nproc=getattr(args, "nproc", None),
+                shard=getattr(args, "shard", "fsdp2"), reshard_after_forward=getattr(args, "reshard_after_forward", "on") == "on")
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
@@ -108,7 +109,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         if Path(args.timeline).suffix not in FORMATS:
             raise UsageError(f"--timeline {args.timeline!r}: the file must end in {', '.join(FORMATS)}")
         _check_writable(args.timeline)
-    if args.nproc is not None:
+    if case.nproc is not None:
         return _memory_dist(args, case)
     row = measure_memory(case, busy_gpu=args.busy_gpu, timeline=args.timeline)
     print_memory(row)
@@ -121,18 +122,12 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 def _memory_dist(args: argparse.Namespace, case) -> int:
     """`memory --nproc N`: N ranks under FSDP2/DDP (torchrun on cpu/cuda; a fake process group on sim)."""
-    from ist_bench.dist.launch import check, launch
+    from ist_bench.dist.launch import run_case
     from ist_bench.report.console import print_memory, print_ranks
 
-    check(args.nproc, args.shard, case.backend, case.method.name)
     if args.timeline:
         raise UsageError("--timeline is for one process; leave it out with --nproc")
-    reshard = args.reshard_after_forward == "on"
-    if case.backend == "sim":
-        from ist_bench.dist.fake import simulate
-        row = simulate(case, args.nproc, reshard_after_forward=reshard)
-    else:
-        row = launch(case, args.nproc, args.shard, reshard_after_forward=reshard)
+    row = run_case(case)
     print_memory(row)
     print_ranks(row)
     _append_json(args.json, [row])
@@ -188,14 +183,12 @@ def cmd_time(args: argparse.Namespace) -> int:
                          f"(limit {CPU_TIME_MAX_PARAMS / 1e6:.0f}M); use --backend cuda")
     if args.profile_steps is not None and args.profile_steps < 0:
         raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
-    if args.nproc is not None:
-        from ist_bench.dist.launch import check, launch
+    if case.nproc is not None:
+        from ist_bench.dist.launch import run_case
         from ist_bench.report.console import print_ranks
-        check(args.nproc, args.shard, case.backend, case.method.name)
         if args.compare_select:
             raise UsageError("--compare-select runs one process per side; leave it out with --nproc")
-        row = launch(case, args.nproc, args.shard, reshard_after_forward=args.reshard_after_forward == "on",
-                     kind="time", warmup=args.warmup)
+        row = run_case(case, "time", args.warmup)
         if row.get("time"):
             print_time(row)
         print_ranks(row)

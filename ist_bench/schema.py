@@ -33,6 +33,7 @@ MAX_VOCAB = 1 << 24
 MAX_POSITIONS = 1 << 22
 MAX_TOKENS = 1 << 24         # batch x seq_len per step
 MAX_STEPS = 100_000
+MAX_RANKS = 4096             # world size of a sharded case (sim plays any; fit --nproc auto tries up to 64)
 
 
 # -- the error line ------------------------------------------------------------------------------
@@ -193,6 +194,7 @@ CASE_LIMITS: dict[str, Any] = {
     "seed": Field(ge=0, lt=2**32),
     "lr": Field(gt=0, allow_inf_nan=False, description="a finite number > 0"),
     "model": Field(min_length=1),
+    "nproc": Field(ge=1, le=MAX_RANKS, description=f"an integer >= 1 (at most {MAX_RANKS})"),
 }
 METHOD_LIMITS: dict[str, Any] = {
     key: Field(ge=1, le=1 << 16) for key in ("r", "bottleneck", "adalora_init_r", "adalora_target_r")

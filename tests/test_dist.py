@@ -178,7 +178,9 @@ def test_fit_nproc_auto_answers_the_smallest_world_size_that_fits():
 @pytest.mark.parametrize("argv,message", [
     (["fit", "--model", "tiny-llama", "--gpu", "1GiB", "--nproc", "0"], "--nproc must be an integer >= 1 or auto"),
     (["fit", "--model", "tiny-llama", "--gpu", "1GiB", "--nproc", "many"], "got 'many'"),
-    (["memory", "--model", "tiny-llama", "--backend", "sim", "--nproc", "0"], "--nproc must be an integer >= 1"),
+    (["memory", "--model", "tiny-llama", "--backend", "sim", "--nproc", "0"], "nproc must be an integer >= 1"),
+    (["memory", "--model", "tiny-llama", "--backend", "sim", "--shard", "ddp"], "give --nproc N"),
+    (["memory", "--model", "tiny-llama", "--backend", "sim", "--nproc", "2", "--quant", "nf4"], "cannot run under --nproc"),
     (["memory", "--model", "tiny-llama", "--backend", "sim", "--nproc", "2", "--shard", "zero3"],
      "unknown shard 'zero3'; valid: fsdp2, ddp"),
     (["memory", "--model", "tiny-llama", "--backend", "sim", "--nproc", "2", "--shard", "ddp"],
@@ -227,3 +229,22 @@ def test_the_unsharded_originals_are_freed_once_sharded(n):
     step = row["memory"]["steps"][-1]
     inputs = 1024   # 32 token ids and labels (int64) and their bookkeeping; an unsharded copy would be ~900 KB
     assert step["live_before"] - step["weights"] - step["optimizer"] <= inputs
+
+
+def test_a_suite_runs_sharded_cases_from_its_nproc_and_shard_fields(tmp_path):
+    """`nproc`, `shard`, `reshard_after_forward` are case fields: a suite grid over world sizes gives one
+    row per N, each with its ranks, told apart by the case (never paired with the one-process row)."""
+    from ist_bench.cli import main
+    from ist_bench.results import read_rows, row_key
+
+    suite = tmp_path / "fsdp.yaml"
+    suite.write_text(f"name: fsdp\nkind: memory\ndefaults: {{model: '{ODD}', method: lora, backend: sim, steps: 1, "
+                     f"seq_len: 32, optim: foreach}}\ngrid:\n  nproc: [null, 2, 4]\n")
+    out = tmp_path / "rows.jsonl"
+    assert main(["run", str(suite), "--out", str(out), "--jobs", "1"]) == 0
+    rows = {r["case"].get("nproc"): r for r in read_rows(out)}
+    assert set(rows) == {None, 2, 4} and len({row_key(r) for r in rows.values()}) == 3
+    assert "ranks" not in rows[None] and "shard" not in rows[None]["case"]
+    for n in (2, 4):
+        assert rows[n]["case"]["shard"] == "fsdp2" and rows[n]["dist"]["nproc"] == n
+        assert _figures(rows[n]["ranks"][0]) == expected(n, 0, range(4))

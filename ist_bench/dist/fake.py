@@ -59,10 +59,13 @@ def fake_world(rank: int, world: int):
 def simulate(case, nproc: int, *, ranks=(0,), reshard_after_forward: bool = True) -> dict:
     """The case row of an N-rank FSDP2 run on sim, rank by rank in this process (default rank 0: with
     dim 0 ceil-divided, rank 0 holds the largest local shards, so its peak is the per-rank peak)."""
+    import dataclasses
+
     from ist_bench.dist.launch import gather
     from ist_bench.dist.wrap import shard_fsdp2
     from ist_bench.runner.memory import measure_memory
 
+    case = dataclasses.replace(case, nproc=nproc, shard="fsdp2", reshard_after_forward=reshard_after_forward)
     rows = []
     for r in ranks:
         if not 0 <= r < nproc:

@@ -51,11 +51,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_case(case, kind: str = "memory", warmup: int = 10) -> dict:
+    """The row of a case with `nproc` set (a suite's, the CLI's): sim plays rank 0 under a fake process
+    group; cpu and cuda launch real ranks."""
+    if case.backend == "sim":
+        if kind != "memory":
+            raise UsageError("timing needs real compute: use --backend cuda, or cpu for small models")
+        from ist_bench.dist.fake import simulate
+        return simulate(case, case.nproc, reshard_after_forward=case.reshard_after_forward)
+    return launch(case, case.nproc, case.shard, reshard_after_forward=case.reshard_after_forward, kind=kind,
+                  warmup=warmup)
+
+
 def launch(case, nproc: int, shard: str = "fsdp2", *, reshard_after_forward: bool = True,
            timeout_s: float = 1800, collective_timeout_s: float = 300, kind: str = "memory",
            warmup: int = 10) -> dict:
     """The case row of a real N-rank run (cpu: gloo; cuda: NCCL); `kind` memory or time."""
+    import dataclasses
+
     start = time.time()
+    case = dataclasses.replace(case, nproc=nproc, shard=shard, reshard_after_forward=reshard_after_forward)
     job = {"case": case.to_dict(), "shard": shard, "reshard_after_forward": reshard_after_forward,
            "timeout_s": collective_timeout_s, "kind": kind, "warmup": warmup, "profile_steps": 0}
     with tempfile.TemporaryDirectory(prefix="ist-bench-dist-") as tmp:

@@ -55,6 +55,9 @@ class Case:
     quant: str = "none"           # bitsandbytes base: nf4 | fp4 (Linear4bit) | int8 (Linear8bitLt); docs/quant.md
     double_quant: bool = False    # 4-bit: quantize the absmax too (QLoRA's double quantization)
     quant_compute_dtype: str = "bf16"   # 4-bit: the dtype each layer dequantizes to and computes in
+    nproc: int | None = None      # ranks (world size) under `shard` (ist_bench/dist); None: one process, no sharding
+    shard: str = "fsdp2"          # with nproc: fsdp2 (fully_shard per block, then the root) or ddp
+    reshard_after_forward: bool = True   # fsdp2: free each block's gathered weights after its forward
 
     @classmethod
     def from_dict(cls, d: dict) -> Case:
@@ -96,6 +99,9 @@ class Case:
         if self.quant == "none" and not self.double_quant and self.quant_compute_dtype == "bf16":
             for key in ("quant", "double_quant", "quant_compute_dtype"):   # a bf16 case's row stays as before
                 del d[key]
+        if self.nproc is None and self.shard == "fsdp2" and self.reshard_after_forward:
+            for key in ("nproc", "shard", "reshard_after_forward"):        # so does a one-process case's
+                del d[key]
         return d
 
     def check(self) -> Case:
@@ -130,11 +136,24 @@ class Case:
         if self.capacity is not None and backend == "cpu":
             raise UsageError("--capacity applies to the sim and cuda backends only")
         parse_bytes(self.capacity)
+        self._check_dist(backend)
         method = dataclasses.replace(self.method, total_steps=self.steps + 1)  # + the steady-state step
         # Build the data source once here, so a missing or malformed file fails now.
         TokenBatches(self.seq_len, config.vocab_size, data=self.data, tokenizer=self.tokenizer, batch=self.batch,
                      mode=self.data_mode, seed=self.seed)
         return dataclasses.replace(self, backend=backend, method=method)
+
+    def _check_dist(self, backend: str) -> None:
+        if self.nproc is None:
+            if self.shard != "fsdp2" or not self.reshard_after_forward:
+                raise UsageError("--shard and --reshard-after-forward apply to sharded runs; give --nproc N")
+            return
+        from ist_bench.dist.launch import check
+        check(self.nproc, self.shard, backend, self.method.name)
+        if self.quant != "none":
+            raise UsageError(f"--quant {self.quant} cannot run under --nproc: FSDP2 turns bitsandbytes' packed "
+                             f"weights into DTensors without their quantization state (the layer's forward "
+                             f"fails: 'DTensor' object has no attribute 'blocksize'); run it in one process")
 
     def _check_quant(self) -> None:
         if self.quant not in QUANTS:

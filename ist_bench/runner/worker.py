@@ -55,7 +55,10 @@ def main() -> int:
         try:
             case = Case.from_dict(job["case"]).check()
             busy = job.get("busy_gpu", "refuse")
-            if job["kind"] == "memory":
+            if case.nproc is not None:   # ranks under FSDP2/DDP: torchrun (cpu, cuda) or a fake process group (sim)
+                from ist_bench.dist.launch import run_case
+                row = run_case(case, job["kind"], job.get("warmup", 10))
+            elif job["kind"] == "memory":
                 row = measure_memory(case, busy_gpu=busy, timeline=job.get("timeline"))
             else:
                 row = measure_time(case, job.get("warmup", 10), profile_steps=job.get("profile_steps"),
