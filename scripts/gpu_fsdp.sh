@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # FSDP2 on one GPU (issue 19): `--nproc 1 --shard fsdp2` (torchrun, NCCL, one rank) on cuda against sim's
 # fake-process-group figures, for llama-7b and llama-13b x LoRA +- IST, then LLaMA-30B and Qwen2.5-32B x
-# LoRA +- IST (they fit 141 GB at one rank), and the 30B full fine-tune as a plain case (an oom row).
+# LoRA +- IST (they fit 141 GB at one rank), the 30B full fine-tune as a plain case (an oom row), and
+# `time --nproc 1` of llama-13b LoRA +- IST (step time; the collectives' busy time beside compute).
 # sim cases run in the background on the host's cores while the GPU runs the cuda ones. ~8 min on an H200.
 # Usage (repo root, lent box):  IST_BENCH_GIT_COMMIT=<sha> scripts/gpu_fsdp.sh
-# (FSDP_SMALL, FSDP_BIG, FSDP_FULL override the model lists; empty skips a part)
+# (FSDP_SMALL, FSDP_BIG, FSDP_FULL, FSDP_TIME override the model lists; empty skips a part)
 # CPU check of the script itself:  scripts/gpu_fsdp.sh --dry-run   (tiny-llama, cpu instead of cuda, 64 tokens)
 set -u
 . scripts/device-env.sh
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 log() { echo "== $(date +%T) $*"; }
 real=cuda; small=${FSDP_SMALL-"llama-7b llama-13b"}; big=${FSDP_BIG-"llama-30b qwen2.5-32b"}; extra=(); full=${FSDP_FULL-llama-30b}
-if [ "${1:-}" = "--dry-run" ]; then real=cpu; small=tiny-llama; big=""; full=""; extra=(--seq-len 64 --optim foreach); fi
+timed=${FSDP_TIME-llama-13b}
+if [ "${1:-}" = "--dry-run" ]; then real=cpu; small=tiny-llama; big=""; full=""; timed=tiny-llama; extra=(--seq-len 64 --optim foreach); fi
 sims=()
 for m in $small $big; do
   for s in none ist; do
@@ -32,6 +34,13 @@ if [ -n "$full" ]; then
   timeout 120 python3 -m ist_bench.cli memory --model "$full" --method full --backend "$real" --steps 1 --json "$out/full-$real.jsonl" 2>&1 | \
     grep -E "^run peak|OOM|ERROR" | head -2
 fi
+for m in $timed; do
+  for s in none ist; do
+    log "time $real $m lora+$s --nproc 1"
+    timeout 200 python3 -m ist_bench.cli time --model "$m" --method lora --select "$s" --backend "$real" --nproc 1 --steps 5 \
+      --warmup 3 "${extra[@]}" --json "$out/time-$real.jsonl" 2>&1 | grep -E "│ step|^GPU busy|^rank|ERROR|rror" | head -4
+  done
+done
 log "waiting for ${#sims[@]} sim cases"; for p in "${sims[@]}"; do wait "$p"; done
 python3 - "$out" "$real" <<'PY'
 import json, sys

@@ -81,3 +81,20 @@ def test_flops_per_step_count_a_training_step_without_importance_forwards():
         rows[select] = measure_time(case, warmup=0)      # the FLOP step is step 9 + 1 = 10: a round is due
         assert rows[select]["status"] == "ok", rows[select].get("error")
     assert rows["ist"]["time"]["device"]["flops_per_step"] == rows["none"]["time"]["device"]["flops_per_step"]
+
+
+def test_communication_busy_time_is_split_from_compute():
+    """FSDP2's collectives run on their own streams: their busy time is the union of the NCCL kernels';
+    what they add beyond compute (exposed) is the step's busy time less compute's."""
+    from ist_bench.measure.timing import comm_split
+
+    marks = [("start", 0), ("forward", 0), ("backward", 0), ("optimizer", 0), ("end", 0)]
+    acts = [("spin_kernel", 0, 1), ("ncclDevKernel_AllGather_RING_LL", 2, 8), ("gemm", 6, 16),   # 4 us overlap
+            ("spin_kernel", 20, 21), ("gemm", 22, 32), ("ncclDevKernel_ReduceScatter_Sum", 30, 40),
+            ("ncclDevKernel_AllGather_RING_LL", 34, 38),                # inside the reduce-scatter: counted once
+            ("spin_kernel", 50, 51), ("adam", 52, 54), ("spin_kernel", 60, 61), ("spin_kernel", 70, 71)]
+    split = comm_split(acts, marks)
+    assert split["comm"] == {"forward": [0.006], "backward": [0.010], "optimizer": [0.0]}
+    assert split["compute"] == {"forward": [0.010], "backward": [0.010], "optimizer": [0.002]}
+    assert split["exposed"] == {"forward": [pytest.approx(0.004)], "backward": [pytest.approx(0.008)],
+                                "optimizer": [0.0]}

@@ -72,7 +72,8 @@ def launch(case, nproc: int, shard: str = "fsdp2", *, reshard_after_forward: boo
     start = time.time()
     case = dataclasses.replace(case, nproc=nproc, shard=shard, reshard_after_forward=reshard_after_forward)
     job = {"case": case.to_dict(), "shard": shard, "reshard_after_forward": reshard_after_forward,
-           "timeout_s": collective_timeout_s, "kind": kind, "warmup": warmup, "profile_steps": 0}
+           "timeout_s": collective_timeout_s, "kind": kind, "warmup": warmup,
+           "profile_steps": None}   # cuda: profiled steps after the timed ones (busy, communication)
     with tempfile.TemporaryDirectory(prefix="ist-bench-dist-") as tmp:
         Path(tmp, "job.json").write_text(json.dumps(job))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
@@ -164,6 +165,9 @@ def _rank_summary(r: dict) -> dict:
     if "time" in r:
         out["step_ms"] = r["time"]["phases_ms"]["step"]["median"]
         out["s_per_100_iter"] = r["time"].get("s_per_100_iter")
+        comm = r["time"].get("device", {}).get("comm")
+        if comm:   # cuda: this rank's collectives' busy ms per step, and what no compute overlaps
+            out["comm_ms"], out["comm_exposed_ms"] = comm["comm"]["step"], comm["exposed"]["step"]
     if "history" in r.get("selection", {}):
         out["draws"] = [h["active"] for h in r["selection"]["history"]]
     return out

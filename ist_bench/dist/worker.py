@@ -66,7 +66,7 @@ def measure(case, job: dict) -> dict:
     from ist_bench.runner.time import measure_time
 
     if job.get("kind") == "time":
-        return measure_time(case, warmup=job.get("warmup", 10), profile_steps=job.get("profile_steps", 0),
+        return measure_time(case, warmup=job.get("warmup", 10), profile_steps=job.get("profile_steps"),
                             busy_gpu="ignore", wrap=wrapper(job))
     return measure_memory(case, busy_gpu="ignore", wrap=wrapper(job))   # the other ranks share the host's GPUs
 

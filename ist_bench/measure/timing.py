@@ -104,6 +104,23 @@ def is_marker(name: str) -> bool:
     return "spin_kernel" in name or "sleep" in name.lower()
 
 
+def is_comm(name: str) -> bool:
+    """A collective's kernel (NCCL's: ncclDevKernel_AllGather_..., ncclKernel_ReduceScatter_...)."""
+    return "nccl" in name.lower()
+
+
+def comm_split(activity: list[tuple[str, float, float]], marks: list[tuple[str, int]]) -> dict[str, dict[str, list[float]]]:
+    """Per phase and step: `comm`, the busy ms of the collectives' kernels (their union: FSDP2's all-gather
+    and reduce-scatter streams overlap); `compute`, the busy ms of everything else; `exposed`, what the
+    collectives add to the device's busy time beyond compute (busy minus compute: communication that no
+    compute overlaps)."""
+    comm = busy_by_phase([a for a in activity if is_marker(a[0]) or is_comm(a[0])], marks)
+    compute = busy_by_phase([a for a in activity if not is_comm(a[0])], marks)
+    total = busy_by_phase(activity, marks)
+    return {"comm": comm, "compute": compute,
+            "exposed": {p: [t - c for t, c in zip(total[p], compute[p], strict=True)] for p in total}}
+
+
 def device_activity(prof) -> list[tuple[str, float, float]]:
     """(name, start_us, end_us) of every kernel, memcpy and memset in a torch.profiler run, by start."""
     out = []

@@ -173,7 +173,9 @@ def print_ranks(row: dict) -> None:
                         f"{'on' if d['reshard_after_forward'] else 'off'})", title_justify="left")
     if row.get("kind") == "time":
         console.print(", ".join(f"rank {r['rank']}: {r['status']}" + (f" {r['step_ms']:.1f} ms/step" if r.get("step_ms")
-                                else f" {r.get('error')}" if r["status"] != "ok" else "") for r in row["ranks"]))
+                                else f" {r.get('error')}" if r["status"] != "ok" else "")
+                                + (f" (communication {r['comm_ms']:.1f} ms busy, {r['comm_exposed_ms']:.1f} exposed)"
+                                   if r.get("comm_ms") is not None else "") for r in row["ranks"]))
         return
     keys = ("weights", "gradients", "optimizer", "activations", "fsdp_buffers_at_peak")
     vals = [[r.get("run_allocated_peak", r.get("run_allocated_peak_est", r.get("run_peak"))), *map(r.get, keys)]
@@ -231,6 +233,11 @@ def print_time(row: dict) -> None:
         if dev.get("mfu") is not None:
             line += f" · MFU {100 * dev['mfu']:.1f}% of {dev['card']}'s {dev['peak_tflops']:g} dense bf16 TFLOP/s"
         console.print(line)
+    comm = dev.get("comm")
+    if comm:
+        step = {k: v.get("step", 0) for k, v in comm.items()}
+        console.print(f"GPU busy per step: communication {step['comm']:.1f} ms (collectives' kernels), compute "
+                      f"{step['compute']:.1f} ms; {step['exposed']:.1f} ms of communication overlaps no compute")
     if busy and dev.get("busy_fraction", {}).get("step", 1) < 0.8:
         console.print(f"[yellow]the GPU is busy {100 * dev['busy_fraction']['step']:.0f}% of the step: it is "
                       f"launch-bound, wall time moves with the host; compare GPU busy time[/]")

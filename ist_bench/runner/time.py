@@ -25,9 +25,11 @@ from ist_bench.measure.timing import (
     Timer,
     busy_by_phase,
     busy_segments,
+    comm_split,
     count_flops,
     device_activity,
     host_steal_s,
+    is_comm,
     spread,
 )
 from ist_bench.methods import after_optimizer_step
@@ -143,14 +145,21 @@ def _device_busy(run, steps: range, wall_phases: dict, tell) -> dict:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         run(steps, meters=[marks, *tell("profiled", len(steps))])
         torch.cuda.synchronize()
-    busy = busy_by_phase(device_activity(prof), marks.marks)
-    per_step = [sum(v) for v in zip(*(busy[p] for p in ("forward", "backward", "optimizer")), strict=True)]
-    busy["step"] = per_step
+    activity = device_activity(prof)
+
+    def by_step(busy):   # a step is its forward, backward and optimizer phases
+        busy["step"] = [sum(v) for v in zip(*(busy[p] for p in ("forward", "backward", "optimizer")), strict=True)]
+        return busy
+    busy = by_step(busy_by_phase(activity, marks.marks))
+    per_step = busy["step"]
     medians = {p: statistics.median(v) for p, v in busy.items()}
     out = {"profiled_steps": len(steps), "busy_ms": medians, "busy": {p: spread(v) for p, v in busy.items()},
            "busy_steps_ms": per_step,
            "busy_fraction": {p: medians[p] / wall_phases[p]["median"] for p in medians if p in wall_phases}}
     out["busy_p90_over_p10"] = out["busy"]["step"]["p90"] / out["busy"]["step"]["p10"]
+    if any(is_comm(a[0]) for a in activity):   # collectives ran (--nproc): their busy time beside compute
+        split = {k: by_step(v) for k, v in comm_split(activity, marks.marks).items()}
+        out["comm"] = {k: {p: statistics.median(v) for p, v in phases.items()} for k, phases in split.items()}
     return out
 
 
