@@ -217,3 +217,21 @@ def test_third_party_warnings_are_filtered_at_the_entry_point():
     proc = subprocess.run([sys.executable, "-W", "default", "-m", "ist_bench.cli", "memory", "--model", "tiny-llama",
                            "--seq-len", "32", "--steps", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "Warning" not in proc.stderr, proc.stderr
+
+
+def test_a_suite_shows_an_oom_rows_failing_peak_not_the_steps_before_it(tmp_path, capsys):
+    """An OOM in the steady step after an importance round: the table shows the peak the failing step
+    reached (78 GiB on the H200's 70B cell), not the round's lower one."""
+    import json
+
+    from ist_bench.report.console import print_suite_progress
+    from ist_bench.runner.case import Case
+    from ist_bench.runner.suite import Suite
+
+    case = Case(model="tiny-llama", backend="sim")
+    row = {"kind": "memory", "case": case.to_dict(), "backend": "cuda", "status": "oom", "error": "OutOfMemoryError",
+           "peak_reached": 78 * 2**30, "memory": {"summary": {"run_allocated_peak": 56 * 2**30}}}
+    print_suite_progress(Suite("s", ["memory"], [case]), (r for r in [row]), tmp_path / "o.jsonl", 1)
+    out = capsys.readouterr().out
+    assert "78.00 GiB" in out and "56.00" not in out
+    assert json.loads((tmp_path / "o.jsonl").read_text())["peak_reached"] == 78 * 2**30

@@ -321,7 +321,9 @@ def print_suite_progress(suite, rows, out, total: int) -> int:
             progress.update(task, description=f"{suite.name}: {_title(row['case'])[:28]}")
             failed += row["status"] not in ("ok", "oom")
             s = row.get("memory", {}).get("summary", {})
-            peak = s.get("run_allocated_peak", s.get("run_allocated_peak_est", row.get("peak_reached")))
+            peak = s.get("run_allocated_peak", s.get("run_allocated_peak_est"))
+            if row["status"] == "oom" and row.get("peak_reached"):   # the failing step's, not the steps before it
+                peak = max(peak or 0, row["peak_reached"])
             step = row.get("time", {}).get("phases_ms", {}).get("step", {}).get("median")
             summary.add_row(_title(row["case"]), row.get("backend") or "-", row["status"], human(peak) if peak else "-",
                             "-" if step is None else f"{step:.1f}")

@@ -149,7 +149,8 @@ def _write_timeline(path: str, case: Case, row: dict, tracker, meter) -> list[st
     from ist_bench.results import case_label, model_label
 
     summary = row.get("memory", {}).get("summary", {})
-    peak = summary.get("run_allocated_peak") or summary.get("run_allocated_peak_est") or row.get("peak_reached") or 0
+    peak = max(summary.get("run_allocated_peak") or summary.get("run_allocated_peak_est") or 0,
+               row.get("peak_reached") or 0)   # an OOM's failing step peaks above the steps before it
     tl = Timeline.of(tracker, meter, case.backend, f"{model_label(case.model)} {case_label(case.to_dict())}", peak)
     written = [str(tl.save(path))]
     if case.backend == "cuda":

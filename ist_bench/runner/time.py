@@ -157,7 +157,8 @@ def _device_busy(run, steps: range, wall_phases: dict, tell) -> dict:
            "busy_steps_ms": per_step,
            "busy_fraction": {p: medians[p] / wall_phases[p]["median"] for p in medians if p in wall_phases}}
     out["busy_p90_over_p10"] = out["busy"]["step"]["p90"] / out["busy"]["step"]["p10"]
-    if any(is_comm(a[0]) for a in activity):   # collectives ran (--nproc): their busy time beside compute
+    if torch.distributed.is_initialized() or any(is_comm(a[0]) for a in activity):
+        # ranks (--nproc): the collectives' busy time beside compute (none at one rank: FSDP2 skips them)
         split = {k: by_step(v) for k, v in comm_split(activity, marks.marks).items()}
         out["comm"] = {k: {p: statistics.median(v) for p, v in phases.items()} for k, phases in split.items()}
     return out
