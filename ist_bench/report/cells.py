@@ -11,9 +11,11 @@ from ist_bench.results import case_label, model_label
 
 # Settings that make a case a different cell from the paper's: shown in its column label when not the default.
 KNOB_DEFAULTS = {"batch": 1, "attn": "eager", "grad_checkpointing": False, "seq_len": 1024, "dtype": "bf16",
-                 "optimizer_state": "keep", "quant": "none", "double_quant": False, "quant_compute_dtype": "bf16"}
+                 "optimizer_state": "keep", "quant": "none", "double_quant": False, "quant_compute_dtype": "bf16",
+                 "nproc": None, "shard": "fsdp2", "reshard_after_forward": True}
 KNOB_LABELS = {"batch": "batch={}", "attn": "{}", "grad_checkpointing": "ckpt", "seq_len": "seq={}", "dtype": "{}",
-               "optimizer_state": "state-{}", "quant": "{}", "double_quant": "dq", "quant_compute_dtype": "compute={}"}
+               "optimizer_state": "state-{}", "quant": "{}", "double_quant": "dq", "quant_compute_dtype": "compute={}",
+               "nproc": "N={}", "shard": "{}", "reshard_after_forward": "no-reshard"}
 BNB_OPTIMS = ("adamw8bit", "paged-adamw8bit", "paged-adamw32bit")   # bitsandbytes' optimizers: their own cells
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ist_bench.report.tables import _preference, column
-from ist_bench.results import case_key
+from ist_bench.results import case_key, model_label
 
 GiB = 1 << 30
 CATEGORIES = ("weights", "activations", "gradients", "optimizer")
@@ -71,6 +71,24 @@ def validation_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def rank_frame(rows: list[dict]) -> pd.DataFrame:
+    """Sharded cells (`--nproc`), rank by rank: each rank's allocated peak on cuda against sim's estimate
+    for the same rank (sim plays rank 0 unless told more ranks), and whether the rank's weight, gradient
+    and optimizer bytes are equal."""
+    records = []
+    for cuda, sim in pair_rows(rows):
+        sim_ranks = {r["rank"]: r for r in sim.get("ranks") or [] if r.get("status") == "ok"}
+        for r in cuda.get("ranks") or []:
+            s = sim_ranks.get(r["rank"])
+            if r.get("status") != "ok" or s is None:
+                continue
+            c, e = r.get("run_allocated_peak"), s.get("run_allocated_peak_est")
+            records.append({"model": model_label(cuda["case"]["model"]), "cell": column(cuda["case"]), "rank": r["rank"],
+                            "cuda": c / GiB, "sim": e / GiB, "gap %": _gap(e, c),
+                            "shards equal": all(r.get(k) == s.get(k) for k in ("weights", "gradients", "optimizer"))})
+    return pd.DataFrame.from_records(records)
+
+
 def _wrap(text: str) -> str:
     return textwrap.fill(text, WIDTH, break_on_hyphens=False)
 
@@ -108,6 +126,14 @@ def validation_report(rows: list[dict], worst_first: bool = False) -> str:
                    (f" Largest |gap| of any category (weights, activations, gradients, optimizer state; maximum "
                     f"over steps): {cat_max:.2f}%." if cat_max is not None else "")), "",
              short.to_markdown(index=False, floatfmt=".2f", missingval="", numalign="right"), ""]
+    ranks = rank_frame(rows)
+    if not ranks.empty:
+        ranks.insert(0, "sharded cell", [f"{m} {c}" for m, c in zip(ranks.pop("model"), ranks.pop("cell"), strict=True)])
+        ranks["shards equal"] = ranks["shards equal"].map({True: "yes", False: "NO"})
+        lines += ["### Per rank", "", _wrap(f"{len(ranks)} ranks of {ranks['sharded cell'].nunique()} sharded cells; "
+                                           f"largest |gap| {ranks['gap %'].abs().max():.2f}%; weights, gradients and "
+                                           f"optimizer bytes equal on {int((ranks['shards equal'] == 'yes').sum())}."),
+                  "", ranks.to_markdown(index=False, floatfmt=".2f"), ""]
     return "\n".join(lines)
 
 
