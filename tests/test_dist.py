@@ -248,3 +248,17 @@ def test_a_suite_runs_sharded_cases_from_its_nproc_and_shard_fields(tmp_path):
     for n in (2, 4):
         assert rows[n]["case"]["shard"] == "fsdp2" and rows[n]["dist"]["nproc"] == n
         assert _figures(rows[n]["ranks"][0]) == expected(n, 0, range(4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["series", "parallel"])
+def test_bottleneck_adapters_run_on_real_fsdp2_ranks(method):
+    """FSDP2 gathers the fp32 adapters as bf16 (the param policy): the adapter computes in its weights'
+    dtype, not a fixed fp32 (which failed on the H200: "expected mat1 and mat2 to have the same dtype");
+    meta tensors do not check it, so only a real run shows it."""
+    from ist_bench.dist.launch import launch
+
+    case = Case.from_dict({"model": ODD, "method": method, "select": "ist", "backend": "cpu", "steps": 1,
+                           "seq_len": 32, "optim": "foreach"}).check()
+    row = launch(case, 2, "fsdp2", timeout_s=600)
+    assert row["status"] == "ok", (row["error"], row.get("log_tail"))

@@ -5,7 +5,8 @@ Follows the setup of the IST paper's public code (after LLM-Adapters):
   linear's *input* (linear(x + a(x))); on the down projection on its *output* (h + a(h)).
 - Parallel ("where {Up, Gate}"): the adapter reads the linear's input and is added to
   its output (linear(x) + a(x)).
-- a(x) = up(tanh(down(x.float()))).to(x.dtype) * scaling, no biases, fp32 weights,
+- a(x) = up(tanh(down(x in the adapter's dtype))).to(x.dtype) * scaling, no biases, fp32 weights
+  (so fp32 compute, as the paper's code; under FSDP2's bf16 param policy the gathered weights are bf16),
   down Kaiming-uniform, up zero-initialised: the model's output is unchanged at start.
 `scaling` is what IST's response suppression multiplies (`scale_output`).
 """
@@ -34,8 +35,9 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Up-cast to fp32 as the paper's code does: adapter activations are fp32.
-        return self.up(torch.tanh(self.down(x.float()))).to(x.dtype) * self.scaling
+        # In the adapter's own dtype: fp32 (its weights), as the paper's code up-casts; under FSDP2's mixed
+        # precision the gathered weights are bf16, and an fp32 input would not match them.
+        return self.up(torch.tanh(self.down(x.to(self.down.weight.dtype)))).to(x.dtype) * self.scaling
 
 
 class AdaptedLinear(nn.Module):
