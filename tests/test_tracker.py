@@ -294,3 +294,19 @@ def test_memoized_meta_ops_give_the_same_bytes_as_the_meta_kernels(monkeypatch, 
         scratch=sim.cuda_scratch, history=history))
     plain = memory_row(model, method, backend="sim", select=select, steps=3)
     assert memo["memory"]["steps"] == plain["memory"]["steps"]
+
+
+def test_sim_refuses_a_mixed_dtype_matmul_as_the_device_does():
+    """Meta kernels let fp32 activations meet bf16 weights; every device kernel refuses. Under the tracker
+    sim refuses too (Series under FSDP2 ran on sim and failed on the H200 before this)."""
+    import pytest
+    import torch
+
+    from ist_bench.measure.tracker import MemoryTracker
+
+    a = torch.empty(4, 8, device="meta")
+    w = torch.empty(3, 8, device="meta", dtype=torch.bfloat16)
+    with MemoryTracker("meta"):
+        assert torch.nn.functional.linear(a.bfloat16(), w).dtype == torch.bfloat16
+        with pytest.raises(RuntimeError, match="expected mat1 and mat2 to have the same dtype"):
+            torch.nn.functional.linear(a, w)

@@ -59,6 +59,19 @@ class Storage:
     handle: object = None   # the allocator's block, to give back when the storage dies
 
 
+_MATMULS = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm}
+
+
+def _check_matmul_dtypes(func, args) -> None:
+    """Meta kernels accept a matmul of mixed dtypes that every device kernel refuses (fp32 activations into
+    bf16 weights): sim refuses it too, in the device's words, so that what sim runs the GPU runs."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if tensors and tensors[0].is_meta and len({t.dtype for t in tensors}) > 1:
+        a, b = tensors[-2:]
+        raise RuntimeError(f"expected mat1 and mat2 to have the same dtype, but got: {a.dtype} != {b.dtype} "
+                           f"({func.__name__} on sim)")
+
+
 class MemoryTracker(TorchDispatchMode):
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -200,6 +213,8 @@ class MemoryTracker(TorchDispatchMode):
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
+        if func.overloadpacket in _MATMULS:
+            _check_matmul_dtypes(func, args)
         key = _memo_key(func, args, kwargs) if self.memo is not None else None
         hit = self.memo.get(key) if key is not None else None
         if hit is not None:
