@@ -510,7 +510,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if out.suffix in (".md", ".tex", ".csv"):
         out = out.with_suffix("")
     _check_writable(f"{out}.md")
-    written = render([str(p) for p in paths], out)
+    from ist_bench import fit
+    fit.target(args.card)   # an unknown card fails before anything is written
+    written = render([str(p) for p in paths], out, card=args.card)
     console.print("wrote " + ", ".join(written))
     return 0
 
@@ -825,9 +827,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="paper-style tables (Markdown, LaTeX, CSV) and plots from result files",
                        description="Render Table 1 (memory) and Table 13 (time) layouts with the paper's numbers "
                                    "beside ours, which of our figures matches the paper best, what each policy "
-                                   "saves, and plots (memory at the peak, savings, time per phase, IST importance).")
+                                   "saves, and plots (memory at the peak, savings, time per phase, IST importance); "
+                                   "sharded rows (--nproc) go to a scale table and a plot of per-rank peak vs N.")
     p.add_argument("results", nargs="+", help="JSONL result files (a later row of a case replaces an earlier one)")
     p.add_argument("--out", help="output path without extension (default reports/<first file's name>)")
+    p.add_argument("--card", default="h100-80g", help="the card whose memory the scale plot and table mark "
+                                                      "(default h100-80g; a size such as 80GiB also works)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="the regression gate: compare results with a baseline (exit 1 on a "

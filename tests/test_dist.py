@@ -262,3 +262,25 @@ def test_bottleneck_adapters_run_on_real_fsdp2_ranks(method):
                            "seq_len": 32, "optim": "foreach"}).check()
     row = launch(case, 2, "fsdp2", timeout_s=600)
     assert row["status"] == "ok", (row["error"], row.get("log_tail"))
+
+
+def test_the_scale_report_does_not_depend_on_row_order(tmp_path):
+    """reports/scale.md from results/scale-sim.jsonl: the same table for any order of the rows, a repeated
+    cell resolved by its rule (more steps, then the higher peak), IST's saving from the two peaks."""
+    import random
+
+    from ist_bench.cli import main
+    from ist_bench.report.scale import scale_frame, scale_table
+    from ist_bench.results import read_rows
+
+    rows = read_rows("results/scale-sim.jsonl")
+    want = scale_table(scale_frame(rows), 80 * 2**30)
+    for seed in range(3):
+        shuffled = rows + [dict(rows[0], case={**rows[0]["case"], "steps": 0})]   # a lesser repeat of a cell
+        random.Random(seed).shuffle(shuffled)
+        assert scale_table(scale_frame(shuffled), 80 * 2**30).equals(want)
+    r = want.set_index(["model", "N"]).loc[("llama2-70b", 8)]
+    assert r["lora"] == "87.4" and r["lora+ist"] == "80.5" and r["IST saves %"] == "7.9"   # neither fits 80 GiB
+    assert main(["report", "results/scale-sim.jsonl", "--out", str(tmp_path / "scale")]) == 0
+    assert (tmp_path / "scale-sim-scale.png").stat().st_size > 10_000
+    assert "| llama2-70b  |   8 | 87.4   | 80.5" in (tmp_path / "scale.md").read_text()

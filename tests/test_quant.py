@@ -221,3 +221,22 @@ def test_a_quantized_cell_is_its_own_cell_and_not_validated_by_its_bf16_twin():
     assert column(qlora) == "lora nf4 dq paged-adamw8bit" and column(bf16) == "lora"
     assert check_note({"backend": "sim", "case": bf16}).startswith("validated")
     assert check_note({"backend": "sim", "case": qlora}).startswith("NOT validated")
+
+
+def test_table1_gains_qlora_columns_beside_lora_from_the_h200_rows():
+    """Table 1 of the H200's bf16 rows and its quantized rows: QLoRA +- IST are columns of their own, each
+    cell the row's allocated peak, whatever the rows' order."""
+    import random
+
+    from ist_bench.report import tables
+    from ist_bench.results import read_rows
+
+    rows = read_rows("results/gpu/table1-h200.jsonl") + read_rows("results/gpu/quant-h200.jsonl")
+    peaks = {(r["case"]["select"]): r["memory"]["summary"]["run_allocated_peak"] / 2**30 for r in rows
+             if r["case"]["model"] == "llama-7b" and r["case"].get("quant") == "nf4" and r["case"]["optim"] == "fused"}
+    for seed in (0, 1):
+        random.Random(seed).shuffle(rows)
+        t1 = tables.table1(tables.memory_cells(rows), "cuda", "allocated peak").set_index("model")
+        assert {"lora", "lora nf4 dq", "lora+ist nf4 dq", "lora int8"} <= set(t1.columns)
+        assert t1.loc["llama-7b", "lora nf4 dq"] == f"{peaks['none']:.1f}"
+        assert t1.loc["llama-7b", "lora+ist nf4 dq"] == f"{peaks['ist']:.1f}"
