@@ -359,7 +359,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.sample is not None:
         rows = _validate_sample(args)
     elif args.results:
-        rows = read_rows(args.results)
+        rows = [r for path in args.results for r in read_rows(path)]   # in order: a later sim row of a case wins
     else:
         raise UsageError("validate needs a results file, or --sample N to draw and measure N cells (on a GPU)")
     text = validation_report(rows, worst_first=args.sample is not None)
@@ -778,7 +778,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                    "batch, length, attention, checkpointing, dtype, optimizer, optimizer state), "
                                    "measure each on sim and then on this machine's GPU, and list the worst "
                                    "cells first (how to check sim on your own card).")
-    p.add_argument("results", nargs="?", help="JSONL with cuda and sim rows of the same cases")
+    p.add_argument("results", nargs="*", help="JSONL files with cuda and sim rows of the same cases (a later "
+                                               "file's row of a case replaces an earlier one's)")
     p.add_argument("--sample", type=int, metavar="N", help="draw and measure N random cells (needs a GPU)")
     p.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0): a seed names the same cells "
                                                        "everywhere")

@@ -238,44 +238,60 @@ def fit_nproc(model: str, gpu: str, methods: list[str], selects: list[str], npro
               **case_kw) -> tuple[Target, list[ShardAnswer]]:
     """Per-rank fit under FSDP2 on sim (fake process group): at `nproc` ranks, or (`auto`) the smallest
     power of two up to 64 at which the steady step plus the margin fits the card, found by bisection
-    (the per-rank peak falls as N grows)."""
-    from ist_bench.dist.fake import simulate
+    (the per-rank peak falls as N grows). Each method x policy searches in a process of its own, as many
+    at once as there are cores (a 70B probe is a full sim step: seconds of one core's Python)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ist_bench.dist.launch import check
     from ist_bench.methods import MethodSpec
-    from ist_bench.runner.memory import measure_memory
 
     if nproc != "auto" and (not isinstance(nproc, int) or nproc < 1):
         raise UsageError(f"--nproc must be an integer >= 1 or auto, got {nproc!r}")
-    from ist_bench.dist.launch import check
-
     tgt = target(gpu)
-    answers = []
+    jobs = []
     for method in methods:
-        for select in selects:
+        for select in selects:   # every input checked before any search starts
             check(1, "fsdp2", "sim", method)
-            base = Case(model=model, method=MethodSpec(name=method), select=select, backend="sim", steps=0,
-                        seq_len=seq_len, **case_kw).check()
-            a = ShardAnswer(method, select, seq_len)
+            jobs.append(Case(model=model, method=MethodSpec(name=method), select=select, backend="sim", steps=0,
+                             seq_len=seq_len, **case_kw).check())
+    lanes = min(len(jobs), os.cpu_count() or 1)
+    if lanes == 1:
+        return tgt, [_shard_answer(c, tgt.usable, nproc) for c in jobs]
+    with ProcessPoolExecutor(lanes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return tgt, list(pool.map(_shard_answer, jobs, [tgt.usable] * len(jobs), [nproc] * len(jobs)))
 
-            def probe(n: int, base=base, a=a, method=method) -> bool:
-                row = measure_memory(base) if n == 1 else simulate(base, n)
-                if row["status"] != "ok":
-                    raise RuntimeError(f"sim probe failed at --nproc {n}: {row['error']}")
-                peak = row["memory"]["summary"]["run_allocated_peak_est"]
-                a.probes[str(n)] = {"peak": peak, "dominant": _dominant(row["memory"]["steps"][-1]["at_peak"])}
-                return peak + margin(peak, method) <= tgt.usable
-            if nproc == "auto":
-                lo, hi = -1, len(WORLD_SIZES)          # WORLD_SIZES[hi] fits (hi = len: none known to)
-                while hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    if probe(WORLD_SIZES[mid]):
-                        hi = mid
-                    else:
-                        lo = mid
-                a.nproc = WORLD_SIZES[hi] if hi < len(WORLD_SIZES) else None
-                a.fits = a.nproc is not None
+
+def _shard_answer(base: Case, usable: int, nproc: int | str) -> ShardAnswer:
+    """One method x policy of `fit_nproc`: its probes and answer."""
+    from ist_bench import filter_third_party_warnings
+    from ist_bench.dist.fake import simulate
+    from ist_bench.runner.memory import measure_memory
+
+    filter_third_party_warnings()   # in a spawned worker too
+    method = base.method.name
+    a = ShardAnswer(method, base.select, base.seq_len)
+
+    def probe(n: int) -> bool:
+        row = measure_memory(base) if n == 1 else simulate(base, n)
+        if row["status"] != "ok":
+            raise RuntimeError(f"sim probe failed at --nproc {n}: {row['error']}")
+        peak = row["memory"]["summary"]["run_allocated_peak_est"]
+        a.probes[str(n)] = {"peak": peak, "dominant": _dominant(row["memory"]["steps"][-1]["at_peak"])}
+        return peak + margin(peak, method) <= usable
+    if nproc == "auto":
+        lo, hi = -1, len(WORLD_SIZES)          # WORLD_SIZES[hi] fits (hi = len: none known to)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if probe(WORLD_SIZES[mid]):
+                hi = mid
             else:
-                a.nproc, a.fits = nproc, probe(nproc)
-            shown = a.probes.get(str(a.nproc)) or a.probes[str(max(map(int, a.probes)))]
-            a.peak, a.dominant = shown["peak"], shown["dominant"]
-            answers.append(a)
-    return tgt, answers
+                lo = mid
+        a.nproc = WORLD_SIZES[hi] if hi < len(WORLD_SIZES) else None
+        a.fits = a.nproc is not None
+    else:
+        a.nproc, a.fits = nproc, probe(nproc)
+    shown = a.probes.get(str(a.nproc)) or a.probes[str(max(map(int, a.probes)))]
+    a.peak, a.dominant = shown["peak"], shown["dominant"]
+    return a
