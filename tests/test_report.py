@@ -230,11 +230,14 @@ def test_validated_cells_are_the_cells_of_reports_validation(tmp_path):
                 for r in sample if r["status"] == "ok" and r["backend"] == "sim"} & \
         {json.dumps({k: x for k, x in r["case"].items() if k not in ("backend", "capacity")}, sort_keys=True)
          for r in sample if r["status"] == "ok" and r["backend"] == "cuda"}
-    assert len(measured) == 39 and len(v["cells"]) == 35 + 39 and "llama-7b dora" not in v["cells"]
+    assert len(measured) == 39 and "llama-7b dora" not in v["cells"]
+    quant = [c for c in v["cells"] if " nf4" in c or " int8" in c]
+    sharded = [c for c in v["cells"] if " N=" in c]
+    assert len(v["cells"]) == 35 + 39 + 12 + 8 and len(quant) == 12 and len(sharded) == 8
     assert v["max_abs_gap_pct"] <= 0.5
     md = (ROOT / "reports/validation.md").read_text()
     assert "35 cells, 35 measured on both" in md and "39 cells, 39 measured on both" in md
-    assert "the 74 cells of the two tables above" in md
+    assert "the 74 cells of the two tables above" in md and "94 cells" in md
 
 
 @pytest.mark.parametrize("name", ["h200-2026-11-27", "sample-18", "sample-2026"])

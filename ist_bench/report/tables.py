@@ -273,7 +273,9 @@ def to_latex(df: pd.DataFrame, caption: str) -> str:
         return str(x).replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%").replace(
             "_", r"\_").replace("#", r"\#").replace(UNCHECKED, r"\textsuperscript{\dag}")
     cols = list(df.columns)
-    lines = [r"\begin{table*}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}",
+    # a wide table (Table 1 with QLoRA columns: five models) gets a smaller font and tighter columns
+    size = r"\small" if len(cols) <= 5 else r"\scriptsize\setlength{\tabcolsep}{2pt}"
+    lines = [r"\begin{table*}[t]", r"\centering", size, r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}",
              r"\toprule", " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
     lines += [" & ".join(esc(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(caption)}}}", r"\end{table*}", ""]
