@@ -259,8 +259,13 @@ def fit_nproc(model: str, gpu: str, methods: list[str], selects: list[str], npro
     lanes = min(len(jobs), os.cpu_count() or 1)
     if lanes == 1:
         return tgt, [_shard_answer(c, tgt.usable, nproc) for c in jobs]
-    with ProcessPoolExecutor(lanes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return tgt, list(pool.map(_shard_answer, jobs, [tgt.usable] * len(jobs), [nproc] * len(jobs)))
+    # the slowest search (a policy's importance round makes each probe longer) runs here, the others in
+    # workers that start meanwhile (a spawned worker imports torch and transformers again: seconds)
+    here = max(range(len(jobs)), key=lambda i: jobs[i].select != "none")
+    with ProcessPoolExecutor(lanes - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {i: pool.submit(_shard_answer, c, tgt.usable, nproc) for i, c in enumerate(jobs) if i != here}
+        mine = _shard_answer(jobs[here], tgt.usable, nproc)
+        return tgt, [mine if i == here else futures[i].result() for i in range(len(jobs))]
 
 
 def _shard_answer(base: Case, usable: int, nproc: int | str) -> ShardAnswer:
