@@ -71,8 +71,7 @@ def launch(case, nproc: int, shard: str = "fsdp2", *, reshard_after_forward: boo
 
     start = time.time()
     case = dataclasses.replace(case, nproc=nproc, shard=shard, reshard_after_forward=reshard_after_forward)
-    job = {"case": case.to_dict(), "shard": shard, "reshard_after_forward": reshard_after_forward,
-           "timeout_s": collective_timeout_s, "kind": kind, "warmup": warmup,
+    job = {"case": case.to_dict(), "timeout_s": collective_timeout_s, "kind": kind, "warmup": warmup,
            "profile_steps": None}   # cuda: profiled steps after the timed ones (busy, communication)
     with tempfile.TemporaryDirectory(prefix="ist-bench-dist-") as tmp:
         Path(tmp, "job.json").write_text(json.dumps(job))

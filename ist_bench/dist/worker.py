@@ -22,12 +22,14 @@ def init(backend: str, timeout_s: float) -> None:
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
 
 
-def wrapper(job: dict):
+def wrapper(case, job: dict):
+    """How this rank shards the model: the case's `shard` and `reshard_after_forward`; the job may name
+    FSDP2's param and reduce dtypes."""
     from ist_bench.dist import wrap
 
-    if job["shard"] == "ddp":
+    if case.shard == "ddp":
         return wrap.shard_ddp
-    return lambda m: wrap.shard_fsdp2(m, reshard_after_forward=job.get("reshard_after_forward", True),
+    return lambda m: wrap.shard_fsdp2(m, reshard_after_forward=case.reshard_after_forward,
                                       param=job.get("param_dtype", "bf16"), reduce=job.get("reduce_dtype", "fp32"))
 
 
@@ -67,8 +69,8 @@ def measure(case, job: dict) -> dict:
 
     if job.get("kind") == "time":
         return measure_time(case, warmup=job.get("warmup", 10), profile_steps=job.get("profile_steps"),
-                            busy_gpu="ignore", wrap=wrapper(job))
-    return measure_memory(case, busy_gpu="ignore", wrap=wrapper(job))   # the other ranks share the host's GPUs
+                            busy_gpu="ignore", wrap=wrapper(case, job))
+    return measure_memory(case, busy_gpu="ignore", wrap=wrapper(case, job))   # the other ranks share the host's GPUs
 
 
 if __name__ == "__main__":

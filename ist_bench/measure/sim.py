@@ -179,8 +179,6 @@ def _int8_scaled_mm_scratch(args, kwargs, out) -> int:
     return cuda_block_bytes(4 * m_n) + (cuda_block_bytes(2 * m_n) if out.dtype != torch.float16 else 0)
 
 
-
-
 _SCRATCH = {
     torch.ops.aten._softmax_backward_data.default: _softmax_backward_scratch,
     torch.ops.aten._scaled_dot_product_cudnn_attention_backward.default: _cudnn_attention_backward_scratch,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ist_bench.report import cells as cellinfo
-from ist_bench.report import plots, tables
+from ist_bench.report import plots, scale, tables
 from ist_bench.results import read_rows, write_atomic
 
 FIGURE = "allocated peak"
@@ -28,12 +28,13 @@ def render(paths: list[str], out: str | Path, card: str = "h100-80g") -> list[st
     everything = [r for p in paths for r in read_rows(p)]
     sharded = [r for r in everything if r.get("case", {}).get("nproc")]
     rows = [r for r in everything if not r.get("case", {}).get("nproc")]
+    scaled = scale.scale_frame(sharded)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
     cells = tables.memory_cells(rows)
     times = tables.time_cells(rows)
-    md = [f"# ist-bench report: {out.name}", "", _sources(paths, everything, cells, times, sharded), ""]
+    md = [f"# ist-bench report: {out.name}", "", _sources(paths, everything, len(cells) + len(times) + len(scaled)), ""]
     tex = [f"% ist-bench report {out.name}; paper values from: {tables.PAPER['source']}", ""]
     backends = [b for b in ("cuda", "sim", "cpu") if not cells.empty and b in set(cells["backend"])]
     for backend in backends:
@@ -114,8 +115,8 @@ def render(paths: list[str], out: str | Path, card: str = "h100-80g") -> list[st
                f"steps ({why}), and how often each layer was selected.", "", f"![importance]({Path(png).name})", ""]
     elif why != plots.NO_RUN:
         md += ["## What IST learned", "", f"Not drawn: {why} (docs/reports.md).", ""]
-    if sharded:
-        md += _scale(sharded, out, card, written)
+    if not scaled.empty:
+        md += _scale(scaled, out, card, written)
     md += ["---", f"Paper values: {tables.PAPER['source']} (ist_bench/report/paper.json).",
            f"GPU validation: {_coverage()}"]
     write_atomic(f"{out}.md", "\n".join(md) + "\n")
@@ -123,11 +124,11 @@ def render(paths: list[str], out: str | Path, card: str = "h100-80g") -> list[st
     return [f"{out}.md", f"{out}.tex", *written]
 
 
-def _scale(rows: list[dict], out: Path, card: str, written: list[str]) -> list[str]:
+def _scale(df: pd.DataFrame, out: Path, card: str, written: list[str]) -> list[str]:
+    """The scale section from `scale.scale_frame`'s records: a table and a plot per backend."""
     from ist_bench import fit
-    from ist_bench.report import scale
 
-    tgt, df = fit.target(card), scale.scale_frame(rows)
+    tgt = fit.target(card)
     md = ["## Scale: per-rank peak under FSDP2", "",
           f"GiB per rank, the rank that peaks highest (sim plays rank 0, which holds the largest shards); `*`: fits "
           f"the {tgt.name} ({tgt.usable / GiB:.2f} GiB usable) with fit's margin; dominant: the largest category at "
@@ -145,11 +146,8 @@ def _distinct(rows, key: str) -> str:
     return "/".join(sorted({str(r["provenance"][key]) for r in rows if (r.get("provenance") or {}).get(key)}))
 
 
-def _sources(paths, rows, cells, times, sharded=()) -> str:
-    from ist_bench.report.scale import scale_frame
-
+def _sources(paths, rows, n_cells: int) -> str:
     versions = ", ".join(f"{k} {v}" for k in ("torch", "transformers", "peft", "git_commit") if (v := _distinct(rows, k)))
-    n_cells = len(cells) + len(times) + (len(scale_frame(list(sharded))) if sharded else 0)
     n = len(rows) - n_cells
     dup = f"; {n} {'row repeats a cell' if n == 1 else 'rows repeat cells'} shown once (docs/reports.md)" if n else ""
     return f"From {', '.join(str(p) for p in paths)} ({len(rows)} rows, {n_cells} cells{dup}; {versions})."
