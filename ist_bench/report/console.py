@@ -7,7 +7,7 @@ import contextlib
 from rich.console import Console
 from rich.table import Table
 
-from ist_bench.report.cells import check_note
+from ist_bench.report.cells import check_note, column
 from ist_bench.results import case_label, model_label
 from ist_bench.safeio import terminal_width
 from ist_bench.units import human, in_unit, unit_for
@@ -17,6 +17,12 @@ NOISY = 1.05  # step-time p90/p10 above which a timing run is flagged
 
 def _title(case: dict) -> str:
     return f"{model_label(case['model'])} · {case_label(case)}"
+
+
+def _cell_title(case: dict) -> str:
+    """A suite table's row: the title and every knob off the paper's setting (`lora N=2`, `lora batch=4`),
+    so two cases of a grid never read the same."""
+    return f"{model_label(case['model'])} · {column(case)}"
 
 
 # (summary key, label, at-peak key)
@@ -325,7 +331,7 @@ def print_suite_progress(suite, rows, out, total: int) -> int:
             if row["status"] == "oom" and row.get("peak_reached"):   # the failing step's, not the steps before it
                 peak = max(peak or 0, row["peak_reached"])
             step = row.get("time", {}).get("phases_ms", {}).get("step", {}).get("median")
-            summary.add_row(_title(row["case"]), row.get("backend") or "-", row["status"], human(peak) if peak else "-",
+            summary.add_row(_cell_title(row["case"]), row.get("backend") or "-", row["status"], human(peak) if peak else "-",
                             "-" if step is None else f"{step:.1f}")
     console.print(summary)
     return failed
