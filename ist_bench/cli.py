@@ -8,18 +8,23 @@ import os
 import sys
 from pathlib import Path
 
-from ist_bench import filter_third_party_warnings
 from ist_bench.errors import UsageError
 
 EPILOG = "Defaults follow the IST paper's Table 1 setting: batch 1, 1024 tokens, bf16, eager attention."
 
 
 def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
-    """The case options; defaults and choices read from `Case`, `MethodSpec` and the registries
-    without importing them (ist_bench/catalog.py), so building the parser stays light."""
-    from ist_bench import catalog
+    """The case options; defaults and choices are `Case`'s, `MethodSpec`'s and the registries' (all light
+    to import: no torch, transformers or peft)."""
+    import dataclasses
 
-    c, m, ch = catalog.case_defaults(), catalog.case_defaults()["method"], catalog.choices()
+    from ist_bench.methods import METHODS, MethodSpec
+    from ist_bench.runner import case as cases
+    from ist_bench.selection import OPTIMIZER_STATES, POLICIES
+
+    c, m = dataclasses.asdict(cases.Case()), dataclasses.asdict(MethodSpec())
+    ch = {"method": tuple(METHODS), "select": tuple(POLICIES), "dtype": cases.DTYPES, "optim": cases.OPTIM_IMPLS,
+          "quant": cases.QUANTS, "optimizer_state": OPTIMIZER_STATES}
     p.add_argument("--model", default=c["model"], help=f"zoo name (see `ist-bench models`) or a config.json path "
                                                         f"(default {c['model']})")
     p.add_argument("--method", default=m["name"], help=f"one of {', '.join(ch['method'])} (default {m['name']})")
@@ -60,27 +65,6 @@ def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
                    help=f"Series/Parallel adapter bottleneck (default {m['bottleneck']})")
 
 
-# The names a case option takes, with the words `Case.check` uses for them (same one-line message).
-_NAMED = {"method": "method", "select": "selection policy", "optimizer_state": "optimizer-state policy",
-          "dtype": "dtype", "optim": "optimizer implementation", "attn": "attention implementation",
-          "quant": "quantization"}
-
-
-def _check_names(args: argparse.Namespace) -> None:
-    """A misspelt name answers before torch is imported (Case.check repeats these checks, and the rest)."""
-    from ist_bench import catalog
-    from ist_bench.errors import choice_error
-
-    zoo = list(catalog.zoo_configs())
-    model = Path(args.model)
-    if args.model not in zoo and not (model.suffix == ".json" or model.is_dir() or model.exists()):
-        raise choice_error("model", args.model, zoo + ["<path/to/config.json>"], listed_by="ist-bench models")
-    valid = catalog.choices()
-    for key, what in _NAMED.items():
-        if getattr(args, key) not in valid[key]:
-            raise choice_error(what, getattr(args, key), valid[key])
-
-
 def _case_from(args: argparse.Namespace):
     from ist_bench.methods import MethodSpec
     from ist_bench.runner.case import Case
@@ -99,16 +83,19 @@ def _case_from(args: argparse.Namespace):
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from ist_bench.report.console import print_memory
-    from ist_bench.runner.memory import measure_memory
-
-    case = _case_from(args).check()
+    case = _case_from(args).validate()   # light: a bad input is refused before torch is imported
     _check_writable(args.json)
     if args.timeline:
         from ist_bench.measure.timeline import FORMATS
         if Path(args.timeline).suffix not in FORMATS:
             raise UsageError(f"--timeline {args.timeline!r}: the file must end in {', '.join(FORMATS)}")
         _check_writable(args.timeline)
+    if case.nproc is not None and args.timeline:
+        raise UsageError("--timeline is for one process; leave it out with --nproc")
+    from ist_bench.report.console import print_memory
+    from ist_bench.runner.memory import measure_memory
+
+    case = case.check()
     if case.nproc is not None:
         return _memory_dist(args, case)
     row = measure_memory(case, busy_gpu=args.busy_gpu, timeline=args.timeline)
@@ -125,8 +112,6 @@ def _memory_dist(args: argparse.Namespace, case) -> int:
     from ist_bench.dist.launch import run_case
     from ist_bench.report.console import print_memory, print_ranks
 
-    if args.timeline:
-        raise UsageError("--timeline is for one process; leave it out with --nproc")
     row = run_case(case)
     print_memory(row)
     print_ranks(row)
@@ -151,16 +136,11 @@ CPU_TIME_MAX_PARAMS = 400e6  # above this a CPU step takes minutes: refuse rathe
 def cmd_time(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ist_bench import zoo
-    from ist_bench.report.console import print_compare, print_time
-    from ist_bench.runner.isolate import run_isolated
-    from ist_bench.runner.time import measure_time
+    from ist_bench.runner.case import gpu_may_be_visible
 
     case = _case_from(args)
-    if case.backend == "auto":
-        import torch
-        if not torch.cuda.is_available():
-            raise UsageError("timing needs a GPU (none is visible); for the tiny and GPT-2 models use --backend cpu")
+    if case.backend == "auto" and not gpu_may_be_visible():
+        raise UsageError("timing needs a GPU (none is visible); for the tiny and GPT-2 models use --backend cpu")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     if args.rounds < 1:
@@ -172,17 +152,28 @@ def cmd_time(args: argparse.Namespace) -> int:
             raise UsageError(f"--compare-select takes two different policies, A,B; got {args.compare_select!r}")
         variants = [dataclasses.replace(case, select=n, select_opts=_options_for(n, case.select_opts, names))
                     for n in names]
-    variants = [v.check() for v in variants]
-    case = variants[0]
+    for v in variants:
+        v.validate()   # light: refused before torch is imported
     _check_writable(args.json)
     if case.backend == "sim":
         raise UsageError("timing needs real compute: use --backend cuda, or cpu for small models")
+    if args.profile_steps is not None and args.profile_steps < 0:
+        raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
+    if args.overhead_blocks < 0:
+        raise UsageError(f"--overhead-blocks must be >= 0, got {args.overhead_blocks}")
+    from ist_bench import zoo
+    from ist_bench.report.console import print_compare, print_time
+    from ist_bench.runner.isolate import run_isolated
+    from ist_bench.runner.time import measure_time
+
+    variants = [v.check() for v in variants]
+    case = variants[0]
+    if case.backend == "sim":   # auto without a GPU torch can use
+        raise UsageError("timing needs a GPU (none is visible); for the tiny and GPT-2 models use --backend cpu")
     params = zoo.count_parameters(zoo.load_config(case.model))
     if case.backend == "cpu" and params > CPU_TIME_MAX_PARAMS:
         raise UsageError(f"{case.model} has {params / 1e9:.1f}B parameters: too big to time on the CPU "
                          f"(limit {CPU_TIME_MAX_PARAMS / 1e6:.0f}M); use --backend cuda")
-    if args.profile_steps is not None and args.profile_steps < 0:
-        raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
     if case.nproc is not None:
         from ist_bench.dist.launch import run_case
         from ist_bench.report.console import print_ranks
@@ -201,8 +192,6 @@ def cmd_time(args: argparse.Namespace) -> int:
         print_compare(rows, names)
     else:
         from ist_bench.report.console import step_progress
-        if args.overhead_blocks < 0:
-            raise UsageError(f"--overhead-blocks must be >= 0, got {args.overhead_blocks}")
         with step_progress() as progress:
             rows = [measure_time(case, warmup=args.warmup, profile_steps=args.profile_steps,
                                  overhead_blocks=args.overhead_blocks, busy_gpu=args.busy_gpu, progress=progress)]
@@ -661,13 +650,13 @@ def _to_stdout(args: argparse.Namespace) -> bool:
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ist_bench import catalog
+    from ist_bench import zoo
     from ist_bench.report.console import console
 
     table = Table(title="ist-bench model zoo (published configs, random weights)", title_justify="left")
     for col in ("name", "family", "layers", "hidden", "params", "positions"):
         table.add_column(col, justify="left" if col in ("name", "family") else "right")
-    for name, m in catalog.zoo_summary().items():
+    for name, m in zoo.summary().items():
         table.add_row(name, m["family"], str(m["layers"]), str(m["hidden"]), f"{m['params'] / 1e6:,.1f}M",
                       str(m["positions"] or "-"))
     console.print(table)
@@ -675,23 +664,26 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from rich.table import Table
 
-    from ist_bench import catalog
+    from ist_bench.methods import METHODS
     from ist_bench.report.console import console
+    from ist_bench.selection import POLICIES
 
     methods = Table(title="methods: what in a layer trains (--method)", title_justify="left", box=None)
     methods.add_column("name", style="bold", no_wrap=True)
     methods.add_column("")
-    for m in catalog.methods():
+    for m in METHODS.values():
         methods.add_row(m.name, m.description)
     console.print(methods)
     policies = Table(title="selection policies: which layers train each step (--select; --select-opt K=V)",
                      title_justify="left", box=None)
     policies.add_column("name", style="bold", no_wrap=True)
     policies.add_column("")
-    for p in catalog.policies():
-        opts = ", ".join(f"{k}={v}" for k, v in p.options.items())
+    for p in POLICIES.values():
+        opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(p.Settings()).items())
         policies.add_row(p.name, p.description + (f"\n[dim]options: {opts}[/]" if opts else ""))
     console.print(policies)
     return 0
@@ -704,8 +696,8 @@ def _busy_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser. Light: it imports neither torch nor transformers nor peft (defaults come from
-    ist_bench/catalog.py), so `--help`, `models` and a bad option answer at once. `command` is
+    """The parser. Light: it imports neither torch nor transformers nor peft (the case, the methods and the
+    policies are light to import), so `--help`, `models` and a bad option answer at once. `command` is
     accepted for callers of the old signature and ignored."""
     from ist_bench import __version__
     from ist_bench.measure.cards import CARDS
@@ -895,7 +887,13 @@ def _one_line(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    filter_third_party_warnings()
+    from ist_bench.process import entry
+
+    with entry():   # offline; bitsandbytes hidden until a quantized case asks for it
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -905,8 +903,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if hasattr(args, "optim"):   # a case command
-            _check_names(args)
         if _to_stdout(args):
             from ist_bench.report.console import console
             console.stderr = True

@@ -244,7 +244,6 @@ def fit_nproc(model: str, gpu: str, methods: list[str], selects: list[str], npro
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    from ist_bench.dist.launch import check
     from ist_bench.methods import MethodSpec
 
     if nproc != "auto" and (not isinstance(nproc, int) or nproc < 1):
@@ -253,7 +252,8 @@ def fit_nproc(model: str, gpu: str, methods: list[str], selects: list[str], npro
     jobs = []
     for method in methods:
         for select in selects:   # every input checked before any search starts
-            check(1, "fsdp2", "sim", method)
+            Case(model=model, method=MethodSpec(name=method), select=select, backend="sim", steps=0,
+                 seq_len=seq_len, nproc=1, **case_kw).validate()    # a method FSDP2 cannot shard: one line
             jobs.append(Case(model=model, method=MethodSpec(name=method), select=select, backend="sim", steps=0,
                              seq_len=seq_len, **case_kw).check())
     lanes = min(len(jobs), os.cpu_count() or 1)
@@ -262,7 +262,9 @@ def fit_nproc(model: str, gpu: str, methods: list[str], selects: list[str], npro
     # the slowest search (a policy's importance round makes each probe longer) runs here, the others in
     # workers that start meanwhile (a spawned worker imports torch and transformers again: seconds)
     here = max(range(len(jobs)), key=lambda i: jobs[i].select != "none")
-    with ProcessPoolExecutor(lanes - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from ist_bench.process import prepare
+
+    with ProcessPoolExecutor(lanes - 1, mp_context=multiprocessing.get_context("spawn"), initializer=prepare) as pool:
         futures = {i: pool.submit(_shard_answer, c, tgt.usable, nproc) for i, c in enumerate(jobs) if i != here}
         mine = _shard_answer(jobs[here], tgt.usable, nproc)
         return tgt, [mine if i == here else futures[i].result() for i in range(len(jobs))]
@@ -270,11 +272,9 @@ def fit_nproc(model: str, gpu: str, methods: list[str], selects: list[str], npro
 
 def _shard_answer(base: Case, usable: int, nproc: int | str) -> ShardAnswer:
     """One method x policy of `fit_nproc`: its probes and answer."""
-    from ist_bench import filter_third_party_warnings
     from ist_bench.dist.fake import simulate
     from ist_bench.runner.memory import measure_memory
 
-    filter_third_party_warnings()   # in a spawned worker too
     method = base.method.name
     a = ShardAnswer(method, base.select, base.seq_len)
 

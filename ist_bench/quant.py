@@ -24,21 +24,20 @@ import torch
 from torch import nn
 
 from ist_bench.errors import UsageError
+from ist_bench.runner.case import BNB_OPTIMS, BNB_PIP, QUANT_METHODS  # noqa: F401  (the case's names)
 
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-BNB_OPTIMS = {"adamw8bit": "AdamW8bit", "paged-adamw8bit": "PagedAdamW8bit", "paged-adamw32bit": "PagedAdamW32bit"}
 INT8_THRESHOLD = 0.0
-PIP = "pip install bitsandbytes==0.50.2 (or pip install -e '.[quant]')"
-# peft supports these on a bnb base; our bottleneck adapters wrap the bnb module as they wrap nn.Linear
-QUANT_METHODS = ("lora", "dora", "adalora", "series", "parallel")
 
 
 def require_bnb(what: str):
     """bitsandbytes, or the one-line error that names the pip command."""
+    from ist_bench.process import use_bitsandbytes
+
     try:
-        return importlib.import_module("bitsandbytes")
+        return use_bitsandbytes()
     except ImportError:
-        raise UsageError(f"{what} needs bitsandbytes, which is not installed: {PIP}") from None
+        raise UsageError(f"{what} needs bitsandbytes, which is not installed: {BNB_PIP}") from None
 
 
 def bnb_config(quant: str, double_quant: bool, compute_dtype: str):

@@ -1,6 +1,6 @@
 """Time ist-bench commands as a user runs them: each in a fresh process, wall and CPU (user + sys).
 
-    python scripts/bench_cli.py            # --help, a bad argument, models, memory 7B LoRA
+    python scripts/bench_cli.py            # --help, refusals of bad input, models, memory 7B LoRA
     python scripts/bench_cli.py --runs 5 --only help,bad-argument
 
 Prints the median over --runs and the load average (on a shared machine wall time follows the
@@ -23,6 +23,12 @@ COMMANDS = {
     "version": ["--version"],
     "bad-argument": ["memory", "--steps", "abc"],
     "bad-name": ["memory", "--method", "prefix"],
+    "batch-0": ["memory", "--batch", "0"],
+    "r-0": ["memory", "--r", "0"],
+    "seq-len-1": ["memory", "--seq-len", "1"],
+    "cuda-no-gpu": ["memory", "--backend", "cuda"],
+    "missing-config": ["memory", "--model", "missing.json"],
+    "bad-select-opt": ["memory", "--select", "ist", "--select-opt", "beta=2"],
     "models": ["models"],
     "methods": ["methods"],
     "memory-7b-lora": ["memory", "--model", "llama-7b", "--method", "lora"],

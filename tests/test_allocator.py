@@ -103,7 +103,8 @@ def test_the_memo_never_turns_a_view_into_an_allocation():
 
 def test_sim_books_the_weights_in_the_order_the_device_allocates_them():
     from ist_bench.methods import MethodSpec
-    from ist_bench.runner.case import Case, build
+    from ist_bench.runner.build import build
+    from ist_bench.runner.case import Case
     b = build(Case(model="tiny-llama", method=MethodSpec(name="lora"), seq_len=32, steps=1, backend="sim").check())
     names = {id(p): n for n, p in b.model.named_parameters()}
     order = [names[id(t)] for t in b.created if id(t) in names]

@@ -130,33 +130,27 @@ def test_version_prints_the_package_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ist-bench {version('ist-bench')}"
 
 
-def test_catalog_read_from_source_equals_the_imported_objects():
-    """ist_bench/catalog.py reads defaults and registries without importing them: every value it
-    gives must be what the imported modules hold."""
-    import dataclasses
-
-    from ist_bench import catalog
+def test_help_shows_the_defaults_and_choices_of_the_case_and_the_registries(capsys):
+    """--help reads `Case`'s and `MethodSpec`'s defaults and the registries' names (one source of truth)."""
     from ist_bench.methods import METHODS, MethodSpec
-    from ist_bench.runner.case import ATTENTION, DTYPES, OPTIM_IMPLS, QUANTS, Case
-    from ist_bench.selection import OPTIMIZER_STATES, POLICIES
+    from ist_bench.runner.case import OPTIM_IMPLS, QUANTS, Case
+    from ist_bench.selection import POLICIES
 
+    with pytest.raises(SystemExit):
+        main(["memory", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
     case, spec = Case(), MethodSpec()
-    defaults = catalog.case_defaults()
-    assert {k: v for k, v in defaults.items() if k != "method"} == \
-        {f.name: getattr(case, f.name) for f in dataclasses.fields(Case) if f.name not in ("method", "select_opts")}
-    assert defaults["method"] == dataclasses.asdict(spec)
-    assert [(m.name, m.description) for m in catalog.methods()] == [(k, m.description) for k, m in METHODS.items()]
-    assert [(p.name, p.description, p.options) for p in catalog.policies()] == \
-        [(k, c.description, dataclasses.asdict(c.Settings())) for k, c in POLICIES.items()]
-    assert catalog.choices() == {"method": tuple(METHODS), "select": tuple(POLICIES), "dtype": tuple(DTYPES),
-                                 "optim": OPTIM_IMPLS, "attn": ATTENTION, "optimizer_state": OPTIMIZER_STATES,
-                                 "quant": QUANTS}
+    for shown in (f"(default {case.model})", f"(default {case.seq_len})", f"(default {spec.r})",
+                  f"(default {spec.bottleneck})", f"(default {case.optim})", ", ".join(METHODS), ", ".join(POLICIES),
+                  ", ".join(OPTIM_IMPLS), ", ".join(QUANTS)):
+        assert shown in text, shown
 
 
 @pytest.mark.slow
 def test_zoo_summary_matches_the_models_built_on_meta():
-    from ist_bench import catalog
-    assert catalog.zoo_summary() == catalog.summarize_zoo(), "regenerate with catalog.write_zoo_summary()"
+    from ist_bench import zoo
+    from ist_bench.zoo import build
+    assert zoo.summary() == build.summarize(), "regenerate with ist_bench.zoo.build.write_summary()"
 
 
 def test_compare_table_fits_80_columns_and_shows_the_change_in_percent(tmp_path):

@@ -92,7 +92,8 @@ def test_sim_token_batches_are_shapes_on_meta_not_host_memory():
     import tracemalloc
 
     from ist_bench.data import TokenBatches
-    from ist_bench.runner.case import Case, build
+    from ist_bench.runner.build import build
+    from ist_bench.runner.case import Case
 
     batches = TokenBatches(4096, 32000, batch=4096, meta=True)
     tracemalloc.start()

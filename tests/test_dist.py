@@ -129,16 +129,16 @@ def test_a_failing_rank_is_a_row_not_a_hang(monkeypatch):
 
 
 def test_bad_world_sizes_and_shards_are_one_line():
-    from ist_bench.dist.launch import check
+    from ist_bench.dist.launch import check_devices
     from ist_bench.errors import UsageError
 
-    with pytest.raises(UsageError, match=r"--nproc must be an integer >= 1.*got 0"):
-        check(0, "fsdp2", "cpu")
+    with pytest.raises(UsageError, match=r"nproc must be an integer >= 1.*got 0"):
+        Case(model="tiny-llama", backend="cpu", nproc=0).validate()
     with pytest.raises(UsageError, match=r"unknown shard 'zero3'; valid: fsdp2, ddp"):
-        check(2, "zero3", "cpu")
+        Case(model="tiny-llama", backend="cpu", nproc=2, shard="zero3").validate()
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="only 0 GPU"):
-            check(2, "fsdp2", "cuda")
+            check_devices(2, "cuda")
 
 
 def _gathered_bytes(n):

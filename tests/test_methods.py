@@ -70,7 +70,7 @@ def test_adapters_leave_the_models_output_unchanged_at_start(model, method):
 
 
 def test_series_adapter_changes_output_once_trained():
-    from ist_bench.methods.bottleneck import BottleneckAdapter
+    from ist_bench.methods.bottleneck_layer import BottleneckAdapter
     net = zoo.build_model(zoo.load_config("tiny-llama"), device="cpu", dtype=torch.float32).eval()
     net = apply_method(net, MethodSpec(name="series"))
     ids = torch.randint(0, 512, (1, 8))

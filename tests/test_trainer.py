@@ -70,9 +70,18 @@ def test_lora_plus_ist_trains_through_a_stock_trainer_about_as_well_as_lora(alpa
 
 
 def test_every_policy_is_a_trainer_callback(alpaca, tmp_path):
+    """A policy implements every event of transformers' TrainerCallback (Trainer calls them by name), and
+    an event a later transformers adds is a no-op rather than an AttributeError."""
     from transformers import TrainerCallback
+
+    from ist_bench.selection import POLICIES
+    events = [n for n in dir(TrainerCallback) if n.startswith("on_")]
+    assert len(events) >= 16
+    for cls in POLICIES.values():
+        policy = cls()
+        assert all(callable(getattr(policy, e)) for e in events), cls.name
+        assert policy.on_some_future_event(None, None, None) is None
     lisa = LISA(gamma=1, interval=5, optimizer_state="reset")
-    assert isinstance(lisa, TrainerCallback)
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
     tok, data = alpaca
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=4, report_to=[],
@@ -125,7 +134,22 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_selects_what_an_uninterrupt
 
 
 def test_resuming_without_the_policys_state_warns(alpaca, tmp_path):
-    _run(alpaca, tmp_path, IST(seed=0, interval=2), 12, stop_at=6)
-    (tmp_path / "checkpoint-6" / "selection-ist.json").unlink()
-    with pytest.warns(UserWarning, match="without .*selection-ist.json: the policy starts from scratch"):
+    _run(alpaca, tmp_path, RST(seed=0), 12, stop_at=6)          # a checkpoint of a run without IST
+    with pytest.warns(UserWarning, match="from a checkpoint that holds no ist state: the policy starts from scratch"):
         _run(alpaca, tmp_path, IST(seed=0, interval=2), 12, resume=str(tmp_path / "checkpoint-6"))
+
+
+def test_the_policy_state_comes_from_the_checkpoint_resumed_wherever_it_lies(alpaca, tmp_path):
+    """Resuming a copied checkpoint restores what it learned; another run's checkpoint-6 lying in a reused
+    output_dir is never read (the state travels in the checkpoint's optimizer.pt)."""
+    import shutil
+
+    full = IST(seed=0, interval=2, layers=0.5, mu=1e6)
+    whole = _run(alpaca, tmp_path / "whole", full, 12)
+    _run(alpaca, tmp_path / "cut", IST(seed=0, interval=2, layers=0.5, mu=1e6), 12, stop_at=6)
+    shutil.copytree(tmp_path / "cut" / "checkpoint-6", tmp_path / "copied")
+    _run(alpaca, tmp_path / "other", IST(seed=5, interval=2, layers=0.5, mu=1.0), 12, stop_at=6)   # stale
+    resumed = IST(seed=0, interval=2, layers=0.5, mu=1e6)
+    tail = _run(alpaca, tmp_path / "other", resumed, 12, resume=str(tmp_path / "copied"))
+    assert tail == whole[6:]
+    np.testing.assert_allclose(resumed.importance, full.importance, rtol=1e-4)

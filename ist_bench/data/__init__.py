@@ -12,10 +12,12 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ist_bench.errors import UsageError, choice_error, read_json
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLE_FILE = resources.files("ist_bench.data") / "alpaca_sample.json"
 
@@ -86,20 +88,33 @@ def _tokenized(data: str, tokenizer: str, data_mtime: float, tok_mtime: float) -
         raise UsageError(f"tokenizer {tokenizer} cannot tokenize {data}: {' '.join(str(e).split())[:160]}") from None
 
 
+def check_sources(data: str | Path | None, tokenizer: str | Path | None, mode: str, batch: int) -> None:
+    """What can be checked of a case's data without tokenizing it (light: JSON only): the mode, the
+    two files together, each readable, the samples well-formed."""
+    if mode not in MODES:
+        raise choice_error("data mode", mode, MODES)
+    if (data is None) != (tokenizer is None):
+        raise UsageError("--data and --tokenizer go together (give both, or neither for synthetic tokens)")
+    if batch > 1 and mode == "sample" and data is not None:
+        raise UsageError("--data-mode sample takes --batch 1 (samples of different lengths would need padding)")
+    if data is not None:
+        load_samples(data)
+        file = Path(tokenizer) / "tokenizer.json" if Path(tokenizer).is_dir() else Path(tokenizer)
+        if not file.is_file():
+            raise UsageError(f"tokenizer file not found: {file}")
+
+
 class TokenBatches:
     """Batch 1 x seq_len token ids for step `i`, deterministic across runs."""
 
     def __init__(self, seq_len: int, vocab_size: int, *, data: str | Path | None = None,
                  tokenizer: str | Path | None = None, mode: str = "pack", seed: int = 0, batch: int = 1,
                  meta: bool = False):
-        if mode not in MODES:
-            raise choice_error("data mode", mode, MODES)
+        import torch
+
+        check_sources(data, tokenizer, mode, batch)
         if seq_len < 2:
             raise UsageError(f"--seq-len must be >= 2, got {seq_len}")
-        if (data is None) != (tokenizer is None):
-            raise UsageError("--data and --tokenizer go together (give both, or neither for synthetic tokens)")
-        if batch > 1 and mode == "sample" and data is not None:
-            raise UsageError("--data-mode sample takes --batch 1 (samples of different lengths would need padding)")
         self.seq_len, self.vocab_size, self.mode, self.seed, self.batch = seq_len, vocab_size, mode, seed, batch
         # sim: synthetic ids are shapes on the meta device, never host memory in proportion to the batch
         self.meta = meta
@@ -129,6 +144,8 @@ class TokenBatches:
 
     def ids(self, step: int) -> torch.Tensor:
         """Token ids (batch, T) on the CPU: T = seq_len except in `sample` mode (shorter samples)."""
+        import torch
+
         if self.kind == "synthetic" and self.meta:
             return torch.empty((self.batch, self.seq_len), dtype=torch.long, device="meta")
         if self.kind == "synthetic":
@@ -151,6 +168,8 @@ class TokenBatches:
         """Token ids (n, seq_len) for IST's importance forwards: synthetic draws from a stream no
         training step uses, or the last n x seq_len tokens of the packed Alpaca stream; `draw` > 0
         (IST's `eval_data=fresh`: the round's step) gives another draw, the window before it."""
+        import torch
+
         if self.kind == "synthetic" and self.meta:
             return torch.empty((n, self.seq_len), dtype=torch.long, device="meta")
         if self.kind == "synthetic":
@@ -172,6 +191,8 @@ def model_inputs(ids: torch.Tensor, device: torch.device | str, mask: bool = Tru
     answer). With `mask=False` (SDPA) neither mask nor positions are passed: transformers then
     calls SDPA with `is_causal=True` and no mask, as it does on a GPU once it has seen that an
     all-ones mask can be dropped, so the flash kernel is chosen."""
+    import torch
+
     ids = ids.to(device)
     if not mask:   # positions too would make transformers look for packed sequences (`.item()` again)
         return {"input_ids": ids, "labels": ids}

@@ -8,4 +8,4 @@
 See docs/distributed.md.
 """
 
-SHARDS = ("fsdp2", "ddp")
+from ist_bench.runner.case import SHARDS  # noqa: E402,F401  (the case's names)

@@ -18,31 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from ist_bench.dist import SHARDS
-from ist_bench.errors import UsageError, choice_error
+from ist_bench.errors import UsageError
 
 
-# Methods that cannot run sharded, and why (found by running each method x policy on sim at N = 2).
-UNSHARDABLE = {"adalora": "its rank allocator masks each adapter's whole singular-value vector after the optimizer "
-                          "step, and under FSDP2 a rank holds only a shard of it"}
-
-
-def check(nproc: int, shard: str, backend: str, method: str | None = None) -> None:
-    """Bad input is one line: a world size below 1, more ranks than GPUs, an unknown shard, a method that
-    cannot run sharded."""
+def check_devices(nproc: int, backend: str) -> None:
+    """More ranks than GPUs is one line (the rest of a sharded case is checked by Case.validate)."""
     import torch
 
-    if not isinstance(nproc, int) or nproc < 1:
-        raise UsageError(f"--nproc must be an integer >= 1 (or auto for fit), got {nproc!r}")
-    if shard not in SHARDS:
-        raise choice_error("shard", shard, SHARDS)
     if backend == "cuda" and nproc > torch.cuda.device_count():
         raise UsageError(f"--nproc {nproc}: only {torch.cuda.device_count()} GPU(s) visible on cuda")
-    if method in UNSHARDABLE and shard == "fsdp2":
-        raise UsageError(f"--method {method} cannot run under --shard fsdp2: {UNSHARDABLE[method]}")
-    if backend == "sim" and shard != "fsdp2":
-        raise UsageError(f"--backend sim --nproc runs FSDP2 under a fake process group; --shard {shard} is not "
-                         f"modelled (valid: fsdp2)")
 
 
 def _free_port() -> int:

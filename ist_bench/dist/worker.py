@@ -34,10 +34,14 @@ def wrapper(case, job: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ist_bench.process import prepare
+
+    prepare()
     import torch
     import torch.distributed as dist
 
-    from ist_bench.runner.case import Case, record_failure
+    from ist_bench.runner.build import record_failure
+    from ist_bench.runner.case import Case
 
     job_path, out = (argv or sys.argv[1:])[:2]
     job = json.loads(Path(job_path).read_text())

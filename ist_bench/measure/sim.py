@@ -188,7 +188,7 @@ _SCRATCH = {
 
 def _add_bnb_scratch() -> None:
     """bitsandbytes' ops exist once it is imported (quantized cases only)."""
-    if "bitsandbytes" in sys.modules and hasattr(torch.ops, "bitsandbytes"):
+    if sys.modules.get("bitsandbytes") is not None and hasattr(torch.ops, "bitsandbytes"):
         ops = torch.ops.bitsandbytes
         _SCRATCH.setdefault(ops.gemm_4bit.default, _gemm_4bit_scratch)
         _SCRATCH.setdefault(ops.int8_scaled_mm.default, _int8_scaled_mm_scratch)
@@ -200,7 +200,7 @@ def bnb_on_meta():
     a paged optimizer's state: `get_paged` asks the CUDA driver for managed memory. On meta such a buffer
     is a meta tensor created outside the tracker and marked `is_paged`, as bitsandbytes marks its own, so
     it is counted as paged optimizer state and never as allocated memory (as on the GPU)."""
-    if "bitsandbytes" not in sys.modules:
+    if sys.modules.get("bitsandbytes") is None:   # not imported, or hidden (ist_bench/process.py)
         yield
         return
     from bitsandbytes.optim.optimizer import Optimizer8bit

@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ist_bench.errors import UsageError, choice_error
-from ist_bench.methods import bottleneck, lora
 from ist_bench.methods.base import Method
 from ist_bench.methods.bottleneck import Parallel, Series
 from ist_bench.methods.full import Full
 from ist_bench.methods.lora import AdaLora, Dora, Lora
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 METHODS: dict[str, Method] = {m.name: m for m in (Full(), Lora(), Dora(), AdaLora(), Series(), Parallel())}
 
@@ -77,14 +78,14 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-_SCALERS = (lora.scale_output, bottleneck.scale_output)
-
-
 @contextlib.contextmanager
 def scaled_adapters(blocks: Iterable[nn.Module], factor: float) -> Iterator[int]:
     """Scale the PEFT output of every adapter inside `blocks` by `factor` (IST's suppression:
     a layer's output becomes m(x) + factor * a(x)); restore the exact values on exit, also
     when the body raises. Yields how many adapter modules were scaled."""
+    from ist_bench.methods import bottleneck_layer, lora
+
+    _SCALERS = (lora.scale_output, bottleneck_layer.scale_output)
     undo = []
     try:
         for block in blocks:

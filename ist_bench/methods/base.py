@@ -1,5 +1,8 @@
 """The method interface: *what inside a layer* trains. One small subclass per method, registered by name.
 
+A method module is light to import (torch and peft are imported where they are used), so its name,
+description and knobs answer `--help`, `methods` and a bad input before any heavy import.
+
 A method (registered in methods/__init__.py) makes a model trainable (`apply`), may need work after each optimizer step
 (AdaLoRA's rank allocation), and may keep tensors outside the optimizer (counted as
 `method_state`). How a method's adapter output is scaled for IST's suppression lives
@@ -8,10 +11,11 @@ next to its adapter module (`scale_output` in lora.py and bottleneck.py).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import nn
+if TYPE_CHECKING:   # methods are light to import: a case is validated before torch is imported
+    import torch
+    from torch import nn
 
 
 class Method:

@@ -8,79 +8,18 @@ Follows the setup of the IST paper's public code (after LLM-Adapters):
 - a(x) = up(tanh(down(x in the adapter's dtype))).to(x.dtype) * scaling, no biases, fp32 weights
   (so fp32 compute, as the paper's code; under FSDP2's bf16 param policy the gathered weights are bf16),
   down Kaiming-uniform, up zero-initialised: the model's output is unchanged at start.
-`scaling` is what IST's response suppression multiplies (`scale_output`).
+`scaling` is what IST's response suppression multiplies (`scale_output`). The modules live in
+bottleneck_layer.py (torch), imported when a model is adapted.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ist_bench.methods.base import Method
-from ist_bench.zoo import family, locate_layers
 
-MODES = ("series_in", "series_out", "parallel")
-
-
-class BottleneckAdapter(nn.Module):
-    def __init__(self, d_in: int, d_out: int, bottleneck: int, device=None):
-        super().__init__()
-        self.down = nn.Linear(d_in, bottleneck, bias=False, device=device, dtype=torch.float32)
-        self.up = nn.Linear(bottleneck, d_out, bias=False, device=device, dtype=torch.float32)
-        self.scaling = 1.0
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.up.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In the adapter's own dtype: fp32 (its weights), as the paper's code up-casts; under FSDP2's mixed
-        # precision the gathered weights are bf16, and an fp32 input would not match them.
-        return self.up(torch.tanh(self.down(x.to(self.down.weight.dtype)))).to(x.dtype) * self.scaling
-
-
-class AdaptedLinear(nn.Module):
-    """A frozen projection (nn.Linear or GPT-2's Conv1D) with a bottleneck adapter around it."""
-
-    def __init__(self, base: nn.Module, mode: str, bottleneck: int):
-        super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} not in {MODES}")
-        d_in, d_out = features(base)
-        width = {"series_in": (d_in, d_in), "series_out": (d_out, d_out), "parallel": (d_in, d_out)}[mode]
-        self.base, self.mode = base, mode
-        self.adapter = BottleneckAdapter(*width, bottleneck, device=base.weight.device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "series_in":
-            return self.base(x + self.adapter(x))
-        h = self.base(x)
-        return h + self.adapter(h if self.mode == "series_out" else x)
-
-
-def features(module: nn.Module) -> tuple[int, int]:
-    """(in, out) features of nn.Linear, or of transformers' Conv1D (weight stored as in x out)."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if hasattr(module, "nf") and module.weight.dim() == 2:  # transformers.pytorch_utils.Conv1D
-        return module.weight.shape[0], module.nf
-    raise TypeError(f"cannot adapt {type(module).__name__}: not a Linear or Conv1D")
-
-
-def inject(model: nn.Module, placements: dict[str, str], bottleneck: int) -> nn.Module:
-    """Wrap, in every block, the modules at `placements` ({'mlp.up_proj': 'series_in', ...}).
-
-    Everything else is frozen; only the adapters train.
-    """
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for block in locate_layers(model):
-        for path, mode in placements.items():
-            parent_path, _, name = path.rpartition(".")
-            parent = block.get_submodule(parent_path) if parent_path else block
-            setattr(parent, name, AdaptedLinear(getattr(parent, name), mode, bottleneck))
-    return model
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class Series(Method):
@@ -89,6 +28,9 @@ class Series(Method):
     knobs = ("bottleneck",)
 
     def apply(self, model: nn.Module, spec) -> nn.Module:
+        from ist_bench.methods.bottleneck_layer import inject
+        from ist_bench.zoo import family
+
         fam = family(model.config)
         return inject(model, {fam.up: "series_in", fam.down: "series_out"}, spec.bottleneck)
 
@@ -99,18 +41,9 @@ class Parallel(Method):
     knobs = ("bottleneck",)
 
     def apply(self, model: nn.Module, spec) -> nn.Module:
+        from ist_bench.methods.bottleneck_layer import inject
+        from ist_bench.zoo import family
+
         fam = family(model.config)
         targets = [fam.up] + ([fam.gate] if fam.gate else [])
         return inject(model, {t: "parallel" for t in targets}, spec.bottleneck)
-
-
-def scale_output(module: nn.Module, factor: float) -> Callable[[], None] | None:
-    """Scale a bottleneck adapter's output by `factor`; returns the undo."""
-    if not isinstance(module, BottleneckAdapter):
-        return None
-    saved = module.scaling
-    module.scaling = saved * factor
-
-    def restore() -> None:
-        module.scaling = saved
-    return restore

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ist_bench.methods.base import Method
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class Full(Method):

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ist_bench.methods.base import Method
-from ist_bench.zoo import family
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def _targets(model: nn.Module) -> list[str]:
+    from ist_bench.zoo import family
+
     return list(family(model.config).lora)
 
 
@@ -102,6 +105,8 @@ def _update_ipt_skipping_frozen(allocator, model: nn.Module) -> None:
     peft multiplies `p * p.grad` unguarded, which raises once a selection policy has
     frozen layers. Frozen layers get no new evidence, so their EMAs are left as they are.
     """
+    import torch
+
     for n, p in model.named_parameters():
         if "lora_" not in n or allocator.adapter_name not in n:
             continue
@@ -116,6 +121,8 @@ def _update_ipt_skipping_frozen(allocator, model: nn.Module) -> None:
 
 
 def _ensure_ipt(allocator, n: str, p: torch.Tensor) -> None:
+    import torch
+
     if n not in allocator.ipt:
         allocator.ipt[n] = torch.zeros_like(p)
         allocator.exp_avg_ipt[n] = torch.zeros_like(p)

@@ -1,34 +1,41 @@
 """One case = (model, method, selection policy, settings, backend); one result = one JSON row.
 
-`Case` is the single source of truth for defaults. `check()` validates everything that
-can be validated without building the model, so bad input fails in one line, before any
-work. `measure_memory(case)` runs the controlled step under the memory meter, in this
-process, and returns the result row; an OOM becomes `status: oom` with the peak reached.
+`Case` is the single source of truth for defaults. Checking a case has two halves:
+
+- `validate()` (this module, light: no torch, transformers or peft) checks everything the case's own
+  values and the config's raw JSON decide — types and ranges, names, policy options, method x policy,
+  quantization and sharding settings, the position limit a config names, the data files, a GPU for
+  `--backend cuda` — so a bad input answers in a fraction of a second;
+- `check()` runs `validate()`, then `runner.build.resolve`: what needs the built config or torch.
+
+`runner.build.build(case)` builds a checked case; `runner.memory.measure_memory(case)` measures it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import traceback
 from dataclasses import asdict, dataclass, field
 
-import torch
-
-from ist_bench import quant, schema, zoo
-from ist_bench.data import TokenBatches, model_inputs, needs_mask
+from ist_bench import schema, zoo
 from ist_bench.errors import UsageError, choice_error
-from ist_bench.measure import backends
-from ist_bench.methods import MethodSpec, apply_method
+from ist_bench.methods import MethodSpec
 from ist_bench.selection import SelectionPolicy, make_policy
-from ist_bench.units import parse_bytes
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = ("bf16", "fp16", "fp32")
 OPTIM_IMPLS = ("fused", "foreach", "for-loop", "adamw8bit", "paged-adamw8bit", "paged-adamw32bit")  # the last 3: bitsandbytes
+BNB_OPTIMS = {"adamw8bit": "AdamW8bit", "paged-adamw8bit": "PagedAdamW8bit", "paged-adamw32bit": "PagedAdamW32bit"}
 QUANTS = ("none", "nf4", "fp4", "int8")   # bitsandbytes base (ist_bench/quant.py)
 QUANT_COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
+# peft supports these on a bnb base; our bottleneck adapters wrap the bnb module as they wrap nn.Linear
+QUANT_METHODS = ("lora", "dora", "adalora", "series", "parallel")
 ATTENTION = ("eager", "sdpa")
+BACKENDS = ("auto", "sim", "cpu", "cuda")
+DATA_MODES = ("pack", "sample")
+SHARDS = ("fsdp2", "ddp")
+# Methods that cannot run sharded, and why (found by running each method x policy on sim at N = 2).
+UNSHARDABLE = {"adalora": "its rank allocator masks each adapter's whole singular-value vector after the optimizer "
+                          "step, and under FSDP2 a rank holds only a shard of it"}
+BNB_PIP = "pip install bitsandbytes==0.50.2 (or pip install -e '.[quant]')"
 
 
 @dataclass
@@ -104,52 +111,55 @@ class Case:
                 del d[key]
         return d
 
-    def check(self) -> Case:
-        """Validate and resolve (`auto` backend, AdaLoRA's total steps); raises UsageError."""
+    def validate(self) -> Case:
+        """Everything that can be checked without torch, transformers or peft; raises UsageError."""
         self._check_values()
-        config = zoo.load_config(self.model)
+        for value, valid, what in ((self.dtype, DTYPES, "dtype"), (self.optim, OPTIM_IMPLS, "optimizer implementation"),
+                                   (self.attn, ATTENTION, "attention implementation"), (self.backend, BACKENDS, "backend"),
+                                   (self.data_mode, DATA_MODES, "data mode")):
+            if value not in valid:
+                raise choice_error(what, value, valid)
+        raw = zoo.raw_config(self.model)
         policy = self.policy()
         if policy.needs_adapters and not self.method.method.peft:
             raise UsageError(f"--select {self.select} scales each layer's PEFT output and --method {self.method.name} "
                              f"has none; use lora, dora, adalora, series or parallel")
-        if self.dtype not in DTYPES:
-            raise choice_error("dtype", self.dtype, list(DTYPES))
-        if self.optim not in OPTIM_IMPLS:
-            raise choice_error("optimizer implementation", self.optim, OPTIM_IMPLS)
-        if self.attn not in ATTENTION:
-            raise choice_error("attention implementation", self.attn, ATTENTION)
         self._check_quant()
-        limit = zoo.max_positions(config)
-        if limit is not None and self.seq_len > limit:
-            raise UsageError(f"--seq-len {self.seq_len} is longer than {self.model}'s {limit} positions")
-        if limit is None and self.seq_len > zoo.UNBOUNDED_MAX_LEN:
-            raise UsageError(f"--seq-len {self.seq_len}: {self.model} has no position limit (ALiBi); ist-bench takes "
-                             f"at most {zoo.UNBOUNDED_MAX_LEN} tokens for such models")
+        check_positions(self, zoo.raw_positions(raw))
         schema.check_tokens(self.seq_len, self.batch)   # after the position limit: the more telling line
-        if self.method.name != "full":
-            zoo.family(config)  # adapters need to know where the projections are
-        elif self.select != "none":
-            zoo.locate_layers(zoo.build_model(config, device="meta"))  # a policy needs the blocks
-        backend = backends.resolve(self.backend)
-        if backend == "cpu":
-            _check_host_memory(self, config)
-        if self.capacity is not None and backend == "cpu":
+        self._check_backend()
+        self._check_dist()
+        self._check_data()
+        return self
+
+    def check(self) -> Case:
+        """Validate and resolve (`auto` backend, AdaLoRA's total steps); raises UsageError."""
+        self.validate()
+        from ist_bench.runner.build import resolve
+        return resolve(self)
+
+    def _check_backend(self) -> None:
+        from ist_bench.units import parse_bytes
+
+        if self.backend == "cuda" and not gpu_may_be_visible():
+            raise UsageError("backend 'cuda' is not available: no CUDA GPU visible (use --backend sim or cpu)")
+        if self.capacity is not None and self.backend == "cpu":
             raise UsageError("--capacity applies to the sim and cuda backends only")
         parse_bytes(self.capacity)
-        self._check_dist(backend)
-        method = dataclasses.replace(self.method, total_steps=self.steps + 1)  # + the steady-state step
-        # Build the data source once here, so a missing or malformed file fails now.
-        TokenBatches(self.seq_len, config.vocab_size, data=self.data, tokenizer=self.tokenizer, batch=self.batch,
-                     mode=self.data_mode, seed=self.seed)
-        return dataclasses.replace(self, backend=backend, method=method)
 
-    def _check_dist(self, backend: str) -> None:
+    def _check_dist(self) -> None:
         if self.nproc is None:
             if self.shard != "fsdp2" or not self.reshard_after_forward:
                 raise UsageError("--shard and --reshard-after-forward apply to sharded runs; give --nproc N")
             return
-        from ist_bench.dist.launch import check
-        check(self.nproc, self.shard, backend, self.method.name)
+        if self.shard not in SHARDS:
+            raise choice_error("shard", self.shard, SHARDS)
+        if self.method.name in UNSHARDABLE and self.shard == "fsdp2":
+            raise UsageError(f"--method {self.method.name} cannot run under --shard fsdp2: "
+                             f"{UNSHARDABLE[self.method.name]}")
+        if self.backend == "sim" and self.shard != "fsdp2":
+            raise UsageError(f"--backend sim --nproc runs FSDP2 under a fake process group; --shard {self.shard} is "
+                             f"not modelled (valid: fsdp2)")
         if self.quant != "none":
             raise UsageError(f"--quant {self.quant} cannot run under --nproc: FSDP2 turns bitsandbytes' packed "
                              f"weights into DTensors without their quantization state (the layer's forward "
@@ -161,14 +171,19 @@ class Case:
         if self.quant_compute_dtype not in QUANT_COMPUTE_DTYPES:
             raise choice_error("quantization compute dtype", self.quant_compute_dtype, QUANT_COMPUTE_DTYPES)
         if self.quant != "none":
-            if self.method.name not in quant.QUANT_METHODS:
+            if self.method.name not in QUANT_METHODS:
                 raise UsageError(f"--quant {self.quant} freezes the base in {self.quant} and --method "
-                                 f"{self.method.name} trains it; use one of {', '.join(quant.QUANT_METHODS)}")
+                                 f"{self.method.name} trains it; use one of {', '.join(QUANT_METHODS)}")
             if self.double_quant and self.quant == "int8":
                 raise UsageError("--double-quant applies to 4-bit bases (nf4, fp4), not --quant int8")
-            quant.require_bnb(f"--quant {self.quant}")
-        if self.optim in quant.BNB_OPTIMS:
-            quant.require_bnb(f"--optim {self.optim}")
+            _require_bnb(f"--quant {self.quant}")
+        if self.optim in BNB_OPTIMS:
+            _require_bnb(f"--optim {self.optim}")
+
+    def _check_data(self) -> None:
+        from ist_bench.data import check_sources
+
+        check_sources(self.data, self.tokenizer, self.data_mode, self.batch)
 
     def policy(self) -> SelectionPolicy:
         """The selection policy, validated (not yet bound to a model)."""
@@ -177,128 +192,42 @@ class Case:
         return policy
 
 
-def _check_host_memory(case: Case, config) -> None:
-    """Refuse a CPU case that would not fit in this machine's RAM (a 7B model on a laptop), up front.
-    A rough upper bound: weights, their gradients and AdamW moments if every parameter trains (else a
-    quarter more for adapters), and activations (34 bytes per token and hidden unit per layer, plus
-    eager attention's scores), per Korthikanti et al. 2022."""
-    import psutil
-
-    params = zoo.count_parameters(config)
-    size = DTYPES[case.dtype].itemsize
-    weights = params * size * (4 if case.method.name == "full" else 1.25)
-    tokens = case.seq_len * case.batch
-    layers, hidden = config.num_hidden_layers, config.hidden_size
-    heads = getattr(config, "num_attention_heads", 1)
-    acts = layers * tokens * (34 * hidden + (5 * heads * case.seq_len if case.attn == "eager" else 0))
-    need, have = weights + acts, psutil.virtual_memory().total
-    if need > 0.8 * have:
-        raise UsageError(f"{case.model} on --backend cpu needs about {need / 2**30:.0f} GiB of host RAM; this machine "
-                         f"has {have / 2**30:.0f} GiB: use --backend sim (memory, any size) or cuda")
+def check_positions(case: Case, limit: int | None) -> None:
+    """`--seq-len` within the model's position limit (a config without one: ist-bench's own cap)."""
+    if limit is not None and case.seq_len > limit:
+        raise UsageError(f"--seq-len {case.seq_len} is longer than {case.model}'s {limit} positions")
+    if limit is None and case.seq_len > zoo.UNBOUNDED_MAX_LEN:
+        raise UsageError(f"--seq-len {case.seq_len}: {case.model} has no position limit (ALiBi); ist-bench takes "
+                         f"at most {zoo.UNBOUNDED_MAX_LEN} tokens for such models")
 
 
-@dataclass
-class Built:
-    """Everything one run needs, built for a backend."""
+def gpu_may_be_visible() -> bool:
+    """False when no CUDA GPU can be visible to this process, decided without torch: CUDA_VISIBLE_DEVICES
+    hides every device, or the NVIDIA driver (NVML) is absent or counts none. True is only a maybe: torch
+    decides then (measure/backends.py)."""
+    import os
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    batches: TokenBatches
-    device: torch.device
-    policy: SelectionPolicy
-    info: dict
-    created: list[torch.Tensor]   # parameters and buffers in the order the device allocated them
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return False
+    try:
+        import pynvml
 
-
-def build(case: Case, wrap=None) -> Built:
-    """`wrap(model)`, if given, runs after the method and before the optimizer (FSDP2 sharding: ist_bench/dist)."""
-    config = zoo.load_config(case.model)
-    device = backends.device(case.backend)
-    prepared = None
-    if case.quant == "none":
-        model = zoo.build_model(config, dtype=DTYPES[case.dtype], device=device, seed=case.seed, attn=case.attn)
-    else:
-        model = quant.build_quantized(config, quant=case.quant, double_quant=case.double_quant,
-                                      compute_dtype=case.quant_compute_dtype, dtype=DTYPES[case.dtype], device=device,
-                                      seed=case.seed, attn=case.attn)
-        prepared = quant.prepare(model, case.grad_checkpointing)
-    n_params = sum(_numel(p) for p in model.parameters())
-    # the base model's tensors are allocated first, then the method's: their order, by id only (holding the
-    # tensors would keep the originals that FSDP2's sharding replaces alive, a full unsharded copy per rank)
-    base = {id(t): i for i, t in enumerate([*model.parameters(), *model.buffers()])}
-    with torch.device(device) if device.type == "meta" else contextlib.nullcontext():
-        model = apply_method(model, case.method)   # sim: adapters born on meta, not initialised on the CPU
-    if os.environ.get("IST_BENCH_INJECT") == "unfreeze":
-        # A deliberate regression for testing the gate (never set it otherwise): the bug of forgetting
-        # to freeze the base model, so every parameter trains while the case still says its method.
-        for p in model.parameters():
-            p.requires_grad_(True)
-    if case.grad_checkpointing:
-        # non-reentrant: no need for inputs that require grad (peft's frozen embeddings), as Trainer does today
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    if wrap is not None:
-        model = wrap(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if case.optim in quant.BNB_OPTIMS:
-        optimizer = quant.make_optimizer(case.optim, trainable, case.lr)
-    else:
-        impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[case.optim]
-        optimizer = torch.optim.AdamW(trainable, lr=case.lr, **impl)
-    batches = TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
-                           mode=case.data_mode, seed=case.seed, meta=device.type == "meta")
-    policy = case.policy()
-    heldout = None
-    if policy.needs_eval_batch:   # a function of the round's step: IST's eval_data=fresh draws one per round
-        fresh = policy.settings.eval_data == "fresh"
-
-        def heldout(step):
-            return model_inputs(batches.heldout(policy.settings.eval_batch, step if fresh else 0), device,
-                                needs_mask(model))
-    policy.bind(model, optimizer, eval_batch=heldout)  # after the optimizer: it must know every trainable parameter
-    gate = policy.gate
-    info = {
-        "n_layers": len(gate.blocks),
-        "params": n_params,
-        "trainable_params": sum(p.numel() for p in trainable),
-        "trainable_params_per_layer": sum(p.numel() for p in gate.blocks[0]),
-        "settings": {
-            "dtype": case.dtype,
-            "attn_implementation": model.config._attn_implementation,
-            "gradient_checkpointing": _checkpointing(model),
-            "use_cache": bool(model.config.use_cache),
-            "optimizer": f"bnb.optim.{quant.BNB_OPTIMS[case.optim]}" if case.optim in quant.BNB_OPTIMS
-            else f"AdamW({case.optim})",
-            "optimizer_state": case.optimizer_state,
-            "device": str(device),
-            **batches.describe(),
-        },
-        "selection": {"policy": policy.describe(), "n_active": policy.n_active},
-    }
-    if case.quant != "none":
-        info["settings"]["quant"] = quant.describe(model, case, prepared)
-    if os.environ.get("IST_BENCH_INJECT"):
-        info["injected"] = os.environ["IST_BENCH_INJECT"]
-    created = sorted([*model.parameters(), *model.buffers()], key=lambda t: base.get(id(t), len(base)))   # stable
-    return Built(model, optimizer, batches, device, policy, info, created)
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:   # no driver, no library: no GPU
+        return False
 
 
-def _numel(p: torch.Tensor) -> int:
-    """A parameter's element count; a packed 4-bit weight counts the values it holds (two a byte)."""
-    shape = getattr(getattr(p, "quant_state", None), "shape", None)
-    return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+def _require_bnb(what: str) -> None:
+    """bitsandbytes is installed (found without importing it: importing it is what takes seconds)."""
+    from importlib import metadata
 
-
-def record_failure(row: dict, e: BaseException) -> None:
-    row["status"] = "oom" if backends.is_oom(e) else "error"
-    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
-    if row["status"] == "error":
-        row["traceback"] = traceback.format_exc(limit=-12)
-
-
-def _checkpointing(model: torch.nn.Module) -> bool:
-    base = getattr(model, "get_base_model", lambda: model)()
-    flag = getattr(base, "is_activation_checkpointing", None)
-    if flag is None:  # transformers < 5
-        flag = getattr(base, "is_gradient_checkpointing", False)
-    return bool(flag)
+    from ist_bench import process
+    try:
+        metadata.version(process.BNB)
+    except metadata.PackageNotFoundError:
+        raise UsageError(f"{what} needs bitsandbytes, which is not installed: {BNB_PIP}") from None

@@ -13,7 +13,8 @@ from ist_bench.measure.cuda import NvmlPoller, gpu_guard
 from ist_bench.measure.memory import MemoryMeter, summarize
 from ist_bench.methods import after_optimizer_step, fill_method_state, method_state
 from ist_bench.results import SCHEMA
-from ist_bench.runner.case import Case, build, record_failure
+from ist_bench.runner.build import build, record_failure
+from ist_bench.runner.case import Case
 from ist_bench.runner.step import fill_optimizer_state, run_steps
 from ist_bench.units import parse_bytes
 

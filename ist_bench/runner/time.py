@@ -34,7 +34,8 @@ from ist_bench.measure.timing import (
 )
 from ist_bench.methods import after_optimizer_step
 from ist_bench.results import SCHEMA
-from ist_bench.runner.case import Case, build, record_failure
+from ist_bench.runner.build import build, record_failure
+from ist_bench.runner.case import Case
 from ist_bench.runner.step import run_steps
 
 OVERHEAD_BLOCK = 10   # steps per block when the harness is compared with a bare loop

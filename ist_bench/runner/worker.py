@@ -21,11 +21,11 @@ import sys
 import threading
 import time
 
-from ist_bench import filter_third_party_warnings
+from ist_bench.process import prepare
 
 
 def main() -> int:
-    filter_third_party_warnings()
+    prepare()   # offline, bitsandbytes hidden until a quantized case (ist_bench/process.py)
     import peft  # noqa: F401  (preload while waiting)
     import torch  # noqa: F401
     import transformers  # noqa: F401

@@ -7,8 +7,11 @@ where it learns something, `importance_due`/`update_importance` (extra no-grad f
 held-out batch, IST) or `after_backward` (reads the gradients, ILA).
 
 The same object serves three callers:
-- a stock Hugging Face `Trainer`: a policy *is* a `TrainerCallback`
-  (`Trainer(model=peft_model, args=args, train_dataset=ds, callbacks=[IST()])`);
+- a stock Hugging Face `Trainer`: a policy is a callback
+  (`Trainer(model=peft_model, args=args, train_dataset=ds, callbacks=[IST()])`). It implements
+  `TrainerCallback`'s protocol (every `on_*` event) rather than subclassing it: Trainer calls events
+  by name and never checks the type, and the subclass would import transformers' trainer (seconds)
+  whenever a policy's settings are read, e.g. to refuse a bad `--select-opt`;
 - a plain PyTorch loop: `policy.bind(model, optimizer, eval_batch=...)`, then per step
   `policy.begin_step(step)` before the forward and `policy.after_backward(step)` after it;
 - ist-bench's controlled step (runner/step.py), which also times and measures its work.
@@ -24,21 +27,18 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import warnings
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ist_bench.errors import UsageError, choice_error
-from ist_bench.zoo import locate_layers
+
+if TYPE_CHECKING:   # policies are light to import (torch where it is used): see the docstring
+    import torch
+    from torch import nn
 
 OPTIMIZER_STATES = ("keep", "reset")
 
@@ -81,6 +81,8 @@ class LayerGate:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                  optimizer_state: str = "keep"):
+        from ist_bench.zoo import locate_layers
+
         self.modules = list(locate_layers(model))
         self.blocks = [[p for p in block.parameters() if p.requires_grad] for block in self.modules]
         self.optimizer, self.optimizer_state = optimizer, optimizer_state
@@ -113,7 +115,7 @@ def _trains_below(model: nn.Module, first_block: nn.Module) -> bool:
     return False
 
 
-class SelectionPolicy(TrainerCallback):
+class SelectionPolicy:
     """Base class and the `none` policy: every block the method adapted trains at every step."""
 
     name: ClassVar[str] = "none"
@@ -252,6 +254,8 @@ class SelectionPolicy(TrainerCallback):
         eval mode (no dropout, so the training RNG is untouched), `torch.inference_mode()`, and
         every scale restored exactly afterwards, also on error. On the meta device (sim) the loss
         has no value: 0.0 is returned, so rewards are 0 and draws stay uniform."""
+        import torch
+
         from ist_bench.methods import scaled_adapters
 
         model, was_training = self.model, self.model.training
@@ -265,17 +269,37 @@ class SelectionPolicy(TrainerCallback):
 
     # -- state across a checkpoint ----------------------------------------------------------
     def state_dict(self) -> dict:
-        """What the policy learned (JSON-able); draws need nothing else: each is a function of
-        (seed, step, stream). The per-step `history` is a record, not state, and is not saved."""
+        """What the policy learned (plain lists and numbers); draws need nothing else: each is a function
+        of (seed, step, stream). The per-step `history` is a record, not state, and is not saved."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
 
-    def state_file(self, folder: str | Path) -> Path:
-        return Path(folder) / f"selection-{self.name}.json"
+    def carry_state(self, optimizer) -> None:
+        """Make the optimizer's `state_dict()` carry this policy's state (in its first param group, under
+        `STATE_KEY`). Trainer saves the optimizer's state into every checkpoint and loads it from the
+        checkpoint it resumes, whichever folder that is, so the policy's state comes back from exactly
+        that checkpoint (a copied checkpoint keeps it; another run's in a reused output_dir is never read)."""
+        inner = getattr(optimizer, "optimizer", optimizer)    # accelerate wraps the torch optimizer
+        if getattr(self, "_carry", None) is not None:
+            self._carry.remove()
 
-    # -- Hugging Face Trainer events ---------------------------------------------------------
+        def add_state(opt, state_dict: dict) -> dict:
+            state_dict["param_groups"][0][STATE_KEY] = {"policy": self.name, "state": self.state_dict()}
+            return state_dict
+        self._carry = inner.register_state_dict_post_hook(add_state)
+
+    def restore_state(self, optimizer, step: int) -> None:
+        """After Trainer resumed at `step` > 0: the state the resumed checkpoint's optimizer carried."""
+        carried = optimizer.param_groups[0].get(STATE_KEY) if optimizer is not None else None
+        if not isinstance(carried, dict) or carried.get("policy") != self.name:
+            warnings.warn(f"--select {self.name}: resuming at step {step} from a checkpoint that holds no "
+                          f"{self.name} state: the policy starts from scratch", stacklevel=3)
+            return
+        self.load_state_dict(carried["state"])
+
+    # -- Hugging Face Trainer events (TrainerCallback's protocol; see the module's docstring) -----------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         if self.gate is None or self.model is not model:
             batch = (self.eval_source or self.eval_batch) if self.gate is not None else None
@@ -286,24 +310,29 @@ class SelectionPolicy(TrainerCallback):
                     stream = (step, 2) if fresh else (2**31 - 1,)
                     return _to_device(heldout_batch(train_dataloader, n, self.seed, *stream), model)
             self.bind(model, optimizer, eval_batch=batch if callable(batch) else _to_device(batch, model))
-        if state.global_step > 0:   # resumed: the checkpoint Trainer restored is output_dir/checkpoint-<step>
-            file = self.state_file(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            if file.exists():
-                self.load_state_dict(json.loads(file.read_text()))
-            else:
-                warnings.warn(f"--select {self.name}: resuming at step {state.global_step} without {file}: "
-                              f"the policy starts from scratch", stacklevel=2)
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if folder.is_dir() and state.is_world_process_zero:
-            self.state_file(folder).write_text(json.dumps(self.state_dict()))
+        self.carry_state(optimizer)
+        if state.global_step > 0:   # resumed: Trainer has loaded the checkpoint's optimizer state
+            self.restore_state(optimizer, state.global_step)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.begin_step(state.global_step)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.after_backward(state.global_step)
+
+    def _nothing(self, args, state, control, **kwargs):
+        return None
+
+    on_init_end = on_train_end = on_epoch_begin = on_epoch_end = on_substep_end = on_optimizer_step = _nothing
+    on_step_end = on_evaluate = on_predict = on_save = on_log = on_prediction_step = on_push_begin = _nothing
+
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):   # an event a later transformers adds: nothing to do
+            return self._nothing
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+STATE_KEY = "ist_bench.selection"
 
 
 def heldout_batch(dataloader, n: int, seed: int, *stream: int) -> dict:
@@ -319,6 +348,8 @@ def heldout_batch(dataloader, n: int, seed: int, *stream: int) -> dict:
 
 
 def _to_device(batch: dict | None, model: nn.Module) -> dict | None:
+    import torch
+
     if batch is None:
         return None
     device = next(model.parameters()).device

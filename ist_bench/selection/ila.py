@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ist_bench.errors import UsageError
 from ist_bench.selection.base import SelectionPolicy, at_least, count
@@ -67,6 +66,8 @@ class ILA(SelectionPolicy):
     def after_backward(self, step: int) -> None:
         if step >= self.settings.warmup:
             return
+        import torch
+
         with torch.no_grad():
             sums = [sum((torch.dot(p.detach().reshape(-1), p.grad.reshape(-1)).float()
                          for p in params if p.grad is not None), torch.zeros(()))

@@ -1,160 +1,84 @@
-"""Named model configs (published shapes, random weights) and the layer locator.
+"""The model zoo: shipped configs (published shapes, random weights), and the way to a built model.
 
-Nothing is ever downloaded: each name maps to a shipped `configs/<name>.json` in the
-Hugging Face `config.json` format, and `--model` also takes a path to such a file.
-Memory and speed do not depend on weight values, so random init is enough.
+Nothing is ever downloaded: each name maps to a shipped `configs/<name>.json` in the Hugging Face
+`config.json` format, and `--model` also takes a path to such a file. Memory and speed do not depend
+on weight values, so random init is enough.
+
+This module is light (JSON only): a case is validated against a config's raw values before torch or
+transformers is imported. `build.py` turns a config into a transformers config and a model; its
+functions are also reachable as `zoo.<name>` (imported on first use).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-import torch
-from torch import nn
 
 from ist_bench import schema
 from ist_bench.errors import UsageError, choice_error, read_json
 
 _CONFIGS = resources.files("ist_bench.zoo") / "configs"
+SUMMARY = Path(__file__).parent / "summary.json"
+UNBOUNDED_MAX_LEN = 32768   # the longest --seq-len taken for a model without a position limit (ALiBi)
+POSITION_KEYS = ("max_position_embeddings", "n_positions")
+
+_BUILD = ("load_config", "build_model", "count_parameters", "locate_layers", "family", "FAMILIES", "Family",
+          "max_positions")
 
 
-@dataclass(frozen=True)
-class Family:
-    """Where a model family keeps its blocks and the projections the paper adapts.
-
-    Module names are suffixes inside one transformer block. `lora` follows the paper
-    (q, k, v, up, down); `gate` is None for MLPs without a gate.
-    """
-
-    layers: str
-    lora: tuple[str, ...]
-    up: str
-    down: str
-    gate: str | None = None
-
-
-_LLAMA = Family("model.layers", ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj"),
-                up="mlp.up_proj", down="mlp.down_proj", gate="mlp.gate_proj")
-FAMILIES: dict[str, Family] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "gemma": _LLAMA,
-    "gemma2": _LLAMA,
-    # Phi-3 fuses q,k,v into qkv_proj and gate,up into gate_up_proj: the paper's placements map onto them
-    "phi3": Family("model.layers", ("qkv_proj", "gate_up_proj", "down_proj"), up="mlp.gate_up_proj",
-                   down="mlp.down_proj"),
-    "gpt2": Family("transformer.h", ("c_attn", "mlp.c_fc", "mlp.c_proj"), up="mlp.c_fc", down="mlp.c_proj"),
-    "gptj": Family("transformer.h", ("q_proj", "k_proj", "v_proj", "mlp.fc_in", "mlp.fc_out"),
-                   up="mlp.fc_in", down="mlp.fc_out"),
-    "opt": Family("model.decoder.layers", ("q_proj", "k_proj", "v_proj", "fc1", "fc2"), up="fc1", down="fc2"),
-    "bloom": Family("transformer.h", ("query_key_value", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
-                    up="mlp.dense_h_to_4h", down="mlp.dense_4h_to_h"),
-}
+def __getattr__(name: str):
+    if name in _BUILD:
+        from ist_bench.zoo import build
+        return getattr(build, name)
+    raise AttributeError(f"module 'ist_bench.zoo' has no attribute {name!r}")
 
 
 def names() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in _CONFIGS.iterdir() if p.name.endswith(".json"))
 
 
-def load_config(name_or_path: str):
-    """A transformers config from a zoo name or a path to a local config.json."""
-    from transformers import AutoConfig
-
+def is_path(name_or_path: str) -> bool:
+    """Whether `--model` names a file or folder rather than a zoo entry."""
     path = Path(name_or_path)
+    return name_or_path not in names() and (path.suffix == ".json" or path.is_dir() or path.exists())
+
+
+def raw_config(name_or_path: str) -> dict:
+    """A config's JSON (zoo name or a path to a config.json or its folder), checked to be a bounded
+    mapping with a string `model_type`; the `_ist_bench` block (our notes) removed."""
     if name_or_path in names():
         raw = json.loads((_CONFIGS / f"{name_or_path}.json").read_text())
-    elif path.suffix == ".json" or path.is_dir() or path.exists():
+        file = name_or_path
+    elif is_path(name_or_path):
+        path = Path(name_or_path)
         file = path / "config.json" if path.is_dir() else path
         raw = read_json(file, "config file")
         if not isinstance(raw, dict) or "model_type" not in raw:
             raise UsageError(f"malformed config file {file}: no 'model_type' key")
     else:
         raise choice_error("model", name_or_path, names() + ["<path/to/config.json>"], listed_by="ist-bench models")
+    raw = dict(raw)
     raw.pop("_ist_bench", None)
-    model_type = raw.pop("model_type")
-    if not isinstance(model_type, str):
-        raise UsageError(f"model config {name_or_path}: model_type must be str, got {schema.show(model_type)}")
+    if not isinstance(raw["model_type"], str):
+        raise UsageError(f"model config {name_or_path}: model_type must be str, got {schema.show(raw['model_type'])}")
     found = schema.bounded(raw)
     if found:
         raise UsageError(f"model config {name_or_path}: {found}")
-    from transformers.utils import logging
-
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()   # its warnings about odd values would be a second line on stderr
-    try:
-        config = AutoConfig.for_model(model_type, **raw)
-    except Exception as e:  # transformers 5 validates with huggingface_hub's own error types
-        why = " ".join(str(e).split()) or type(e).__name__
-        raise UsageError(f"cannot build a config of model_type {model_type!r}: {why[:200]}") from None
-    finally:
-        logging.set_verbosity(verbosity)
-    schema.check_config(config, f"model config {name_or_path}: ")   # sizes in range, heads that divide
-    return config
+    return raw
 
 
-UNBOUNDED_MAX_LEN = 32768   # the longest --seq-len taken for a model without a position limit (ALiBi)
-
-
-def max_positions(config) -> int | None:
-    """Longest sequence the model's position embeddings allow (None: no limit, e.g. ALiBi)."""
-    for key in ("max_position_embeddings", "n_positions"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
+def raw_positions(raw: dict) -> int | None:
+    """The longest sequence a raw config's position embeddings allow, if it says (None: no limit
+    named, e.g. ALiBi; the built config decides then)."""
+    for key in POSITION_KEYS:
+        value = raw.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
     return None
 
 
-def family(config) -> Family:
-    try:
-        return FAMILIES[config.model_type]
-    except KeyError:
-        raise choice_error("model family", config.model_type, sorted(FAMILIES)) from None
-
-
-def build_model(config, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                seed: int = 0, attn: str = "eager") -> nn.Module:
-    """A causal LM with random weights and no KV cache; eager attention is the paper's setting.
-
-    On the meta device nothing is allocated: shapes and dtypes are real, values absent.
-    """
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    config.use_cache = False
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
-    model.config.use_cache = False
-    return model
-
-
-def locate_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks, through any PEFT wrapping.
-
-    Known families are found by their path; any other model by its only ModuleList of
-    `num_hidden_layers` same-typed blocks.
-    """
-    config = getattr(model, "config", None)
-    n_layers = getattr(config, "num_hidden_layers", None)
-    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    fam = FAMILIES.get(getattr(config, "model_type", None))
-    if fam is not None:
-        for name, m in lists:
-            if name == fam.layers or name.endswith("." + fam.layers):
-                return m
-    blocks = [m for _, m in lists
-              if (n_layers is None or len(m) == n_layers) and len({type(c) for c in m}) == 1]
-    if len(blocks) == 1:
-        return blocks[0]
-    raise UsageError(
-        f"cannot locate the transformer blocks of {type(model).__name__}: "
-        f"{len(blocks)} candidate ModuleLists of {n_layers} layers; known families: {', '.join(sorted(FAMILIES))}"
-    )
-
-
-def count_parameters(config) -> int:
-    """Parameter count of the model a config describes (built on meta: instant, no memory)."""
-    model = build_model(config, device="meta")
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+def summary() -> dict[str, dict]:
+    """What `ist-bench models` lists, per zoo name (zoo/summary.json, derived from the configs by
+    `build.summarize`; tests/test_zoo.py checks it against the built models)."""
+    return json.loads(SUMMARY.read_text())

@@ -1,0 +1,180 @@
+"""A checked case, built for its backend: the model with its method, the optimizer, the data, the bound
+selection policy (`build`); what a failure's row says (`record_failure`). Heavy: torch, transformers, peft.
+
+`resolve(case)` finishes `Case.check()`: what needs the built config (the family's placements, the
+position limit transformers' config class defaults to, the data's token ids against the vocabulary,
+the host's memory for a CPU case) and the backend (`auto` -> cuda or sim).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import traceback
+from dataclasses import dataclass
+
+import torch
+
+from ist_bench import quant, zoo
+from ist_bench.data import TokenBatches, model_inputs, needs_mask
+from ist_bench.errors import UsageError
+from ist_bench.measure import backends
+from ist_bench.methods import apply_method
+from ist_bench.runner.case import Case, check_positions
+from ist_bench.selection import SelectionPolicy
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve(case: Case) -> Case:
+    """The heavy half of `Case.check()` (after `Case.validate()`): returns the case with its backend
+    resolved and AdaLoRA's total steps set."""
+    config = zoo.load_config(case.model)
+    check_positions(case, zoo.max_positions(config))   # a class default the raw config did not name
+    if case.method.name != "full":
+        zoo.family(config)  # adapters need to know where the projections are
+    elif case.select != "none":
+        zoo.locate_layers(zoo.build_model(config, device="meta"))  # a policy needs the blocks
+    backend = backends.resolve(case.backend)
+    if backend == "cpu":
+        _check_host_memory(case, config)
+    if case.quant != "none":
+        quant.require_bnb(f"--quant {case.quant}")
+    if case.optim in quant.BNB_OPTIMS:
+        quant.require_bnb(f"--optim {case.optim}")
+    if case.nproc is not None:
+        from ist_bench.dist.launch import check_devices
+        check_devices(case.nproc, backend)
+    method = dataclasses.replace(case.method, total_steps=case.steps + 1)  # + the steady-state step
+    # Build the data source once here, so a file the tokenizer cannot read fails now.
+    TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
+                 mode=case.data_mode, seed=case.seed)
+    return dataclasses.replace(case, backend=backend, method=method)
+
+
+def _check_host_memory(case: Case, config) -> None:
+    """Refuse a CPU case that would not fit in this machine's RAM (a 7B model on a laptop), up front.
+    A rough upper bound: weights, their gradients and AdamW moments if every parameter trains (else a
+    quarter more for adapters), and activations (34 bytes per token and hidden unit per layer, plus
+    eager attention's scores), per Korthikanti et al. 2022."""
+    import psutil
+
+    params = zoo.count_parameters(config)
+    size = TORCH_DTYPES[case.dtype].itemsize
+    weights = params * size * (4 if case.method.name == "full" else 1.25)
+    tokens = case.seq_len * case.batch
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+    heads = getattr(config, "num_attention_heads", 1)
+    acts = layers * tokens * (34 * hidden + (5 * heads * case.seq_len if case.attn == "eager" else 0))
+    need, have = weights + acts, psutil.virtual_memory().total
+    if need > 0.8 * have:
+        raise UsageError(f"{case.model} on --backend cpu needs about {need / 2**30:.0f} GiB of host RAM; this machine "
+                         f"has {have / 2**30:.0f} GiB: use --backend sim (memory, any size) or cuda")
+
+
+@dataclass
+class Built:
+    """Everything one run needs, built for a backend."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: TokenBatches
+    device: torch.device
+    policy: SelectionPolicy
+    info: dict
+    created: list[torch.Tensor]   # parameters and buffers in the order the device allocated them
+
+
+def build(case: Case, wrap=None) -> Built:
+    """`wrap(model)`, if given, runs after the method and before the optimizer (FSDP2 sharding: ist_bench/dist)."""
+    config = zoo.load_config(case.model)
+    device = backends.device(case.backend)
+    prepared = None
+    if case.quant == "none":
+        model = zoo.build_model(config, dtype=TORCH_DTYPES[case.dtype], device=device, seed=case.seed, attn=case.attn)
+    else:
+        model = quant.build_quantized(config, quant=case.quant, double_quant=case.double_quant,
+                                      compute_dtype=case.quant_compute_dtype, dtype=TORCH_DTYPES[case.dtype], device=device,
+                                      seed=case.seed, attn=case.attn)
+        prepared = quant.prepare(model, case.grad_checkpointing)
+    n_params = sum(_numel(p) for p in model.parameters())
+    # the base model's tensors are allocated first, then the method's: their order, by id only (holding the
+    # tensors would keep the originals that FSDP2's sharding replaces alive, a full unsharded copy per rank)
+    base = {id(t): i for i, t in enumerate([*model.parameters(), *model.buffers()])}
+    with torch.device(device) if device.type == "meta" else contextlib.nullcontext():
+        model = apply_method(model, case.method)   # sim: adapters born on meta, not initialised on the CPU
+    if os.environ.get("IST_BENCH_INJECT") == "unfreeze":
+        # A deliberate regression for testing the gate (never set it otherwise): the bug of forgetting
+        # to freeze the base model, so every parameter trains while the case still says its method.
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if case.grad_checkpointing:
+        # non-reentrant: no need for inputs that require grad (peft's frozen embeddings), as Trainer does today
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    if wrap is not None:
+        model = wrap(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if case.optim in quant.BNB_OPTIMS:
+        optimizer = quant.make_optimizer(case.optim, trainable, case.lr)
+    else:
+        impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[case.optim]
+        optimizer = torch.optim.AdamW(trainable, lr=case.lr, **impl)
+    batches = TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
+                           mode=case.data_mode, seed=case.seed, meta=device.type == "meta")
+    policy = case.policy()
+    heldout = None
+    if policy.needs_eval_batch:   # a function of the round's step: IST's eval_data=fresh draws one per round
+        fresh = policy.settings.eval_data == "fresh"
+
+        def heldout(step):
+            return model_inputs(batches.heldout(policy.settings.eval_batch, step if fresh else 0), device,
+                                needs_mask(model))
+    policy.bind(model, optimizer, eval_batch=heldout)  # after the optimizer: it must know every trainable parameter
+    gate = policy.gate
+    info = {
+        "n_layers": len(gate.blocks),
+        "params": n_params,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "trainable_params_per_layer": sum(p.numel() for p in gate.blocks[0]),
+        "settings": {
+            "dtype": case.dtype,
+            "attn_implementation": model.config._attn_implementation,
+            "gradient_checkpointing": _checkpointing(model),
+            "use_cache": bool(model.config.use_cache),
+            "optimizer": f"bnb.optim.{quant.BNB_OPTIMS[case.optim]}" if case.optim in quant.BNB_OPTIMS
+            else f"AdamW({case.optim})",
+            "optimizer_state": case.optimizer_state,
+            "device": str(device),
+            **batches.describe(),
+        },
+        "selection": {"policy": policy.describe(), "n_active": policy.n_active},
+    }
+    if case.quant != "none":
+        info["settings"]["quant"] = quant.describe(model, case, prepared)
+    if os.environ.get("IST_BENCH_INJECT"):
+        info["injected"] = os.environ["IST_BENCH_INJECT"]
+    created = sorted([*model.parameters(), *model.buffers()], key=lambda t: base.get(id(t), len(base)))   # stable
+    return Built(model, optimizer, batches, device, policy, info, created)
+
+
+def _numel(p: torch.Tensor) -> int:
+    """A parameter's element count; a packed 4-bit weight counts the values it holds (two a byte)."""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+
+
+def record_failure(row: dict, e: BaseException) -> None:
+    row["status"] = "oom" if backends.is_oom(e) else "error"
+    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+    if row["status"] == "error":
+        row["traceback"] = traceback.format_exc(limit=-12)
+
+
+def _checkpointing(model: torch.nn.Module) -> bool:
+    base = getattr(model, "get_base_model", lambda: model)()
+    flag = getattr(base, "is_activation_checkpointing", None)
+    if flag is None:  # transformers < 5
+        flag = getattr(base, "is_gradient_checkpointing", False)
+    return bool(flag)
