@@ -25,7 +25,9 @@ def test_memory_prints_a_table_and_writes_the_json_row(tmp_path, capsys):
                   "eager attention", "checkpointing off", "batch 1 x 64 tokens"):
         assert label in text
     row = json.loads(out.read_text())
-    assert row["status"] == "ok" and row["backend"] == "sim" and len(row["memory"]["steps"]) == 3 + 1  # + the steady step
+    # the 3 steps, then the candidate worst draws of one layer of 4: [0] and the top one (the steady step is the higher)
+    assert row["status"] == "ok" and row["backend"] == "sim" and len(row["memory"]["steps"]) == 3 + 2
+    assert [s["phase"] for s in row["memory"]["steps"]][-2:] == ["candidate", "steady"]
     assert row["case"]["method"] == {"name": "series", "bottleneck": 256}
 
 

@@ -100,3 +100,19 @@ def test_every_other_readme_command_runs_on_a_fresh_copy(fresh_copy):
 @pytest.mark.parametrize("command,why", [c for c in readme_commands() if c[1]], ids=lambda x: str(x)[:40])
 def test_readme_commands_not_run_here_say_why(command, why):
     pytest.skip(f"{command!r}: {why}")
+
+
+def test_readmes_validation_figures_are_what_its_commands_print():
+    """Each `ist-bench validate ...   # N cells: within X%` line of README prints N cells measured on both
+    backends and X% as its largest gap (a claim in README comes with the command that reproduces it)."""
+    claims = [(c, re.search(r"#\s*(\d+) cells: within ([\d.]+)%", line))
+              for line in (ROOT / "README.md").read_text().splitlines()
+              if (c := line.partition("  #")[0].strip()).startswith("ist-bench validate") and "  #" in line]
+    claims = [(c, m) for c, m in claims if m]
+    assert len(claims) >= 4
+    for command, m in claims:
+        out = subprocess.run([sys.executable, "-m", "ist_bench.cli", *shlex.split(command)[1:]], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300).stdout
+        text = " ".join(out.split())
+        assert f"{m[1]} measured on both; largest |gap| of sim's estimated peak to max_memory_allocated: {m[2]}%" \
+            in text, (command, text[:400])

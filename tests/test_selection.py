@@ -115,10 +115,11 @@ def test_lift_moves_one_block_at_a_time_in_each_order():
     assert [rand.select(s)[0] for s in range(6, 12)] != first_pass          # a new permutation next pass
 
 
-def test_worst_draw_candidates_are_layer_zero_with_the_top_or_the_next_layers():
-    assert unbound(IST(), 8).worst_cases() == [[0, 7], [0, 1]]
-    assert unbound(LIFT(), 8).worst_cases() == [[0]]
-    assert unbound(LISA(gamma=3), 8).worst_cases() == [[0, 6, 7], [0, 1, 2]]
+def test_worst_draw_candidates_are_layer_zero_with_the_top_or_the_next_layers_and_the_top_layers():
+    """The top layers too: under gradient checkpointing a higher draw peaks higher (docs/measurement.md)."""
+    assert unbound(IST(), 8).worst_cases() == [[0, 7], [0, 1], [6, 7]]
+    assert unbound(LIFT(), 8).worst_cases() == [[0], [7]]
+    assert unbound(LISA(gamma=3), 8).worst_cases() == [[0, 6, 7], [0, 1, 2], [5, 6, 7]]
     assert unbound(SelectionPolicy(), 8).worst_cases() == [None]
     assert unbound(ILA(), 8).worst_cases() == [None]                      # its warm-up trains every layer
     full = unbound(LISA(gamma=3), 8)

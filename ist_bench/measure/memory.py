@@ -25,6 +25,7 @@ model or method it measures.
 
 from __future__ import annotations
 
+import bisect
 import re
 import statistics
 from collections import Counter
@@ -50,7 +51,7 @@ class MemoryMeter:
     def __init__(self, tracker: MemoryTracker, model: nn.Module, optimizer: torch.optim.Optimizer,
                  method_state: Callable[[], list[torch.Tensor]] = list, allocator: bool = False,
                  estimate: bool = False, extra_weights: list[torch.Tensor] = (),
-                 created: list[torch.Tensor] | None = None):
+                 created: list[torch.Tensor] | None = None, blocks: list[nn.Module] = ()):
         self.tracker, self.optimizer, self.method_state = tracker, optimizer, method_state
         self.params = list(model.parameters())
         # extra_weights: tensors a module holds besides parameters and buffers (a quantized layer's absmax)
@@ -63,6 +64,11 @@ class MemoryMeter:
         tracker.register([*(created or ()), *weights])
         self._weight_serials = {tracker.serial(t) for t in weights}
         self._names = {m: _short(n) for n, m in model.named_modules()}
+        # the transformer blocks, in order: a tensor born after block i's forward began (and before block
+        # i+1's) is block i's, whichever module's code made it (`_by_block`)
+        self._blocks = {m: i for i, m in enumerate(blocks)}
+        self._block_clock: dict[int, int] = {}
+        self._in_forward = False
         self._stack: list[str] = []
         self._hooks: list = []
         self.steps: list[dict] = []
@@ -77,6 +83,8 @@ class MemoryMeter:
         from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
         def enter(module, args):
+            if self._in_forward and module in self._blocks:
+                self._block_clock.setdefault(self._blocks[module], self.tracker.clock)
             self._stack.append(self._names.get(module, "?"))
             self.tracker.tag = self._stack[-1]
 
@@ -104,6 +112,7 @@ class MemoryMeter:
             if phase == "start":
                 self._row = {"step": step, "weights": self.weights, "live_before": t.live, **self._pending}
                 self._pending, self._start_clock = {}, t.clock
+                self._block_clock, self._in_forward = {}, True
                 self._serials = {"optimizer": self._serials_of(self._optimizer_tensors()),
                                  "method_state": self._serials_of(self.method_state())}
         elif phase == "importance":
@@ -112,11 +121,12 @@ class MemoryMeter:
             if self.estimate:
                 self._pending["importance_allocated_peak_est"] = t.peak_estimate
         elif phase == "forward":
+            self._in_forward = False
             saved = {s: e for s, e in t.log.items() if e.born > self._start_clock and e.died is None}
             gathered = sum(saved.pop(s).nbytes for s in list(saved) if s in t.fsdp)   # FSDP2's, not autograd's
             self._row["activations"] = t.live - self._row["live_before"] - gathered
             self._serials["activations"] = set(saved)
-            self._row["activations_by_layer"] = _by_layer(saved.values(), "nbytes")
+            self._row["activations_by_layer"] = self._by_block(saved.values(), "nbytes")
             if self.allocator:
                 torch.cuda.synchronize()
                 self._row["activations_allocated"] = torch.cuda.memory_allocated() - self._alloc_before
@@ -170,8 +180,8 @@ class MemoryMeter:
         out["workspace"] = t.outside if self.estimate else 0
         # per layer at the tensor peak (bytes: what typical's tensor peak follows) and at the block peak
         at_tensor_peak = [e for s, e in t.alive_at(t.tensor_peak_moment).items() if s in self._serials.get("activations", ())]
-        self._row["at_peak_activations_by_layer"] = {"bytes": _by_layer(at_tensor_peak, "nbytes"),
-                                                     "blocks": _by_layer(acts, "blocks")}
+        self._row["at_peak_activations_by_layer"] = {"bytes": self._by_block(at_tensor_peak, "nbytes"),
+                                                     "blocks": self._by_block(acts, "blocks")}
         return out, dict(top.most_common(TOP_MODULES))
 
     def _allocator_reset(self) -> None:
@@ -188,6 +198,22 @@ class MemoryMeter:
         return {f"{prefix}allocated_peak": torch.cuda.max_memory_allocated(),
                 f"{prefix}reserved_peak": torch.cuda.max_memory_reserved(),
                 f"{prefix}alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0) - self._retries_before}
+
+    def _by_block(self, entries, field: str) -> dict[str, int]:
+        """Bytes per block index, by when each tensor was born: after block i's forward began and before
+        block i+1's, it is block i's (a hidden state the model's own loop saves between blocks included;
+        what is born before block 0, the embeddings', is no block's). Without the blocks' clocks (a meter
+        told no blocks), by the creating module's name (`model.layers.3.mlp` -> 3)."""
+        if not self._block_clock:
+            return _by_layer(entries, field)
+        order = sorted((c, i) for i, c in self._block_clock.items())
+        clocks = [c for c, _ in order]
+        out: Counter = Counter()
+        for e in entries:
+            at = bisect.bisect_right(clocks, e.born) - 1
+            if at >= 0:
+                out[str(order[at][1])] += getattr(e, field)
+        return dict(out)
 
     def _serials_of(self, tensors) -> set[int]:
         return {s for s in (self.tracker.serial(x) for x in tensors) if s is not None}
@@ -237,39 +263,43 @@ _LAYER_SHARE = {"activations": ("activations_by_layer", None), "peak": ("at_peak
 _OVER_PEAK = ("peak_blocks", "allocated_peak_est", "allocated_peak")
 
 
-def typical(steady: dict, anchor: dict | None, weights, base: dict | None = None) -> dict[str, int]:
+def typical(steady: dict, anchors: list[dict], weights, base: dict | None = None) -> dict[str, int]:
     """The expected figures of a step over the policy's draws (docs/measurement.md, "typical").
 
-    `weights[m]` is P(lowest trained block = m). With identical blocks and nothing below the
-    blocks training, a draw changes a step's figures through its lowest block m: blocks below it
-    save nothing. So f(0) is the steady (layer-0) step's figure, and for m >= 1
-    f(m) = f(a) + what blocks m .. a-1 saved (end of forward) or had live at the steady step's
-    peak (minus, for m > a, what blocks a .. m-1 did), anchored at a measured step whose lowest
-    block a is not 0 (`anchor`): a block's output is saved by the block above it, so a draw does
-    not shed all of block m-1's bytes, and the anchor measures what it keeps. Figures a draw does not change (weights,
-    gradients, optimizer and method state, importance) are the steady's; `reserved_peak`
-    (allocator caching) is not modelled and has none. weights None: every step is like the steady
-    one. `base`: the layer-0 draw whose per-layer costs are followed (layer 0 and the top layers; the
-    steady step may be another candidate where a kernel's scratch makes that one peak higher).
-    Checked draw by draw on sim: tests/test_steady.py."""
+    `weights[m]` is P(lowest trained block = m); a draw changes a step's figures through its lowest
+    block m (tests/test_steady.py checks it draw by draw, knob by knob). f(0) is the figure of `base`,
+    the layer-0 candidate (layer 0 and the top layers). For m >= 1, f follows what the blocks below m
+    held, S(m) = sum of the per-block bytes c_j, j < m (at the end of forward, or live at the steady
+    step's peak; each tensor the block's by when it was born, measure.memory.MemoryMeter._by_block):
+    f(m) = f(a) + s (S(a) - S(m)), through the measured `anchors` (steps whose lowest block a is not 0).
+    With two anchors the slope s is what they measured (1 when a draw sheds exactly what the blocks below
+    it saved; -1 with gradient checkpointing, where every block saves its input whatever the draw and a
+    higher draw's peak is higher); with one, s = 1; where the blocks below hold nothing at that figure
+    (S(a) equal at both anchors), f is linear in m through them. So with identical blocks f is exact at
+    every m, and blocks of different sizes keep their own weight. Figures a draw does not change (weights, gradients,
+    optimizer and method state, importance) are the steady's; `reserved_peak` (allocator caching) is not
+    modelled and has none. weights None or no anchor: every step is like the steady one."""
     base = base or steady
+    points = {min(a["active_layers"]): a for a in anchors if a.get("active_layers") and min(a["active_layers"]) > 0}
     out = {}
     for k, v in steady.items():
         if not isinstance(v, int) or isinstance(v, bool) or k in ("step", "reserved_peak"):
             continue
-        if weights is None or anchor is None or k not in _LAYER_SHARE:
+        if weights is None or not points or k not in _LAYER_SHARE:
             out[k] = v
             continue
         share, field = _LAYER_SHARE[k]
-        v = base.get(k, v)
         per = base.get(share, {})
         per = per.get(field, {}) if field else per
         cost = np.array([per.get(str(i), 0) for i in range(len(weights))], dtype=float)
-        below = np.concatenate([[0.0], np.cumsum(cost)])          # below[m]: what blocks 0 .. m-1 hold
-        a = min(anchor["active_layers"])
-        f = np.array([v if m == 0 else anchor[k] + below[a] - below[m] for m in range(len(weights))])
+        S = np.concatenate([[0.0], np.cumsum(cost)])          # S[m]: what blocks 0 .. m-1 hold
+        lo, hi = min(points), max(points)
+        if hi > lo and S[hi] == S[lo]:     # the blocks below hold nothing at this figure: f is linear in m
+            S = np.arange(len(weights) + 1, dtype=float)
+        slope = (points[lo][k] - points[hi][k]) / (S[hi] - S[lo]) if hi > lo else 1.0
+        f = [base.get(k, v) if m == 0 else points[hi][k] + slope * (S[hi] - S[m]) for m in range(len(weights))]
         out[k] = int(round(float(np.dot(weights, f))))
-    if weights is not None and anchor is not None and "peak" in out:
+    if weights is not None and points and "peak" in out:
         for k in _OVER_PEAK:
             if isinstance(steady.get(k), int):
                 out[k] = out["peak"] + steady[k] - steady["peak"]
@@ -286,9 +316,9 @@ def summarize(steps: list[dict], weights=None) -> dict:
     keys += [k for k in steps[-1] if k.startswith("importance_") and k not in keys]
     out = {}
     steady = next((s for s in steps if s.get("phase") == "steady"), None)
-    anchor = next((s for s in steps if s.get("typical_anchor")), None)
+    anchors = [s for s in steps if s.get("typical_anchor")]
     base = next((s for s in steps if s.get("typical_base")), None)
-    typ = typical(steady, anchor, weights, base) if steady is not None else {}
+    typ = typical(steady, anchors, weights, base) if steady is not None else {}
     for k in keys:
         vals = [s[k] for s in steps if k in s]
         out[k] = {"first": vals[0], "min": min(vals), "median": statistics.median_low(vals), "max": max(vals),

@@ -16,15 +16,31 @@ KNOB_DEFAULTS = {"batch": 1, "attn": "eager", "grad_checkpointing": False, "seq_
 KNOB_LABELS = {"batch": "batch={}", "attn": "{}", "grad_checkpointing": "ckpt", "seq_len": "seq={}", "dtype": "{}",
                "optimizer_state": "state-{}", "quant": "{}", "double_quant": "dq", "quant_compute_dtype": "compute={}",
                "nproc": "N={}", "shard": "{}", "reshard_after_forward": "no-reshard"}
-BNB_OPTIMS = ("adamw8bit", "paged-adamw8bit", "paged-adamw32bit")   # bitsandbytes' optimizers: their own cells
+# The method's own knobs that change bytes (AdaLoRA's total_steps moves its schedule, not a byte).
+METHOD_KNOBS = {"r": ("r={}", 32), "alpha": ("alpha={}", 64), "dropout": ("dropout={}", 0.05),
+                "bottleneck": ("bottleneck={}", 256), "adalora_init_r": ("init_r={}", 12),
+                "adalora_target_r": ("target_r={}", 8)}
 
 
 def column(case: dict) -> str:
-    """A Table-1 column: method + policy (`lora+ist`), then every knob off the paper's setting
-    (`lora batch=4`, `lora ckpt`, `lora sdpa`), so two different cases never share a cell."""
-    return case_label(case) + "".join(" " + KNOB_LABELS[k].format(case[k]) for k, d in KNOB_DEFAULTS.items()
-                                      if case.get(k, d) != d) + \
-        (f" {case['optim']}" if case.get("optim") in BNB_OPTIMS else "")
+    """A Table-1 column: method + policy (`lora+ist`), then every knob off the paper's setting that can
+    change a byte (`lora batch=4`, `lora ckpt`, `lora sdpa`, `lora r=16`, `lora foreach`, `lora
+    data=alpaca.json sample`), so two cases that may differ in memory never share a cell. Left out: the
+    seed, the step count, the learning rate, the backend and a capacity, which move no byte of a step."""
+    method = case["method"] if isinstance(case["method"], dict) else {"name": case["method"]}
+    knobs = [KNOB_LABELS[k].format(case[k]) for k, d in KNOB_DEFAULTS.items() if case.get(k, d) != d]
+    knobs += [label.format(method[k]) for k, (label, d) in METHOD_KNOBS.items() if method.get(k, d) != d]
+    if case.get("optim", "fused") != "fused":
+        knobs.append(case["optim"])
+    if case.get("data"):
+        knobs.append(f"data={_name(case['data'])} tok={_name(case.get('tokenizer'))} {case.get('data_mode', 'pack')}")
+    return " ".join([case_label(case), *knobs])
+
+
+def _name(path) -> str:
+    from pathlib import PurePath
+
+    return PurePath(str(path)).name
 
 
 @functools.cache

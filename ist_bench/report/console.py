@@ -114,11 +114,18 @@ def _steady_note(row: dict) -> str:
         what = (f"the worst draw of {sel.get('n_active')} of {row['n_layers']} layers" +
                 (f" (layers {_ranges(active)})" if active else ""))
     typical = any("typical" in v for v in summary.values() if isinstance(v, dict))
-    return (f"{first}. " + ("typical: the expected step over the policy's draws (docs/measurement.md, "
+    note = (f"{first}. " + ("typical: the expected step over the policy's draws (docs/measurement.md, "
                             "\"typical\"). " if typical else "") +
-            f"steady: the bound a long run reaches: {what}; optimizer state "
+            f"steady: the bound a long run's training step reaches: {what}; optimizer state "
             f"{'keep (every layer' if keep else 'reset (the active layers'}'s moments held). at peak: what is "
             f"live at the steady step's peak, summing to it.")
+    key = next((k for k in ("allocated_peak", "allocated_peak_est", "peak") if f"importance_{k}" in summary), None)
+    if key:   # IST's importance round: a phase of its own before the step, bounded by the steady step's round
+        step, rnd = summary[key]["steady"], summary[f"importance_{key}"]["steady"]
+        note += (f" The importance round is not in those figures: its peak is the \"importance fwd peak\" row "
+                 f"({human(rnd)}, {'above' if rnd > step else 'below'} the step's {human(step)}); a long run's "
+                 f"peak is the larger, the run peak above.")
+    return note
 
 
 def print_memory(row: dict) -> None:

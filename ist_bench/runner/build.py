@@ -111,7 +111,10 @@ def build(case: Case, wrap=None) -> Built:
             p.requires_grad_(True)
     if case.grad_checkpointing:
         # non-reentrant: no need for inputs that require grad (peft's frozen embeddings), as Trainer does today
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):   # transformers >= 5.2x; the old name warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     if wrap is not None:
         model = wrap(model)

@@ -61,7 +61,8 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
             policy = b.policy
             meter = MemoryMeter(tracker, b.model, b.optimizer, method_state=lambda: method_state(b.model, case.method),
                                 allocator=case.backend == "cuda", estimate=case.backend == "sim",
-                                extra_weights=quant.state_tensors(b.model), created=b.created)
+                                extra_weights=quant.state_tensors(b.model), created=b.created,
+                                blocks=policy.gate.modules)
             if policy.eval_batch:
                 tracker.register(policy.eval_batch.values())
 
@@ -88,17 +89,21 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
                     fill_optimizer_state(b.optimizer, trained)
                 run(range(1, case.steps))
                 weights = policy.typical_weights()
-                # typical's anchor: a drawn step whose lowest layer is not 0 where the drawn steps run
-                # under the steady step's conditions (keep, batches of one length), else the top layers
+                cands = policy.worst_cases()
+                # typical's anchors (measure.memory.typical): the candidates and one step whose lowest layer
+                # is another one: a drawn step where drawn steps run under the steady step's conditions (keep,
+                # batches of one length), else one more step, the draw [1, top layers]
                 reuse = case.optimizer_state == "keep" and b.batches.longest_step() == 0
+                lowest = {min(d) for d in cands if d}
                 anchor = next((i for i, h in enumerate(policy.history) if i and reuse and h["active"]
-                               and min(h["active"]) > 0), None)
-                if weights is not None and anchor is None:
+                               and min(h["active"]) not in lowest), None)
+                top = policy.n_layers - policy.n_active     # the highest a draw's lowest layer can be
+                if weights is not None and anchor is None and 1 not in lowest and top > 1:
                     anchor = len(meter.steps)
-                    steady(list(range(policy.n_layers - policy.n_active, policy.n_layers)), case.steps)
-                for draw in policy.worst_cases():
+                    steady([1, *range(top + 1, policy.n_layers)], case.steps)
+                for draw in cands:
                     steady(draw, case.steps)
-                candidates = len(policy.worst_cases())
+                candidates = len(cands)
                 n_measured = len(meter.steps)
                 for draw in (policy.possible_draws() if probe_draws is True else probe_draws or ()):
                     steady(draw, case.steps)
@@ -110,7 +115,7 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
         for i, (r, h) in enumerate(zip(meter.steps, policy.history, strict=False)):   # a failed step: no row
             r["phase"] = "probe" if i >= n else "first" if i == 0 and case.steps else "drawn"
             r["active_layers"] = h["active"]
-        if n_measured and weights is not None:
+        if n_measured and weights is not None and anchor is not None:
             meter.steps[anchor]["typical_anchor"] = True
             if anchor >= case.steps:        # not a drawn step: one run for the anchor alone
                 meter.steps[anchor]["phase"] = "anchor"
@@ -120,6 +125,9 @@ def measure_memory(case: Case, busy_gpu: str = "refuse", probe_draws: bool | lis
                 r["phase"] = "candidate"
             if weights is not None:
                 tried[0]["typical_base"] = True   # worst_cases()[0]: layer 0 and the top layers
+                for r in tried[1:]:
+                    if r["active_layers"] and min(r["active_layers"]) > 0:
+                        r["typical_anchor"] = True    # the top layers: an anchor of typical too
             worst = max(tried, key=lambda r: r.get("allocated_peak", r.get("allocated_peak_est", r["peak"])))
             worst["phase"] = "steady"
             tried.remove(worst)

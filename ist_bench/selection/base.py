@@ -207,16 +207,22 @@ class SelectionPolicy:
         trains: backward stops at the lowest trained layer, so layer 0 is in the worst draw, with
         the other n_active - 1 either at the top (their gradients appear while most activations
         live) or right above it (their gradients and weight-gradient temporaries come last, beside
-        everything else's gradients: the worst when a layer's activations are small). Something
-        below trains (full fine-tuning's embeddings): every block saves its activations whatever
-        the draw, and the top n_active layers' gradients appear first."""
+        everything else's gradients: the worst when a layer's activations are small); and the top
+        n_active layers, the worst where every block saves its input whatever the draw (gradient
+        checkpointing, which re-runs each block in backward, and a quantized base prepared for it).
+        Something below trains (full fine-tuning's embeddings): every block saves its activations
+        whatever the draw, and the top n_active layers' gradients appear first."""
         k, n = self.n_active, self.n_layers
         if k >= n:
             return [None]
+        top = list(range(n - k, n))
         if self.grad_below:
-            return [list(range(n - k, n))]
-        top, bottom = [0, *range(n - k + 1, n)], list(range(k))
-        return [top] if top == bottom else [top, bottom]
+            return [top]
+        out = []
+        for draw in ([0, *range(n - k + 1, n)], list(range(k)), top):
+            if draw not in out:
+                out.append(draw)
+        return out
 
     def possible_draws(self, limit: int = 64) -> list[list[int] | None]:
         """Draws the policy can make (every set of n_active layers; `none`: all layers), at most
