@@ -192,7 +192,8 @@ def cmd_time(args: argparse.Namespace) -> int:
         print_compare(rows, names)
     else:
         from ist_bench.report.console import step_progress
-        with step_progress() as progress:
+        profiled = (case.steps if args.profile_steps is None else args.profile_steps) if case.backend == "cuda" else 0
+        with step_progress(planned=args.warmup + case.steps + profiled) as progress:
             rows = [measure_time(case, warmup=args.warmup, profile_steps=args.profile_steps,
                                  overhead_blocks=args.overhead_blocks, busy_gpu=args.busy_gpu, progress=progress)]
         print_time(rows[0])

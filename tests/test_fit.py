@@ -103,8 +103,26 @@ def test_fit_on_the_command_line_names_cards_and_sizes(tmp_path, capsys):
     assert main(["fit", "--model", "tiny-llama", "--gpu", "rtx4090", "--select", "none,ist", "--json",
                  str(tmp_path / "f.jsonl"), "--plot", str(tmp_path / "f.png")]) == 0
     out = capsys.readouterr().out
-    assert "rtx4090: 22.4 GiB less 640 MiB of CUDA context" in out and "lora+ist" in out
+    assert "rtx4090: 24.0 GiB less 640 MiB of CUDA context" in out and "lora+ist" in out
     row = json.loads((tmp_path / "f.jsonl").read_text())
     assert [a["select"] for a in row["answers"]] == ["none", "ist"]
     assert all(a["fits"] and a["at_limit"] for a in row["answers"])       # 2048 positions, tiny weights
     assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_a_cards_memory_is_what_its_driver_reports_with_the_source_named():
+    """A card is the MiB total nvidia-smi / NVML reports (what an allocator can hold), never the datasheet's
+    round GB: an RTX 4090 is 24,564 MiB, not 24 x 10^9 B (fit once answered a length step short)."""
+    from ist_bench.measure.cards import CARDS
+
+    for card in CARDS.values():
+        assert card.memory % (1 << 20) == 0 and card.memory % 10**9 != 0, card.name
+        assert "nvidia-smi" in card.source or "not seen published" in card.source, card.name
+    assert CARDS["rtx4090"].memory == 24564 << 20 and CARDS["h200"].memory == 143771 << 20
+
+
+@pytest.mark.slow
+def test_llama7b_lora_ist_fits_768_tokens_on_an_rtx4090():
+    from ist_bench import fit
+    _, answers = fit.fit("llama-7b", "rtx4090", ["lora"], ["none", "ist"])
+    assert [(a.label, a.max_seq_len) for a in answers] == [("lora", 512), ("lora+ist", 768)]

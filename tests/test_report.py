@@ -363,3 +363,24 @@ def test_a_case_whose_model_is_a_path_shows_the_stem_in_console_reports_and_comp
     assert list(memory_cells([row])["model"]) == ["big-llama"]
     md = _report(tmp_path, [row, mem_row("llama-7b", "lora")])["r.md"].decode()
     assert "| big-llama " in md and "/some/very" not in md
+
+
+def test_every_saving_is_computed_within_one_cell_and_names_its_knobs():
+    """The QLoRA report once showed 'llama-7b lora ist' four times (the quantization knob dropped) and a
+    Llama-2-70B 'saving above weights' of -183% (another row's bf16 weights taken as the nf4 base's)."""
+    from ist_bench.report import tables
+
+    rows = read_rows(ROOT / "results/gpu/table1-h200.jsonl") + read_rows(ROOT / "results/gpu/quant-h200.jsonl")
+    cells = tables.memory_cells(rows)
+    sv = tables.savings(cells, "cuda")
+    assert not sv.duplicated(["model", "cell"]).any()
+    for r in sv.to_dict("records"):
+        assert r["against"].split(" ")[0] == r["cell"].split(" ")[0].split("+")[0], r   # the method without the policy
+        assert r["cell"].split(" ")[1:] == r["against"].split(" ")[1:], r     # the same knobs on both sides
+        assert 0 < r["saving above weights %"] < 100, r
+    nf4 = sv[(sv["model"] == "llama2-70b") & (sv["cell"] == "lora+ist nf4 dq")].iloc[0]
+    assert 10 < nf4["saving above weights %"] < 30
+    row = next(r for r in rows if r["case"]["model"] == "llama2-70b" and r["case"].get("select") == "ist"
+               and r["status"] == "ok")
+    base = tables.base_weights(row)   # the nf4 base as it lies in memory: far under the bf16 weights
+    assert base < 0.5 * row["params"] * 2

@@ -98,3 +98,14 @@ def test_communication_busy_time_is_split_from_compute():
     assert split["compute"] == {"forward": [0.010], "backward": [0.010], "optimizer": [0.002]}
     assert split["exposed"] == {"forward": [pytest.approx(0.004)], "backward": [pytest.approx(0.008)],
                                 "optimizer": [0.0]}
+
+
+def test_a_cpu_timing_run_shows_its_progress_and_how_long_is_left_where_no_terminal_draws_a_bar(capsys):
+    """`time --backend cpu` (what the GPU error suggests) once printed nothing for minutes when stderr was
+    not a terminal: the bar is drawn only on one, so elsewhere plain lines say where it is and what is left."""
+    from ist_bench.cli import main
+
+    assert main(["time", "--backend", "cpu", "--model", "tiny-llama", "--seq-len", "64", "--steps", "3",
+                 "--warmup", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "time: warm-up step 1 of 1" in err and "s left" in err and "time: timed step 3 of 3" in err

@@ -345,25 +345,51 @@ def print_suite_progress(suite, rows, out, total: int) -> int:
 
 
 @contextlib.contextmanager
-def step_progress(min_interval_s: float = 0.5):
-    """A progress callback (stage, done, total) for long timing runs, drawn on stderr at most every
-    `min_interval_s` so it never competes with the steps it reports."""
+def step_progress(planned: int | None = None, min_interval_s: float = 0.5, line_every_s: float = 15.0):
+    """A progress callback (stage, done, total) for long timing runs, on stderr. `planned`: the steps of
+    the whole run (warm-up, timed, profiled), so it can say how long the rest will take from the pace so
+    far. On a terminal, a bar redrawn at most every `min_interval_s`; elsewhere (a log, a CI job), a plain
+    line after the first step and then every `line_every_s`, so a long run is never silent."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     err = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, auto_refresh=False, transient=True) as bar:
-        tasks: dict[str, int] = {}
-        last = [0.0]
+    start, done = time.monotonic(), {}
 
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
+    def eta() -> str:
+        total_done = sum(done.values())
+        if not planned or not total_done:
+            return ""
+        left = (time.monotonic() - start) / total_done * max(planned - total_done, 0)
+        return f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.1f} min left"
+
+    if not err.is_terminal:
+        last = [None]
+
+        def line(stage: str, n: int, total: int) -> None:
+            done[stage] = n
             now = time.monotonic()
-            if done == total or now - last[0] >= min_interval_s:
+            if last[0] is None or now - last[0] >= line_every_s or (n == total and stage == "timed"):
                 last[0] = now
+                pace = (now - start) / max(sum(done.values()), 1)
+                err.print(f"time: {stage} step {n} of {total}, {pace:.2f} s per step" +
+                          (f", {eta()}" if eta() else ""), soft_wrap=True, highlight=False)
+        yield line
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=err, auto_refresh=False,
+                  transient=True) as bar:
+        tasks: dict[str, int] = {}
+        last_draw = [0.0]
+
+        def update(stage: str, n: int, total: int) -> None:
+            done[stage] = n
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, eta="")
+            bar.update(tasks[stage], completed=n, eta=eta())
+            now = time.monotonic()
+            if n == total or now - last_draw[0] >= min_interval_s:
+                last_draw[0] = now
                 bar.refresh()
         yield update

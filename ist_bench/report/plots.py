@@ -71,7 +71,7 @@ def savings(table, path, figure: str = "allocated peak", backend: str = "") -> s
     """Bars: the % of peak memory a policy saves against its method without selection, ours and the paper's."""
     if table is None or table.empty:
         return None
-    labels = [f"{m}\n{meth}+{p}" for m, meth, p in zip(table["model"], table["method"], table["policy"], strict=True)]
+    labels = [f"{m}\n{cell}" for m, cell in zip(table["model"], table["cell"], strict=True)]
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(labels) + 2), 4))
     ax.bar(x - 0.2, table["saving %"], width=0.4, label="ours", color="#4c72b0")

@@ -194,7 +194,7 @@ def _lengths(cells: pd.DataFrame, backend: str) -> str:
 
 
 def _claim(sv: pd.DataFrame, cells: pd.DataFrame, backend: str) -> str:
-    row = sv[(sv["model"] == "llama-7b") & (sv["method"] == "lora") & (sv["policy"] == "ist")]
+    row = sv[(sv["model"] == "llama-7b") & (sv["cell"] == "lora+ist")]
     if row.empty:
         return "The paper claims about 36% less training memory with IST on LLaMA-7B."
     r = row.iloc[0]
@@ -206,7 +206,7 @@ def _claim(sv: pd.DataFrame, cells: pd.DataFrame, backend: str) -> str:
             f"{r['saving above weights %']:.1f}% of the memory above the base model's weights")
     typ = tables.savings(cells, backend, "typical allocated peak")
     if not typ.empty:
-        typ = typ[(typ["model"] == "llama-7b") & (typ["method"] == "lora") & (typ["policy"] == "ist")]
+        typ = typ[(typ["model"] == "llama-7b") & (typ["cell"] == "lora+ist")]
     if not typ.empty and pd.notna(typ.iloc[0]["saving %"]):
         t = typ.iloc[0]
         text += (f"; at the typical step: {t['saving %']:.1f}% of the peak, {t['saving above weights %']:.1f}% "

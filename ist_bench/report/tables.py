@@ -36,8 +36,16 @@ DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 def base_weights(row: dict) -> float | None:
-    """The base model's weights in bytes: its parameter count before the method is applied times the
-    weight dtype's size. The same for every method of a model (docs/reports.md, "weights")."""
+    """The base model's weights in bytes, as this cell holds them (docs/reports.md, "weights"): the row's
+    `base_weights` (parameters, buffers and a quantized base's state, measured before the method is
+    applied); in rows written before it was recorded, the parameter count times the weight dtype's size,
+    or for a quantized base the measured weights minus the method's fp32 trainable parameters."""
+    if row.get("base_weights"):
+        return row["base_weights"]
+    if row["case"].get("quant", "none") != "none":
+        s = (row.get("memory") or {}).get("summary") or {}
+        total = (s.get("weights") or {}).get("first")
+        return total - 4 * row["trainable_params"] if total and row.get("trainable_params") is not None else None
     size = DTYPE_BYTES.get(row["case"].get("dtype") or "bf16")
     return row["params"] * size if row.get("params") and size else None
 
@@ -200,7 +208,7 @@ def savings(cells: pd.DataFrame, backend: str, figure: str = "allocated peak") -
         b = base.iloc[-1]
         if pd.isna(r[figure]) or pd.isna(b[figure]):
             continue
-        rec = {"model": r["model"], "method": method, "policy": sel,
+        rec = {"model": r["model"], "cell": r["column"], "against": b["column"], "method": method, "policy": sel,
                "saving %": 100 * (1 - r[figure] / b[figure]),
                "saving above weights %": None if pd.isna(r["weights"]) else
                100 * (1 - (r[figure] - r["weights"]) / (b[figure] - b["weights"]))}
@@ -211,8 +219,8 @@ def savings(cells: pd.DataFrame, backend: str, figure: str = "allocated peak") -
         recs.append(rec)
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
     recs.sort(key=lambda r: (order.get(r["model"], len(order)), r["model"], METHOD_ORDER.index(r["method"])
-                             if r["method"] in METHOD_ORDER else 99, r["policy"]))
-    return pd.DataFrame.from_records(recs)
+                             if r["method"] in METHOD_ORDER else 99, r["policy"], r["cell"]))
+    return pd.DataFrame.from_records(recs).drop(columns=["method", "policy"], errors="ignore")
 
 
 def time_cells(rows: list[dict]) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from ist_bench import quant, zoo
 from ist_bench.data import TokenBatches, model_inputs, needs_mask
 from ist_bench.errors import UsageError
 from ist_bench.measure import backends
+from ist_bench.measure.tracker import storage_bytes
 from ist_bench.methods import apply_method
 from ist_bench.runner.case import Case, check_positions
 from ist_bench.selection import SelectionPolicy
@@ -99,6 +100,8 @@ def build(case: Case, wrap=None) -> Built:
                                       seed=case.seed, attn=case.attn)
         prepared = quant.prepare(model, case.grad_checkpointing)
     n_params = sum(_numel(p) for p in model.parameters())
+    # the base model's weights as they lie in memory (a quantized base: packed weights and their state)
+    base_weights = storage_bytes([*model.parameters(), *quant.state_tensors(model)])
     # the base model's tensors are allocated first, then the method's: their order, by id only (holding the
     # tensors would keep the originals that FSDP2's sharding replaces alive, a full unsharded copy per rank)
     base = {id(t): i for i, t in enumerate([*model.parameters(), *model.buffers()])}
@@ -139,6 +142,7 @@ def build(case: Case, wrap=None) -> Built:
     info = {
         "n_layers": len(gate.blocks),
         "params": n_params,
+        "base_weights": base_weights,
         "trainable_params": sum(p.numel() for p in trainable),
         "trainable_params_per_layer": sum(p.numel() for p in gate.blocks[0]),
         "settings": {
