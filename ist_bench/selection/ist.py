@@ -23,6 +23,7 @@ uniform); memory does not depend on which layers the importance favours beyond t
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -93,8 +94,7 @@ class IST(SelectionPolicy):
     def update_importance(self, step: int) -> None:
         if self.settings.eval_data == "fresh":    # this round's held-out batch: stream (seed, step, 2)
             self.eval_batch = self.eval_source(step)
-        g = rng(self.seed, step, 1)
-        sets = [self.draw_candidates(g) for _ in range(self.settings.n_candidates)]
+        sets = self.candidate_sets(rng(self.seed, step, 1))
         losses = np.array([self.candidate_loss(c) for c in sets])
         ok = np.isfinite(losses)   # e.g. a held-out batch whose labels are all -100: NaN loss
         rewards = np.zeros(len(sets))
@@ -110,7 +110,11 @@ class IST(SelectionPolicy):
             warnings.warn(f"--select {self.name}: {record['warning']}", stacklevel=2)
         self.rounds.append(record)
 
-    # The three places where the paper's form and the public code's differ:
+    # The places where the paper's form and the public code's differ:
+    def candidate_sets(self, g: np.random.Generator) -> list[list[int]]:
+        """The round's N_c sets, drawn independently (a set may come twice: each copy counts)."""
+        return [self.draw_candidates(g) for _ in range(self.settings.n_candidates)]
+
     def draw_candidates(self, g: np.random.Generator) -> list[int]:
         return sorted(g.choice(self.n_layers, size=self.n_candidate_layers, replace=False).tolist())
 
@@ -135,6 +139,17 @@ class IST(SelectionPolicy):
 class ISTCode(IST):
     name = "ist-code"
     description = "IST as the public code does it: suppress-safety scores, weighted draws, p(1-p) updates"
+
+    def candidate_sets(self, g: np.random.Generator) -> list[list[int]]:
+        """Distinct sets, as the public code re-draws a set it already holds (`while tensor_in_list`);
+        where fewer distinct sets of N_v layers exist than N_c, each of them once, then repeats."""
+        distinct = math.comb(self.n_layers, self.n_candidate_layers)
+        sets: list[list[int]] = []
+        while len(sets) < self.settings.n_candidates:
+            s = self.draw_candidates(g)
+            if s not in sets or len(sets) >= distinct:
+                sets.append(s)
+        return sets
 
     def select(self, step: int) -> list[int]:
         w = sigmoid(-self.importance)
