@@ -34,6 +34,20 @@ def test_sim_attention_saves_grouped_key_value_heads_as_the_gpu_does():
     assert sum(t.untyped_storage().nbytes() for t in saved) == q_out + k_v + lse + rng
 
 
+def test_sim_flash_attention_of_head_size_256_keeps_grouped_key_value_heads():
+    """Head size 256 (Gemma 2/3) takes FlashAttention, which also reads each key/value head for its group:
+    k and v are saved with their 8 heads, never expanded to the query's 16 (the expansion over-estimated a
+    Gemma-2 9B SDPA cell by 0.86% on the H100)."""
+    q = _meta(1, 16, 1024, 256, grad=True)
+    k, v = _meta(1, 8, 1024, 256, grad=True), _meta(1, 8, 1024, 256, grad=True)
+    saved = []
+    with sim.cuda_kernels(), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert type(out.grad_fn).__name__ == "ScaledDotProductFlashAttentionBackward0"
+    shapes = [list(t.shape) for t in saved]
+    assert shapes.count([1, 8, 1024, 256]) == 2 and shapes.count([1, 16, 1024, 256]) == 2   # k, v; q, out
+
+
 def test_softmax_backward_scratch_is_the_size_of_its_gradient():
     # Measured: 512 MiB in each eager-attention backward of LLaMA-7B at 2048 tokens (fp32 softmax), and a
     # ratio of exactly 1.0 of the gradient's bytes for lengths 256..32000 in fp32 and bf16.

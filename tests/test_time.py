@@ -109,3 +109,59 @@ def test_a_cpu_timing_run_shows_its_progress_and_how_long_is_left_where_no_termi
                  "--warmup", "1"]) == 0
     err = capsys.readouterr().err
     assert "time: warm-up step 1 of 1" in err and "s left" in err and "time: timed step 3 of 3" in err
+
+
+def test_flops_of_an_sdpa_step_on_a_grouped_query_model_count_every_query_head(monkeypatch):
+    """torch before 2.13 asserts equal head counts in its SDPA FLOP formulas, so `time --attn sdpa` on any
+    grouped-query model (Llama 3, Mistral, Qwen 2.5) ended in an error after timing it (H100, torch 2.11).
+    ist-bench's formulas expand the key/value heads first: the same total as torch 2.13's GQA-aware one,
+    also with the old assertion put back."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    from ist_bench.measure import backends
+    from ist_bench.measure.timing import count_flops, sdpa_flops
+    from ist_bench.runner.build import build
+    from ist_bench.runner.step import run_steps
+
+    flash = torch.ops.aten._scaled_dot_product_flash_attention
+    q, kv = (1, 32, 1024, 128), (1, 8, 1024, 128)
+    assert sdpa_flops()[flash](q, kv, kv) == fc.sdpa_flop_count(q, q, q) == 2 * 2 * 32 * 1024 * 1024 * 128
+    case = Case(model="tiny-llama", method=MethodSpec(name="lora"), backend="sim", attn="sdpa", seq_len=64,
+                steps=1).check()   # tiny-llama: 4 query heads, 2 key/value heads
+    b = build(case)
+
+    def step():
+        with backends.step_context("sim"):
+            run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, [0])
+    seen = []
+    real = fc.sdpa_flop_count
+
+    def old_torch(query, key, value):   # torch 2.11's check
+        seen.append(key[1])
+        assert query[1] == key[1], "sdpa_flop_count: query/key/value shapes are incompatible"
+        return real(query, key, value)
+    total = count_flops(step)
+    monkeypatch.setattr(fc, "sdpa_flop_count", old_torch)
+    assert count_flops(step) == total > 0 and seen
+
+
+def test_profiled_steps_replay_the_timed_steps_draws_rounds_and_batches():
+    """Busy time comes from separate profiled steps after the timed ones; a LISA run once profiled other
+    draws than it timed (mistral-7b Parallel+LISA on the H100: busy 136.4 ms above a wall median of 110.4).
+    The profiled steps now replay the timed ones: draw, importance round, batch."""
+    from test_selection_contract import unbound
+
+    from ist_bench.runner.time import replay_plan
+    from ist_bench.selection import IST, LISA
+
+    lisa = unbound(LISA(gamma=2, interval=3, seed=1), 8)
+    lisa.history = [{"step": s, "active": lisa.select(s)} for s in range(10, 40)]   # 10 warm-up, 30 timed
+    plan = replay_plan(lisa, 30, 40, 30)
+    assert [f["active"] for _, f, _ in plan] == [lisa.select(s) for s in range(10, 40)]
+    assert [d for _, _, d in plan] == list(range(10, 40)) and [s for s, _, _ in plan] == list(range(40, 70))
+    assert [lisa.select(s) for s in range(40, 70)] != [f["active"] for _, f, _ in plan]   # not what 40.. would draw
+    ist = unbound(IST(interval=10), 8)
+    ist.history = [{"step": s, "active": [0, 1]} for s in range(5, 25)]
+    ist.rounds = [{"step": 10}, {"step": 20}]
+    assert [s for (_, f, s) in replay_plan(ist, 20, 25, 20) if f["importance"]] == [10, 20]

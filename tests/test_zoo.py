@@ -128,3 +128,16 @@ def test_malformed_config_is_a_usage_error(tmp_path):
     bad.write_text(json.dumps({"hidden_size": 8}))
     with pytest.raises(UsageError, match="no 'model_type'"):
         zoo.load_config(str(bad))
+
+
+def test_an_attention_the_models_class_does_not_offer_is_one_line(capsys):
+    from ist_bench.cli import main
+    from ist_bench.zoo import build
+
+    config = build.load_config("gemma2-9b")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    if getattr(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], "_supports_sdpa", True):
+        pytest.skip("this transformers offers SDPA for Gemma-2")
+    assert main(["memory", "--model", "gemma2-9b", "--attn", "sdpa"]) == 2
+    err = capsys.readouterr().err
+    assert "--attn sdpa: gemma2-9b (gemma2) has no SDPA attention" in err and len(err.splitlines()) == 1

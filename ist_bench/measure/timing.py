@@ -183,9 +183,39 @@ def union_ms(intervals: list[tuple[float, float]]) -> float:
 
 def count_flops(run_one_step) -> int:
     """Model FLOPs of one step, counted from the ops' shapes (torch.utils.flop_counter; works on
-    meta tensors too): matmuls, convolutions and attention, forward and backward."""
+    any device). SDPA's fused kernels count with grouped-query attention too (`sdpa_flops`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=sdpa_flops()) as counter:
         run_one_step()
     return int(counter.get_total_flops())
+
+
+def sdpa_flops() -> dict:
+    """FLOP formulas for SDPA's flash, memory-efficient and cuDNN kernels (forward and backward) that take
+    grouped-query attention: the kernel broadcasts each key/value head over its group of query heads, so
+    the work is that of every query head attending. torch's own formulas assert equal head counts before
+    2.13 ("sdpa_flop_count: query/key/value shapes are incompatible", seen on the H100 with torch 2.11 on
+    Llama-3 + SDPA); these expand the key/value heads first and then ask torch's."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+
+    def heads(q, kv):   # (b, h_kv, s, d) -> (b, h_q, s, d)
+        return (kv[0], q[1], *kv[2:]) if len(q) == 4 and len(kv) == 4 and kv[1] != q[1] else kv
+
+    def forward(q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(q, heads(q, k), heads(q, v))
+
+    def backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out, q, heads(q, k), heads(q, v))
+    kernels = ("_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
+               "_scaled_dot_product_cudnn_attention")
+    out = {}
+    for name in kernels:
+        for suffix, formula in (("", forward), ("_backward", backward)):
+            op = getattr(aten, name + suffix, None)
+            if op is not None:
+                out[op] = formula
+    return out

@@ -33,6 +33,7 @@ def resolve(case: Case) -> Case:
     resolved and AdaLoRA's total steps set."""
     config = zoo.load_config(case.model)
     check_positions(case, zoo.max_positions(config))   # a class default the raw config did not name
+    zoo.check_attention(config, case.attn, case.model)
     if case.method.name != "full":
         zoo.family(config)  # adapters need to know where the projections are
     elif case.select != "none":

@@ -80,9 +80,9 @@ def measure_time(case: Case, warmup: int = 10, *, profile_steps: int | None = No
         b = build(case, wrap)
         row.update(b.info)
 
-        def run(steps, meters=(), force=None):
+        def run(steps, meters=(), force=None, data_step=None):
             run_steps(b.model, b.optimizer, b.batches, b.device, b.policy, steps, meters=meters, force=force,
-                      after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s))
+                      after_optimizer=lambda s: after_optimizer_step(b.model, case.method, s), data_step=data_step)
         tell = (lambda stage, n: [_Progress(progress, stage, n)]) if progress else (lambda stage, n: [])
         run(range(warmup), tell("warm-up", warmup))
         timer = Timer(cuda)
@@ -123,7 +123,10 @@ def measure_time(case: Case, warmup: int = 10, *, profile_steps: int | None = No
         next_step = warmup + case.steps
         device = t["device"] = {}
         if profile_steps:
-            device.update(_device_busy(run, range(next_step, next_step + profile_steps), t["phases_ms"], tell))
+            # the profiled steps replay the timed ones: the same draws, importance rounds and batches, so
+            # their busy time is the timed steps' (a LISA run once profiled other draws than it timed)
+            plan = replay_plan(b.policy, case.steps, next_step, profile_steps)
+            device.update(_device_busy(run, plan, t["phases_ms"], tell))
             next_step += profile_steps
         device.update(_flops(run, next_step, t["phases_ms"]["step"]["median"], device.get("busy_ms", {}), cuda))
         next_step += 1
@@ -138,13 +141,25 @@ def measure_time(case: Case, warmup: int = 10, *, profile_steps: int | None = No
     return row
 
 
-def _device_busy(run, steps: range, wall_phases: dict, tell) -> dict:
-    """Busy ms per phase and step from the profiler's device trace of separate profiled steps."""
+def replay_plan(policy, timed: int, first: int, n: int) -> list[tuple[int, dict, int]]:
+    """(step, force, data_step) of `n` profiled steps from `first` on that replay the last `timed` steps
+    the policy took, in order (cycling if n > timed): each one's draw, importance round and batch."""
+    history = policy.history[-timed:]
+    rounds_at = {r["step"] for r in getattr(policy, "rounds", [])}
+    return [(first + i, {"active": h["active"], "importance": h["step"] in rounds_at}, h["step"])
+            for i, h in ((i, history[i % len(history)]) for i in range(n))]
+
+
+def _device_busy(run, plan: list[tuple[int, dict, int]], wall_phases: dict, tell) -> dict:
+    """Busy ms per phase and step from the profiler's device trace of separate profiled steps, each
+    (step, force, data_step): a timed step replayed (its draw, its importance round, its batch)."""
     from torch.profiler import ProfilerActivity, profile
 
     marks = DeviceMarks()
+    progress = tell("profiled", len(plan))
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        run(steps, meters=[marks, *tell("profiled", len(steps))])
+        for step, force, data_step in plan:
+            run([step], meters=[marks, *progress], force=force, data_step=data_step)
         torch.cuda.synchronize()
     activity = device_activity(prof)
 
@@ -154,7 +169,8 @@ def _device_busy(run, steps: range, wall_phases: dict, tell) -> dict:
     busy = by_step(busy_by_phase(activity, marks.marks))
     per_step = busy["step"]
     medians = {p: statistics.median(v) for p, v in busy.items()}
-    out = {"profiled_steps": len(steps), "busy_ms": medians, "busy": {p: spread(v) for p, v in busy.items()},
+    out = {"profiled_steps": len(plan), "profiled": "the timed steps replayed: their draws, rounds and batches",
+           "busy_ms": medians, "busy": {p: spread(v) for p, v in busy.items()},
            "busy_steps_ms": per_step,
            "busy_fraction": {p: medians[p] / wall_phases[p]["median"] for p in medians if p in wall_phases}}
     out["busy_p90_over_p10"] = out["busy"]["step"]["p90"] / out["busy"]["step"]["p10"]

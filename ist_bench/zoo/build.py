@@ -68,6 +68,17 @@ def load_config(name_or_path: str):
     return config
 
 
+def check_attention(config, attn: str, model: str) -> None:
+    """An attention implementation the model's transformers class does not offer is one line (transformers
+    would raise a paragraph while building it): `--attn sdpa` on Gemma-2 or BLOOM in transformers 5.2x."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if attn == "sdpa" and cls is not None and getattr(cls, "_supports_sdpa", True) is False:
+        raise UsageError(f"--attn sdpa: {model} ({config.model_type}) has no SDPA attention in this transformers "
+                         f"({cls.__name__}); use --attn eager")
+
+
 def max_positions(config) -> int | None:
     """Longest sequence the model's position embeddings allow (None: no limit, e.g. ALiBi)."""
     for key in POSITION_KEYS:
