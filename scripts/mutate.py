@@ -1,4 +1,4 @@
-"""Mutation run over ist_bench/selection/: does a wrong algorithm fail a test?
+"""Mutation run over a package or a module (default ist_bench/selection/): does a wrong algorithm fail a test?
 
 Each mutant is one small change to one file, made on the AST (an operator swapped, a constant
 changed, a condition negated, a call or a return value removed, a keyword argument dropped, a
@@ -10,11 +10,13 @@ that existed before issue 16's contract tests (`--tests`), then, only where thos
 contract tests (`--new-tests`). A mutant is *killed* when a test fails or errors (or times out),
 *survived* when every test passes; the score before counts phase 1, the score after both.
 
-    nice python scripts/mutate_selection.py --budget-min 35 --sample 60 --seed 0
-    nice python scripts/mutate_selection.py --rerun results/mutation/selection.json   # survivors, phase 2 again
+    nice python scripts/mutate.py --budget-min 35 --sample 60 --seed 0
+    nice python scripts/mutate.py --rerun results/mutation/selection.json   # survivors, phase 2 again
+    nice python scripts/mutate.py --target ist_bench/compare.py --tests tests/test_compare.py \
+        --new-tests tests/test_gate.py                                        # the regression gate
 
-Writes results/mutation/selection.json (every mutant: file:line, the change, the outcomes, the test
-that killed it) and selection.md (the scores and the survivors). `--list` prints the mutants only.
+Writes results/mutation/<target>.json (every mutant: file:line, the change, the outcomes, the test
+that killed it) and <target>.md (the scores and the survivors). `--list` prints the mutants only.
 """
 
 from __future__ import annotations
@@ -180,9 +182,10 @@ class Mutator(ast.NodeTransformer):
         return node
 
 
-def enumerate_mutants(root: Path) -> list[dict]:
+def enumerate_mutants(root: Path, target: str = TARGET) -> list[dict]:
     out = []
-    for path in sorted((root / TARGET).glob("*.py")):
+    where = root / target
+    for path in ([where] if where.is_file() else sorted(where.glob("*.py"))):
         m = Mutator()
         m.visit(ast.parse(path.read_text()))
         rel, lines = str(path.relative_to(root)), path.read_text().splitlines()
@@ -246,13 +249,14 @@ def run_tests(copy_root: Path, tests: list[str], timeout: float, log: Path) -> t
 
 def summary_md(result: dict) -> str:
     ran = result["ran"]
-    lines = [f"# Mutation run over `{TARGET}/`", "",
+    target = result.get("target", TARGET)
+    lines = [f"# Mutation run over `{target}`", "",
              f"Command: `{result['command']}`" + (f" (runs: {'; '.join('`' + h['command'] + '`' for h in result['history'])})"
                                                   if len(result["history"]) > 1 else ""), "",
              f"Tests before: {', '.join(result['tests'])}; after: those and {', '.join(result['new_tests'])} "
              f"(`-m 'not slow' -x`; deselected: {', '.join(DESELECT)}). Unmutated run: "
              f"{result['baseline_s']['old']:.0f} s + {result['baseline_s']['new']:.0f} s.", "",
-             f"Mutants: {result['total_sites']} in {TARGET}/; ran {ran}"
+             f"Mutants: {result['total_sites']} in {target}; ran {ran}"
              + (f" (a sample of {result['sample']}, seed {result['seed']}, plus the mutants issue 16 names)"
                 if result["sample"] else "") + ".", "",
              f"**Score before: {result['killed_before']}/{ran} = {result['score_before']:.1%}; "
@@ -274,6 +278,7 @@ def _cell(text: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--target", default=TARGET, help=f"a package folder or a module (default {TARGET})")
     p.add_argument("--budget-min", type=float, default=25, help="stop starting mutants after this many minutes")
     p.add_argument("--sample", type=int, default=0, help="a deterministic sample of N mutants (0: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -284,11 +289,12 @@ def main(argv=None) -> int:
                    help="also run every mutant whose change contains TEXT (default: the mutants issue 16 names)")
     p.add_argument("--rerun", help="a previous selection.json: run its survivors only (and keep its other outcomes)")
     p.add_argument("--notes", help="a JSON {mutant id: note} for survivors (why equivalent or left)")
-    p.add_argument("--out", default=str(ROOT / "results" / "mutation" / "selection.json"))
+    p.add_argument("--out", help="results file (default results/mutation/<target's name>.json)")
     p.add_argument("--list", action="store_true", help="print the mutants and exit")
     args = p.parse_args(argv)
+    args.out = args.out or str(ROOT / "results" / "mutation" / f"{Path(args.target).stem}.json")
 
-    mutants = enumerate_mutants(ROOT)
+    mutants = enumerate_mutants(ROOT, args.target)
     if args.list:
         for m in mutants:
             print(f"{m['file']}:{m['line']}  {m['kind']:9s} {m['mutation']}")
@@ -308,7 +314,7 @@ def main(argv=None) -> int:
             m["phase1_cached"] = m.get("before") == "survived"   # a phase-1 timeout runs phase 1 again
     else:
         chosen = rng_order.sample(mutants, args.sample) if 0 < args.sample < len(mutants) else list(mutants)
-        wanted = [(None, t) for t in args.include] if args.include else ISSUE
+        wanted = [(None, t) for t in args.include] if args.include else ISSUE if args.target == TARGET else []
         chosen += [m for m in mutants if m not in chosen and any(k in (None, m["kind"]) and t in m["source"]
                                                                  for k, t in wanted)]
         rng_order.shuffle(chosen)     # a run cut short by the budget is still a random subset
@@ -331,7 +337,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
         work = Path(tmp) / "repo"
         copy_tree(work)
-        shutil.rmtree(work / TARGET / "__pycache__", ignore_errors=True)
+        shutil.rmtree((work / args.target).parent / "__pycache__", ignore_errors=True)
+        shutil.rmtree(work / args.target / "__pycache__", ignore_errors=True)
         baseline = {}
         if previous and all(m["phase1_cached"] for m in todo):   # phase 1 is not run again: its old figure
             baseline["old"] = previous["baseline_s"]["old"]
@@ -371,9 +378,9 @@ def main(argv=None) -> int:
     for m in ran:
         if m["id"] in notes:
             m["note"] = notes[m["id"]]
-    cmd = "nice python scripts/mutate_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "nice python scripts/mutate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     score = {ph: sum(m[ph] != "survived" for m in ran) for ph in ("before", "after")}
-    result = {"command": cmd.strip(), "tests": old, "new_tests": new,
+    result = {"command": cmd.strip(), "target": args.target, "tests": old, "new_tests": new,
               "total_sites": len(mutants), "sample": previous.get("sample") if previous else args.sample,
               "seed": previous.get("seed") if previous else args.seed, "rerun": args.rerun,
               "baseline_s": {k: round(v, 1) for k, v in baseline.items()}, "ran": len(ran),
