@@ -84,12 +84,13 @@ def _case_from(args: argparse.Namespace):
 
 def cmd_memory(args: argparse.Namespace) -> int:
     case = _case_from(args).validate()   # light: a bad input is refused before torch is imported
-    _check_writable(args.json)
+    _check_writable(args.json, _case_inputs(case), rows=True)
     if args.timeline:
         from ist_bench.measure.timeline import FORMATS
         if Path(args.timeline).suffix not in FORMATS:
             raise UsageError(f"--timeline {args.timeline!r}: the file must end in {', '.join(FORMATS)}")
-        _check_writable(args.timeline)
+        _check_writable(args.timeline, _case_inputs(case))
+        check_distinct({"--json": args.json, "--timeline": args.timeline})
     if case.nproc is not None and args.timeline:
         raise UsageError("--timeline is for one process; leave it out with --nproc")
     from ist_bench.report.console import print_memory
@@ -154,7 +155,7 @@ def cmd_time(args: argparse.Namespace) -> int:
                     for n in names]
     for v in variants:
         v.validate()   # light: refused before torch is imported
-    _check_writable(args.json)
+    _check_writable(args.json, _case_inputs(case), rows=True)
     if case.backend == "sim":
         raise UsageError("timing needs real compute: use --backend cuda, or cpu for small models")
     if args.profile_steps is not None and args.profile_steps < 0:
@@ -327,7 +328,7 @@ def _run_output(args: argparse.Namespace, suite) -> tuple[Path, str]:
             n = 2
             while out.exists():
                 out, n = Path(f"{stem}.{n}.jsonl"), n + 1
-    _check_writable(str(out))
+    _check_writable(str(out), [args.suite], rows=True)
     if args.resume:
         if not out.exists():
             raise UsageError(f"--resume: no results to resume at {out}")
@@ -345,7 +346,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ist_bench.report.validation import validation_report
     from ist_bench.results import read_rows, write_atomic
 
-    _check_writable(args.markdown)
+    _check_writable(args.markdown, args.results)
     if args.sample is not None:
         rows = _validate_sample(args)
     elif args.results:
@@ -379,8 +380,9 @@ def _validate_sample(args: argparse.Namespace) -> list[dict]:
     if not torch.cuda.is_available():
         raise UsageError("validate --sample measures each cell on cuda and sim: it needs a GPU (none is visible)")
     out = args.out or f"results/validation/sample-{args.seed}.jsonl"
-    _check_writable(out)
+    _check_writable(out, rows=True)
     _check_writable(args.timeline_worst)
+    check_distinct({"--out": out, "--timeline-worst": args.timeline_worst, "--markdown": args.markdown})
     cases = draw_cases(args.sample, args.seed)
     console.print(f"validate: {len(cases)} cells drawn with seed {args.seed}; rows to {out}")
     count = iter(range(1, 2 * len(cases) + 1))
@@ -407,7 +409,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     selects = [s.strip() for s in args.select.split(",") if s.strip()]
-    _check_writable(args.json)
+    from ist_bench import zoo
+    inputs = [args.model] if zoo.is_path(args.model) else []
+    _check_writable(args.json, inputs, rows=True)
+    if args.plot:
+        if Path(args.plot).suffix != ".png":
+            raise UsageError(f"--plot {args.plot!r}: a .png file")
+        _check_writable(args.plot, inputs)
+        check_distinct({"--json": args.json, "--plot": args.plot})
     start = time.time()
     if args.nproc is not None:
         return _fit_nproc(args, methods, selects, start)
@@ -454,7 +463,11 @@ def _fit_nproc(args: argparse.Namespace, methods: list[str], selects: list[str],
     from ist_bench.report.console import console
     from ist_bench.units import human
 
+    from ist_bench.schema import MAX_RANKS
+
     nproc = args.nproc if args.nproc == "auto" else _int_arg("--nproc", args.nproc, "an integer >= 1 or auto")
+    if nproc != "auto" and nproc > MAX_RANKS:
+        raise UsageError(f"--nproc must be at most {MAX_RANKS} (or auto), got {nproc}")
     tgt, answers = fit.fit_nproc(args.model, args.gpu, methods, selects, nproc, seq_len=args.batch_len,
                                  dtype=args.dtype, attn=args.attn, grad_checkpointing=args.grad_checkpointing,
                                  optimizer_state=args.optimizer_state)
@@ -494,12 +507,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ist_bench.results import read_rows
 
     paths = [Path(p) for p in args.results]
-    for p in paths:
-        read_rows(p)           # a missing or malformed input fails before anything is written
+    if not sum(len(read_rows(p)) for p in paths):   # a missing, malformed or empty input: before anything is written
+        raise UsageError(f"no result rows in {', '.join(map(str, paths))}: nothing to report")
     out = Path(args.out) if args.out else Path("reports") / paths[0].stem
     if out.suffix in (".md", ".tex", ".csv"):
         out = out.with_suffix("")
-    _check_writable(f"{out}.md")
+    if out.name in ("", ".", "..") or out.name.startswith(".") or out.is_dir():
+        raise UsageError(f"--out {args.out!r}: a report's path without extension, e.g. reports/table1 "
+                         f"(it writes <path>.md, .tex, .csv and .png files)")
+    for suffix in (".md", ".tex", ".csv", ".png"):
+        _check_writable(f"{out}{suffix}", args.results)
     from ist_bench import fit
     fit.target(args.card)   # an unknown card fails before anything is written
     written = render([str(p) for p in paths], out, card=args.card)
@@ -520,18 +537,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not 0 < th.p_value < 1:
         raise UsageError(f"--p-value must be in (0, 1), got {th.p_value:g}")
     for path in (args.markdown, args.junit):
-        _check_writable(path)
-    cmp = compare.compare_files(args.baseline, args.current, th, args.allow_mismatch)
+        _check_writable(path, [args.baseline, args.current])
+    check_distinct({"--markdown": args.markdown, "--junit": args.junit})
+    cmp = compare.compare_files(args.baseline, args.current, th, args.allow_mismatch, args.allow_missing)
     _print_findings(console, [f for f in cmp.findings if f.outcome != "unchanged" or args.all],
                     f"{args.baseline} -> {args.current}", compare._fmt)
     counts = cmp.counts()
     console.print(", ".join(f"{n} {k}" for k, n in counts.items()) +
-                  (" -> [bold red]REGRESSION[/] (exit 1)" if counts["regressed"] else " -> no regression"))
+                  (f" -> [bold red]{cmp.verdict()}[/]" if cmp.failed else f" -> {cmp.verdict()}"))
     if args.markdown:
         _write_text(args.markdown, compare.markdown(cmp, args.baseline, args.current))
     if args.junit:
         _write_text(args.junit, compare.junit(cmp))
-    return 1 if counts["regressed"] else 0
+    return 1 if cmp.failed else 0
 
 
 _OUTCOME_STYLE = {"regressed": "red", "improved": "green", "missing": "yellow", "new": "cyan", "advisory": "yellow"}
@@ -611,13 +629,35 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_writable(path: str | None) -> None:
-    """Fail before the work, not after it, on an output path we cannot write: a non-regular file (device,
-    FIFO), a dangling symlink, an unwritable folder. Creates nothing but the parent folders. `-`: stdout."""
+def _check_writable(path: str | None, inputs=(), rows: bool = False) -> None:
+    """Fail before the work, not after it, on an output path we cannot or must not write: a non-regular
+    file (device, FIFO), a symlink, an unwritable folder, one of the command's `inputs`, and with `rows`
+    (rows are appended) an existing file that is not JSONL rows. Creates nothing but the parent folders.
+    `-`: stdout."""
     if not path or path == "-":
         return
-    from ist_bench.safeio import check_writable
+    from ist_bench.safeio import check_jsonl, check_not_an_input, check_writable
     check_writable(path)
+    check_not_an_input(path, inputs)
+    if rows:
+        check_jsonl(path)
+
+
+def check_distinct(outputs: dict) -> None:
+    """Two outputs of one command on one file: the second would overwrite the first."""
+    from ist_bench.safeio import same_file
+
+    named = [(k, v) for k, v in outputs.items() if v and v != "-"]
+    for i, (a, pa) in enumerate(named):
+        for b, pb in named[i + 1:]:
+            if same_file(pa, pb):
+                raise UsageError(f"{a} and {b} name the same file ({pa}); give each its own")
+
+
+def _case_inputs(case) -> tuple:
+    """The files a case reads (a config path, data, tokenizer): no output may be one of them."""
+    from ist_bench import zoo
+    return (case.model if zoo.is_path(case.model) else None, case.data, case.tokenizer)
 
 
 def _append_json(path: str | None, rows: list[dict]) -> None:
@@ -834,8 +874,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        description="Pair cases by their settings and compare memory (sim: exact bytes; cuda: "
                                    "a tolerance) and time (GPU busy time by a factor; wall median by a factor "
                                    "and a Mann-Whitney U test). Prints improved / unchanged / regressed / missing "
-                                   "/ new. Exit codes: 0 no regression, 1 regression, 2 bad input or results "
-                                   "measured on another GPU, backend or package versions.")
+                                   "/ new. Exit codes: 0 no regression, 1 regression or a baseline case missing "
+                                   "from the current run, 2 bad input or results measured on another GPU, "
+                                   "backend or package versions.")
     p.add_argument("baseline", help="baseline JSONL (e.g. results/baselines/<gpu>.jsonl)")
     p.add_argument("current", help="current JSONL")
     p.add_argument("--memory-pct", type=float, default=2.0, help="cuda memory tolerance in %% (default 2)")
@@ -844,6 +885,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--wall-factor", type=float, default=1.10, help="wall median slow-down (default 1.10)")
     p.add_argument("--p-value", type=float, default=0.002, help="Mann-Whitney U threshold (default 0.002)")
     p.add_argument("--allow-mismatch", action="store_true", help="compare across GPUs, backends or versions")
+    p.add_argument("--allow-missing", action="store_true", help="pass although the current run lacks baseline cases "
+                                                                 "(default: a missing case fails the gate, as a "
+                                                                 "regression does; the verdict says it was allowed)")
     p.add_argument("--gate-wall", action="store_true", help="also fail on wall time where GPU busy time exists "
                                                             "(off: wall time then only moves with the host)")
     p.add_argument("--markdown", metavar="FILE", help="also write a Markdown summary (a PR comment) here, replacing "

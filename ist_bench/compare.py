@@ -15,8 +15,10 @@ Cases are paired by every case setting (model, method, policy and its options, b
 Outcomes: improved, unchanged, regressed, missing (in the baseline only), new (in current only),
 and advisory: a wall-time change where the GPU's busy time was measured (wall time alone is not
 gated there unless `gate_wall`: it moves with the host; see docs/ci.md for the false alarms seen).
-Exit codes: 1 on any regression, else 0; 2 on bad input, including results from another GPU,
-backend or package versions (unless allow_mismatch).
+A missing case fails the gate like a regression unless `allow_missing`: a current run that drops a
+case, or relabels it (another seed, another setting), must not pass by leaving the regressed case out.
+Exit codes: 1 on any regression or missing case, else 0; 2 on bad input, including results from
+another GPU, backend or package versions (unless allow_mismatch).
 """
 
 from __future__ import annotations
@@ -49,10 +51,26 @@ class Finding:
 @dataclass
 class Comparison:
     findings: list[Finding] = field(default_factory=list)
+    allow_missing: bool = False
 
     @property
     def regressed(self) -> list[Finding]:
         return [f for f in self.findings if f.outcome == "regressed"]
+
+    @property
+    def failed(self) -> bool:
+        """What the exit code follows: a regression, or a baseline case the current run lacks."""
+        counts = self.counts()
+        return bool(counts["regressed"] or (counts["missing"] and not self.allow_missing))
+
+    def verdict(self) -> str:
+        counts = self.counts()
+        if counts["regressed"]:
+            return "REGRESSION (exit 1)"
+        if counts["missing"] and not self.allow_missing:
+            return "MISSING CASES (exit 1: the current run lacks baseline cases; --allow-missing accepts that)"
+        return "no regression" + (f" ({counts['missing']} missing cases allowed by --allow-missing)"
+                                  if counts["missing"] else "")
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(("regressed", "improved", "unchanged", "advisory", "missing", "new"), 0)
@@ -82,7 +100,7 @@ def check_environments(base: list[dict], cur: list[dict]) -> None:
 
 
 def compare_rows(base_rows: list[dict], cur_rows: list[dict], th: Thresholds | None = None,
-                 allow_mismatch: bool = False) -> Comparison:
+                 allow_mismatch: bool = False, allow_missing: bool = False) -> Comparison:
     th = th or Thresholds()
     for rows, which in ((base_rows, "the baseline"), (cur_rows, "the current results")):
         if not rows:
@@ -95,7 +113,7 @@ def compare_rows(base_rows: list[dict], cur_rows: list[dict], th: Thresholds | N
         raise UsageError(f"no case of the current results is a case of the baseline ({_case_difference(base_rows, cur_rows)}), "
                          f"so nothing would be compared; if the case settings changed on purpose, regenerate the "
                          f"baseline with `ist-bench baseline update`")
-    out = Comparison()
+    out = Comparison(allow_missing=allow_missing)
     for key, b in base.items():
         c = cur.get(key)
         if c is None:
@@ -187,7 +205,7 @@ def _compare_time(name: str, b: dict, c: dict, th: Thresholds) -> list[Finding]:
         outcome = "improved"
     else:
         outcome = "unchanged"
-    if outcome != "unchanged" and db and dc and not th.gate_wall:
+    if outcome != "unchanged" and db.get("step") and dc.get("step") and not th.gate_wall:
         # With the GPU's own busy time measured, wall time only tells how busy the host was: between
         # two processes on the lent H200 it moved by up to 28% while busy time moved < 0.2%.
         outcome, note = "advisory", note + "; wall time, not gated (GPU busy time is; --gate-wall)"
@@ -196,8 +214,8 @@ def _compare_time(name: str, b: dict, c: dict, th: Thresholds) -> list[Finding]:
 
 
 def compare_files(baseline: str, current: str, th: Thresholds | None = None,
-                  allow_mismatch: bool = False) -> Comparison:
-    return compare_rows(read_rows(baseline), read_rows(current), th, allow_mismatch)
+                  allow_mismatch: bool = False, allow_missing: bool = False) -> Comparison:
+    return compare_rows(read_rows(baseline), read_rows(current), th, allow_mismatch, allow_missing)
 
 
 def _fmt(v) -> str:
@@ -210,7 +228,7 @@ def _fmt(v) -> str:
 
 def markdown(cmp: Comparison, baseline: str, current: str) -> str:
     counts = cmp.counts()
-    verdict = "**regression**" if counts["regressed"] else "no regression"
+    verdict = "**regression**" if counts["regressed"] else "**missing cases**" if cmp.failed else cmp.verdict()
     lines = [f"### ist-bench compare: {verdict}", "", f"`{baseline}` -> `{current}`: " +
              ", ".join(f"{n} {k}" for k, n in counts.items()), ""]
     shown = [f for f in cmp.findings if f.outcome != "unchanged"]
@@ -232,10 +250,12 @@ def junit(cmp: Comparison) -> str:
         body = ""
         if f.outcome == "regressed":
             body = (f"<failure message={quoteattr(f'{f.figure}: {_fmt(f.baseline)} -> {_fmt(f.current)} {f.note}')}/>")
+        elif f.outcome == "missing" and not cmp.allow_missing:
+            body = f"<failure message={quoteattr('missing: the current run lacks this baseline case')}/>"
         elif f.outcome in ("missing", "new"):
             body = f"<skipped message={quoteattr(f.outcome)}/>"
         cases.append(f"  <testcase classname={quoteattr(f.case)} name={quoteattr(f.figure)}>{body}</testcase>")
-    failures = len(cmp.regressed)
+    failures = len(cmp.regressed) + (0 if cmp.allow_missing else cmp.counts()["missing"])
     return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="ist-bench compare" tests="{len(cases)}" '
             f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
 

@@ -20,15 +20,22 @@ def choice_error(what: str, value: object, valid, listed_by: str | None = None) 
     return UsageError(f"unknown {what} {value!r}; valid: {text}")
 
 
-def read_json(path, what: str):
-    """Parse a JSON file the user gave us; a missing or malformed one is a UsageError."""
-    import json
-    from pathlib import Path
+MAX_JSON_BYTES = {"config file": 4 << 20, "data file": 512 << 20}   # a config.json is a few KB; Alpaca 22 MB
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{what} not found: {path}")
+
+def read_json(path, what: str):
+    """Parse a JSON file the user gave us, bounded (size; nesting and numbers Python can read); a missing,
+    non-regular, too large or malformed one is a UsageError naming it."""
+    import json
+
+    from ist_bench.safeio import decode_text, read_bounded
+
+    text = decode_text(read_bounded(path, what, MAX_JSON_BYTES.get(what, 64 << 20)), path, what)
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
         raise UsageError(f"malformed {what} {path}: {e}") from None
+    except RecursionError:
+        raise UsageError(f"malformed {what} {path}: it nests too deep") from None
+    except ValueError as e:   # an integer of thousands of digits
+        raise UsageError(f"malformed {what} {path}: a value cannot be read ({str(e).split('(')[0].strip()[:80]})") from None

@@ -191,26 +191,24 @@ def fit(model: str, gpu: str, methods: list[str], selects: list[str], granularit
         batch_len: int = 1024, **case_kw) -> tuple[Target, list[Answer]]:
     from ist_bench.methods import MethodSpec
 
-    if granularity < 1:
-        raise UsageError(f"--granularity must be >= 1, got {granularity}")
+    if granularity < 2:   # a length is a multiple of it, and a step takes at least 2 tokens
+        raise UsageError(f"--granularity must be >= 2 (the shortest sequence a step takes), got {granularity}")
     if not methods or not selects:
         raise UsageError(f"--{'method' if not methods else 'select'} names no method or policy; give a comma-separated "
                          f"list, e.g. lora,full")
     if batch_len < 2:
         raise UsageError(f"--batch-len must be >= 2, got {batch_len}")
     tgt = target(gpu)
+    bases = [Case(model=model, method=MethodSpec(name=method), select=select, backend="sim", steps=0,
+                  **case_kw).check() for method in methods for select in selects]   # every input before any search
     answers = []
-    for method in methods:
-        for select in selects:
-            base = Case(model=model, method=MethodSpec(name=method), select=select, backend="sim", steps=0,
-                        **case_kw)
-            base = base.check()
-            f = Fitter(base, tgt, granularity)
-            a = Answer(method, select, fits=False, granularity=granularity)
-            f.seq_len(a)
-            f.batch(a, min(batch_len, f.max_len))
-            a.probes = {str(k[0]): v["peak"] for k, v in sorted(f.cache.items()) if k[1] == 1}
-            answers.append(a)
+    for base in bases:
+        f = Fitter(base, tgt, granularity)
+        a = Answer(base.method.name, base.select, fits=False, granularity=granularity)
+        f.seq_len(a)
+        f.batch(a, min(batch_len, f.max_len))
+        a.probes = {str(k[0]): v["peak"] for k, v in sorted(f.cache.items()) if k[1] == 1}
+        answers.append(a)
     return tgt, answers
 
 

@@ -58,35 +58,58 @@ def case_label(case: dict) -> str:
 
 
 def read_rows(path: str | Path, *, warn=lambda msg: print(f"ist-bench: warning: {msg}", file=sys.stderr)) -> list[dict]:
+    """Every row of a results file, each checked against the row schema. Read a line at a time (a file of
+    millions of blank lines costs no memory); a missing or non-regular file (a folder, a FIFO, a device)
+    is one line; a last line cut short (an interrupted write) is reported and skipped."""
+    import os
+    import stat
+
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"results file not found: {path}")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read results file {path}: {getattr(e, 'strerror', None) or e}") from None
-    lines = text.split("\n")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UsageError(f"results file not found: {path}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read results file {path}: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        from ist_bench.safeio import _kind
+        raise UsageError(f"results file {path} is {_kind(mode)}, not a regular file")
+    os.set_blocking(fd, True)
     rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) and not text.endswith("\n"):    # the last line, cut short
-                warn(f"{path}:{i} is a truncated last line (an interrupted write); skipped")
-                continue
-            raise UsageError(f"{path}:{i} is not an ist-bench result row (not JSON)") from None
-        except (ValueError, RecursionError):   # an integer of > 4300 digits, nesting deeper than Python's stack
-            raise UsageError(f"{path}:{i} is not an ist-bench result row (a number or nesting out of bounds)") from None
-        if not isinstance(row, dict) or not isinstance(row.get("case"), dict):
-            raise UsageError(f"{path}:{i} is not an ist-bench result row")
-        version = row.get("schema", SCHEMA)
-        if version != SCHEMA:
-            raise UsageError(f"{path}:{i} has result schema {schema.show(version)}; this ist-bench reads schema {SCHEMA}")
-        schema.check_row(row, f"{path}:{i}: ")
-        rows.append(row)
+    with os.fdopen(fd, "rb") as f:
+        line, i = f.readline(), 1
+        while line:
+            following = f.readline()
+            rows += _row(line, i, path, last=not following, warn=warn)
+            line, i = following, i + 1
     return rows
+
+
+def _row(raw: bytes, i: int, path: Path, *, last: bool, warn) -> list[dict]:
+    """The row of line `i` ([] for a blank line or a cut last one)."""
+    if not raw.strip():
+        return []
+    try:
+        text = raw.decode("utf-8-sig" if i == 1 else "utf-8")
+        row = json.loads(text)
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}:{i} is not an ist-bench result row (not UTF-8)") from None
+    except json.JSONDecodeError:
+        if last and not raw.endswith(b"\n"):    # the last line, cut short
+            warn(f"{path}:{i} is a truncated last line (an interrupted write); skipped")
+            return []
+        raise UsageError(f"{path}:{i} is not an ist-bench result row (not JSON)") from None
+    except (ValueError, RecursionError):   # an integer of > 4300 digits, nesting deeper than Python's stack
+        raise UsageError(f"{path}:{i} is not an ist-bench result row (a number or nesting out of bounds)") from None
+    if not isinstance(row, dict) or not isinstance(row.get("case"), dict):
+        raise UsageError(f"{path}:{i} is not an ist-bench result row")
+    version = row.get("schema", SCHEMA)
+    if version != SCHEMA or isinstance(version, bool):
+        raise UsageError(f"{path}:{i} has result schema {schema.show(version)}; this ist-bench reads schema {SCHEMA}")
+    schema.check_row(row, f"{path}:{i}: ")
+    return [row]
 
 
 def load(*paths: str | Path):

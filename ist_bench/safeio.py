@@ -5,8 +5,11 @@ Writing (`write_atomic`, `append_rows`, `check_writable`, `lock_results`, `repai
   O_CREAT | O_EXCL | O_NOFOLLOW, a random name), fsynced, then renamed over the target: a reader sees the
   old file or the new one, and a link planted at a guessable temp name is never followed;
 - a target that exists and is not a regular file (a device node, a FIFO, a folder) is refused, never
-  replaced or blocked on; a symlink to a regular file is written through to that file, a dangling one is
-  refused (nothing is created at its far end);
+  replaced or blocked on; so is a symlink, dangling or not: no file is written through a link (it could
+  name any file outside the output folder);
+- an output path is never one of the command's inputs (`--markdown` on the results file it reads, `run
+  --out` on its own suite), and holds no control character (a name a terminal would render as something
+  else);
 - rows are appended with O_APPEND, each flushed and fsynced before the next;
 - a results file is locked (fcntl.flock, non-blocking) for the length of a run: a second run on it refuses;
 - before appending, a cut last line (a full disk, a crash), a BOM-only file or a last row without its
@@ -58,22 +61,40 @@ def _kind(mode: int) -> str:
 
 
 def resolve_target(path: str | Path) -> Path:
-    """The file a write to `path` lands in: `path` itself, or the regular file its symlink names.
-    Refuses a dangling symlink and anything that exists and is not a regular file."""
+    """The file a write to `path` lands in: `path` itself. Refuses a symlink (dangling or not: no file is
+    written through a link), anything that exists and is not a regular file, and a path holding a control
+    character."""
     p = Path(path)
+    if any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
+        raise UsageError(f"cannot write to {str(path)!r}: the path holds a control character")
     try:
         st = os.lstat(p)
     except FileNotFoundError:
         return p
     if stat.S_ISLNK(st.st_mode):
-        real = Path(os.path.realpath(p))
-        if not real.exists():
-            raise UsageError(f"cannot write results to {p}: it is a dangling symlink (to {os.readlink(p)}); remove it or "
-                             f"choose another path")
-        return resolve_target(real)
+        raise UsageError(f"cannot write results to {p}: it is a symlink (to {os.readlink(p)}); ist-bench writes no "
+                         f"file through a link: give the path of the file itself")
     if not stat.S_ISREG(st.st_mode):
         raise UsageError(f"cannot write results to {p}: it is {_kind(st.st_mode)}, not a regular file")
     return p
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (one that exists; links and `..` resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_not_an_input(output: str | Path | None, inputs, what: str = "output") -> None:
+    """An output that is one of the command's inputs would destroy it: refused (`-`, stdout, is fine)."""
+    if not output or output == "-":
+        return
+    for source in inputs:
+        if source and source != "-" and same_file(output, source):
+            raise UsageError(f"{what} {output} is also an input of this command ({source}); it would be overwritten: "
+                             f"give another path")
 
 
 def _open_regular(path: Path, flags: int) -> int:
@@ -110,6 +131,27 @@ def check_writable(path: str | Path | None) -> None:
             os.unlink(tmp)
     except OSError as e:
         raise UsageError(f"cannot write results to {path}: {e.strerror or e}") from None
+
+
+def check_jsonl(path: str | Path, what: str = "--json") -> None:
+    """Rows are appended only to a JSONL file of rows (objects), or to a new or empty file: never to a
+    binary file or any other text (its last bytes would be "repaired" away, then a row glued on). A last
+    line cut short by an interrupted write is allowed (appending repairs it)."""
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:
+        return
+    with open(p, "rb") as f:
+        lines = f.read().split(b"\n")
+    for i, line in enumerate(lines, 1):
+        if not line.strip() or (i == len(lines) and not line.endswith(b"}")):
+            continue
+        try:
+            ok = isinstance(json.loads(line.decode("utf-8-sig" if i == 1 else "utf-8")), dict)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            ok = False
+        if not ok:
+            raise UsageError(f"{what} {p}: line {i} is not a JSON row; rows are appended only to a JSONL file of "
+                             f"rows (give a new file)")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -292,7 +334,7 @@ def decode_text(data: bytes, path: str | Path, what: str) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
         raise UsageError(f"{what} {path} is UTF-16/32 text; save it as UTF-8")
     if b"\0" in data:
-        raise UsageError(f"{what} {path} is not text (it holds NUL bytes); expected UTF-8 YAML")
+        raise UsageError(f"{what} {path} is not text (it holds NUL bytes); expected UTF-8")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -27,7 +27,8 @@ from ist_bench.errors import UsageError
 MAX_INT = 2**63 - 1          # the largest integer a result row may hold (int64)
 MAX_DEPTH = 64               # nesting of a result row or a suite
 MAX_CASES = 10_000           # cases one suite may expand to
-MAX_LAYERS = 1024            # transformer blocks (the largest published models have ~130)
+MAX_LAYERS = 256             # transformer blocks (the largest published models have ~130; a sim step of 1024
+                             # blocks took ~90 s)
 MAX_HIDDEN = 1 << 18         # hidden size, intermediate size, head count
 MAX_VOCAB = 1 << 24
 MAX_POSITIONS = 1 << 22
@@ -170,6 +171,12 @@ class SuiteSpec(BaseModel):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if not (v is None and k in ("defaults", "grid", "cases", "exclude"))}
         return data
+
+    @model_validator(mode="after")
+    def _distinct_kinds(self):
+        if isinstance(self.kind, list) and len(set(self.kind)) != len(self.kind):
+            raise ValueError(f"kind lists a kind twice ({', '.join(self.kind)}): each case would run twice")
+        return self
 
     @property
     def kinds(self) -> list[str]:
@@ -326,20 +333,22 @@ class _CaseRow(_Open):
 
 Number = Annotated[float, Field(allow_inf_nan=False)] | int
 Optional = Number | None
+Bytes = Annotated[int | float, Field(ge=0, allow_inf_nan=False)]    # memory: never negative
+Millis = Annotated[int | float, Field(gt=0, allow_inf_nan=False)]   # a time: above zero
 
 
 class _Figure(_Open):           # one memory figure over the steps (measure/memory.py's summarize)
-    first: Number
-    max: Number = None
-    min: Number = None               # absent or a number (never null): readers take .get(k, default)
-    median: Number = None
-    last: Number = None
-    steady: Number = None
-    typical: Number = None
+    first: Bytes
+    max: Bytes = None
+    min: Bytes = None               # absent or a number (never null): readers take .get(k, default)
+    median: Bytes = None
+    last: Bytes = None
+    steady: Bytes = None
+    typical: Bytes = None
 
 
 class _Step(_Open):
-    at_peak: dict[str, Number] | None = None
+    at_peak: dict[str, Bytes] | None = None
     top_activations: dict[str, Any] | None = None
 
 
@@ -350,41 +359,66 @@ class _Memory(_Open):
     @model_validator(mode="after")
     def _figures(self):
         for key, value in self.summary.items():
-            if key == "run_peak_blocks":
-                continue
+            if key == "run_peak_blocks" or key == "temporary":   # rows of Nov 2026 held a derived `temporary`
+                continue                                          # (peak minus the categories): it may be < 0
             try:
                 _RUN.validate_python(value) if key.startswith("run_") else _Figure.model_validate(value)
             except ValidationError as e:
                 detail, where = str(usage_error(e, "", data=value)), f"memory.summary.{_key(key)}"
                 if detail.startswith("Input should"):    # the value itself is of the wrong type
-                    figure = "a number" if key.startswith("run_") else "a mapping with first, max, ..."
+                    figure = "a number of bytes >= 0" if key.startswith("run_") else "a mapping with first, max, ..."
                     raise ValueError(f"{where} must be {figure}, got {show(value)}") from None
                 raise ValueError(f"{where}.{detail}") from None
         return self
 
 
-_RUN = TypeAdapter(Number, config=ConfigDict(strict=True))
+_RUN = TypeAdapter(Bytes, config=ConfigDict(strict=True))
+BUSY_PHASES = ("forward", "backward", "optimizer", "step")   # what a busy-time measurement always holds
 
 
 class _Phase(_Open):
-    median: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Annotated[int, Field(gt=0)]
-    mean: Optional = None
+    median: Millis
+    mean: Millis | None = None
+    p10: Millis | None = None
+    p90: Millis | None = None
     n: int | None = None
 
 
 class _Device(_Open):
-    busy_ms: dict[str, Number] = Field(default_factory=dict)
+    busy_ms: dict[str, Millis] = Field(default_factory=dict)
+    busy_steps_ms: list[Millis] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _whole(self):
+        missing = [p for p in BUSY_PHASES if self.busy_ms and p not in self.busy_ms]
+        if missing:   # a partial busy time would gate some phases and let the rest through
+            raise ValueError(f"time.device.busy_ms has no {', '.join(missing)} (a busy-time measurement holds "
+                             f"{', '.join(BUSY_PHASES)}, each > 0)")
+        if self.busy_steps_ms and "step" in self.busy_ms:
+            _agrees("time.device.busy_ms.step", self.busy_ms["step"], self.busy_steps_ms)
+        return self
+
+
+def _agrees(where: str, median: float, samples: list[float]) -> None:
+    """A summary must be what its own samples give (compare reads the one, the U test the others)."""
+    import statistics
+
+    actual = statistics.median(samples)
+    if not math.isclose(median, actual, rel_tol=1e-6, abs_tol=1e-9):
+        raise ValueError(f"{where} is {show(median)} but the median of its samples is {show(actual)}")
 
 
 class _Time(_Open):
     phases_ms: dict[str, _Phase]
-    steps_ms: list[Number] = Field(default_factory=list)
+    steps_ms: list[Millis] = Field(default_factory=list)
     device: _Device | None = None
 
     @model_validator(mode="after")
     def _step(self):
         if "step" not in self.phases_ms:
             raise ValueError("time.phases_ms has no 'step' phase")
+        if self.steps_ms:
+            _agrees("time.phases_ms.step.median", self.phases_ms["step"].median, self.steps_ms)
         return self
 
 
@@ -403,7 +437,7 @@ class Row(_Open):
     """One result row (docs/results.md): what every reader relies on. Other fields pass through,
     but every number in the row is finite and within int64."""
 
-    schema_version: Literal[1] = Field(SCHEMA, alias="schema")
+    schema_version: Literal[1] = Field(SCHEMA, alias="schema")   # `true` is refused (_numbers below)
     kind: Literal["memory", "time"] = "memory"
     case: _CaseRow
     status: Literal[STATUSES]
@@ -426,6 +460,8 @@ class Row(_Open):
         found = bounded(data)
         if found:
             raise ValueError(found)
+        if isinstance(data, dict) and isinstance(data.get("schema"), bool):
+            raise ValueError(f"schema must be {SCHEMA}, got {show(data['schema'])}")
         return data
 
     @model_validator(mode="after")

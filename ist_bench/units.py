@@ -11,8 +11,9 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
-def parse_bytes(text: str | None) -> int | None:
-    """'80GiB' -> bytes. A unit is required: a bare 80 would silently mean 80 bytes."""
+def parse_bytes(text: str | None, what: str = "size", at_least: int = 0) -> int | None:
+    """'80GiB' -> bytes. A unit is required: a bare 80 would silently mean 80 bytes. A whole number of
+    bytes (`0.5B` is not one), and at least `at_least` (a memory of 0 bytes is no memory)."""
     if text is None:
         return None
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]+)\s*", str(text))
@@ -23,6 +24,11 @@ def parse_bytes(text: str | None) -> int | None:
     if not size < 2**63:   # 10**400 GiB is inf as a float
         shown = text if len(text) <= 20 else text[:17] + "..."
         raise UsageError(f"size {shown!r} is beyond any memory; at most 8 EiB")
+    if not size.is_integer():
+        raise UsageError(f"{what} {text!r} is not a whole number of bytes")
+    if size < at_least:
+        raise UsageError(f"{what} {text!r} is below {at_least:,} bytes ({at_least >> 20} MiB)" if at_least >= 1 << 20
+                         else f"{what} {text!r} must be at least {at_least} bytes")
     return int(size)
 
 

@@ -30,7 +30,8 @@ def _time_row(select="none", backward=80.0, seed=0, gpu="NVIDIA H100 80GB HBM3")
             "case": {"model": "llama-7b", "method": {"name": "lora"}, "select": select, "select_opts": {},
                      "backend": "cuda"},
             "time": {"phases_ms": {"step": {"median": float(np.median(steps))}}, "steps_ms": steps,
-                     "device": {"busy_ms": {"forward": 58.0, "backward": backward * 0.97, "optimizer": 0.5}}},
+                     "device": {"busy_ms": {"forward": 58.0, "backward": backward * 0.97, "optimizer": 0.5,
+                                            "step": 58.0 + backward * 0.97 + 0.5}}},
             "provenance": {"gpu": gpu, "torch": "2.11.0", "peft": "0.21.0"}}
 
 
@@ -74,17 +75,25 @@ def test_a_thirty_percent_slower_backward_is_a_regression_on_device_and_wall(tmp
     assert main(["compare", baseline, cur, "--markdown", str(tmp_path / "c.md")]) == 1
     md = (tmp_path / "c.md").read_text()
     assert "**regression**" in md and "GPU busy backward ms" in md and "wall step ms (median)" in md
-    # where GPU busy time exists, wall time is advisory unless asked for (it moves with the host) ...
-    assert md.count("| regressed |") == 1 and md.count("| advisory |") == 1
+    # where GPU busy time exists (backward and so the step regress), wall time is advisory unless asked for
+    # (it moves with the host) ...
+    assert md.count("| regressed |") == 2 and md.count("| advisory |") == 1
     # ... and gates with --gate-wall
     assert main(["compare", baseline, cur, "--gate-wall", "--markdown", str(tmp_path / "c.md")]) == 1
-    assert (tmp_path / "c.md").read_text().count("| regressed |") == 2
+    assert (tmp_path / "c.md").read_text().count("| regressed |") == 3
 
 
-def test_a_missing_case_is_reported_and_does_not_fail_the_gate(tmp_path, baseline, capsys):
+def test_a_missing_case_fails_the_gate_unless_allowed_and_the_verdict_says_so(tmp_path, baseline, capsys):
+    """A current run that lacks a baseline case (dropped, or relabelled: another seed) must not pass by
+    leaving the regressed case out; --allow-missing accepts it, and the verdict says it did."""
     cur = _write(tmp_path / "cur.jsonl", [_memory_row(), _time_row("none", seed=5)])
-    assert main(["compare", baseline, cur]) == 0
-    assert "1 missing" in capsys.readouterr().out
+    assert main(["compare", baseline, cur]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 missing" in out and "MISSING CASES (exit 1" in out
+    assert main(["compare", baseline, cur, "--allow-missing", "--junit", str(tmp_path / "j.xml")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no regression (1 missing cases allowed by --allow-missing)" in out
+    assert 'failures="0"' in (tmp_path / "j.xml").read_text()
 
 
 def test_results_sharing_no_case_with_the_baseline_are_refused(tmp_path, baseline, capsys):
@@ -94,8 +103,9 @@ def test_results_sharing_no_case_with_the_baseline_are_refused(tmp_path, baselin
     assert main(["compare", _write(tmp_path / "b.jsonl", [_memory_row()]), _write(tmp_path / "c.jsonl", [newer])]) == 2
     err = capsys.readouterr().err.strip()
     assert "only the current cases have batch" in err and "baseline update" in err and len(err.splitlines()) == 1
-    # one shared case is enough: the rest are reported as missing or new, as before
-    assert main(["compare", baseline, _write(tmp_path / "c2.jsonl", [_memory_row(), newer])]) == 0
+    # one shared case is enough to compare: the rest are missing (failing the gate unless allowed) or new
+    assert main(["compare", baseline, _write(tmp_path / "c2.jsonl", [_memory_row(), newer])]) == 1
+    assert main(["compare", baseline, str(tmp_path / "c2.jsonl"), "--allow-missing"]) == 0
 
 
 def test_results_from_another_gpu_are_refused_unless_allowed(tmp_path, baseline, capsys):
@@ -217,3 +227,44 @@ def test_thresholds_refuse_non_finite_values_from_python_too():
     with pytest.raises(UsageError, match="--memory-pct must be a finite number, got nan"):
         Thresholds(memory_pct=float("nan"))
     assert Thresholds(device_factor=1.2).device_factor == 1.2
+
+
+def _doctored(change):
+    rows = [_memory_row(), _time_row("none"), _time_row("rst", seed=1)]
+    change(rows)
+    return rows
+
+
+def _neg(rows):
+    rows[0]["memory"]["summary"]["activations"]["steady"] = -1.1 * GiB
+
+
+def _zero_busy(rows):
+    rows[1]["time"]["device"]["busy_ms"]["backward"] = 0
+
+
+def _partial_busy(rows):
+    del rows[1]["time"]["device"]["busy_ms"]["backward"]
+
+
+def _summary_not_its_samples(rows):
+    rows[1]["time"]["phases_ms"]["step"]["median"] *= 10
+
+
+@pytest.mark.parametrize("change,message", [
+    (_neg, "memory.summary.activations.steady must be >= 0"),
+    (_zero_busy, "time.device.busy_ms.backward must be > 0"),
+    (_partial_busy, "time.device.busy_ms has no backward"),
+    (_summary_not_its_samples, "time.phases_ms.step.median is"),
+    (lambda rows: rows[0].update(schema=True), "has result schema True"),
+], ids=["negative-bytes", "zero-busy", "partial-busy", "summary-vs-samples", "schema-true"])
+def test_rows_a_gate_could_be_fooled_by_are_refused(tmp_path, capsys, baseline, change, message):
+    """Negative bytes (counted as improvements, written into baselines), zero or partial busy time (a busy
+    phase of 0 was skipped, so a x2 slower step passed), a summary that disagrees with its own samples (a x10
+    wall median read 'unchanged' beside the baseline's samples), `schema: true`: each is refused, on either side."""
+    bad = _write(tmp_path / "bad.jsonl", _doctored(change))
+    for argv in (["compare", baseline, bad], ["compare", bad, baseline], ["baseline", "update", bad,
+                                                                         "--dir", str(tmp_path / "b")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -121,15 +121,21 @@ def test_a_symlink_planted_at_the_temp_name_is_never_followed(tmp_path, monkeypa
     assert not target.is_symlink() and (tmp_path / ".report.md.planted.tmp").is_symlink()
 
 
-def test_a_device_node_a_fifo_and_a_dangling_symlink_are_refused_never_replaced_or_blocked_on(tmp_path, capsys):
-    dev, fifo, dangling = tmp_path / "null", tmp_path / "fifo", tmp_path / "dangling"
+def test_a_device_node_a_fifo_and_a_symlink_are_refused_never_replaced_or_blocked_on(tmp_path, capsys):
+    """A symlink too, dangling or to a regular file: no file is written through a link."""
+    dev, fifo, dangling, link = tmp_path / "null", tmp_path / "fifo", tmp_path / "dangling", tmp_path / "link.jsonl"
+    victim = tmp_path / "outside" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("keep me")
+    link.symlink_to(victim)
     try:
         os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 3))
     except PermissionError:
         pytest.skip("making a device node needs root")
     os.mkfifo(fifo)
     dangling.symlink_to(tmp_path / "nowhere" / "x.jsonl")
-    for target, what in ((dev, "a character device"), (fifo, "a FIFO"), (dangling, "a dangling symlink")):
+    for target, what in ((dev, "a character device"), (fifo, "a FIFO"), (dangling, "it is a symlink"),
+                         (link, "it is a symlink")):
         done = []
         for write in (safeio.check_writable, lambda p: safeio.write_atomic(p, "x"), lambda p: safeio.append_rows(p, [ROW])):
             t = threading.Thread(target=lambda w=write, p=target, d=done: d.append(_refusal(w, p)), daemon=True)
@@ -138,6 +144,7 @@ def test_a_device_node_a_fifo_and_a_dangling_symlink_are_refused_never_replaced_
             assert not t.is_alive(), f"blocked on {target}"
         assert all(what in msg for msg in done), done
     assert stat.S_ISCHR(os.lstat(dev).st_mode) and stat.S_ISFIFO(os.lstat(fifo).st_mode)   # still what they were
+    assert victim.read_text() == "keep me"
     assert not (tmp_path / "nowhere").exists()
     # and from the command line: one line, exit 2, before any work
     assert main(["validate", str(_rows(tmp_path)), "--md", str(dev)]) == 2

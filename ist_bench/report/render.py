@@ -24,13 +24,29 @@ WHAT = {"cuda": "max_memory_allocated over the run", "sim": "sim's estimate of m
 def render(paths: list[str], out: str | Path, card: str = "h100-80g") -> list[str]:
     """Write out.md, out.tex, out.csv (and out-time.csv) and out-*.png; return the paths written. Sharded
     rows (`nproc` set) make the scale section (per-rank peak vs N, `card`'s memory marked), the others
-    the paper's tables."""
+    the paper's tables. Every file is made in a temporary folder beside `out` and moved into place only
+    once the whole report is made: a report that fails leaves nothing behind."""
+    import os
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        made = _render(paths, stage / out.name, card)
+        for path in made:
+            os.replace(path, out.parent / Path(path).name)
+        return [str(out.parent / Path(path).name) for path in made]
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _render(paths: list[str], out: Path, card: str) -> list[str]:
     everything = [r for p in paths for r in read_rows(p)]
     sharded = [r for r in everything if r.get("case", {}).get("nproc")]
     rows = [r for r in everything if not r.get("case", {}).get("nproc")]
     scaled = scale.scale_frame(sharded)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
     cells = tables.memory_cells(rows)
     times = tables.time_cells(rows)

@@ -51,21 +51,28 @@ def validation_frame(rows: list[dict]) -> pd.DataFrame:
                "cuda status": cuda["status"], "sim status": sim["status"]}
         if cuda["status"] == "ok" and sim["status"] == "ok":
             cs, ss = cuda["memory"]["summary"], sim["memory"]["summary"]
+            if "run_allocated_peak" not in cs or "run_allocated_peak_est" not in ss:   # rows without the figures
+                rec["cuda status"] = rec["sim status"] = "no allocator peak in the rows"     # compared: said, not a crash
+                records.append(rec)
+                continue
             rec["cuda peak alloc"] = cs["run_allocated_peak"] / GiB
             rec["sim peak est"] = ss["run_allocated_peak_est"] / GiB
             rec["gap %"] = _gap(ss["run_allocated_peak_est"], cs["run_allocated_peak"])
-            rec["tensor peak gap %"] = _gap(ss["run_peak"], cs["run_peak"])
+            if "run_peak" in ss and "run_peak" in cs:
+                rec["tensor peak gap %"] = _gap(ss["run_peak"], cs["run_peak"])
             for cat in CATEGORIES:
-                rec[f"{cat} gap %"] = _gap(ss[cat]["max"], cs[cat]["max"])
-            if "activations_allocated" in cs:
+                if cat in ss and cat in cs and "max" in ss[cat] and "max" in cs[cat]:
+                    rec[f"{cat} gap %"] = _gap(ss[cat]["max"], cs[cat]["max"])
+            if "activations_allocated" in cs and "median" in ss.get("activations", {}):
                 # steady state (median step): the first forward also takes cuBLAS's workspace
                 rec["act. vs allocator gap %"] = _gap(ss["activations"]["median"],
                                                       cs["activations_allocated"]["median"])
-            rec["cuda reserved"] = cs["run_reserved_peak"] / GiB
+            if "run_reserved_peak" in cs:
+                rec["cuda reserved"] = cs["run_reserved_peak"] / GiB
             rec["nvml peak"] = (cuda.get("nvml", {}).get("nvml_peak") or 0) / GiB
         elif cuda["status"] == "oom":
             rec["cuda peak alloc"] = (cuda.get("peak_reached") or 0) / GiB
-            if sim["status"] == "ok":
+            if sim["status"] == "ok" and "run_allocated_peak_est" in sim["memory"]["summary"]:
                 rec["sim peak est"] = sim["memory"]["summary"]["run_allocated_peak_est"] / GiB
         records.append(rec)
     return pd.DataFrame.from_records(records)

@@ -34,10 +34,15 @@ def resolve(case: Case) -> Case:
     config = zoo.load_config(case.model)
     check_positions(case, zoo.max_positions(config))   # a class default the raw config did not name
     zoo.check_attention(config, case.attn, case.model)
+    try:     # a config transformers accepts may still not build (a junk rope_scaling, hidden_act, width)
+        model = zoo.build_model(config, device="meta", attn=case.attn)
+    except Exception as e:
+        why = " ".join(f"{type(e).__name__}: {e}".split())
+        raise UsageError(f"cannot build {case.model} ({config.model_type}) from its config: {why[:200]}") from None
     if case.method.name != "full":
         zoo.family(config)  # adapters need to know where the projections are
     elif case.select != "none":
-        zoo.locate_layers(zoo.build_model(config, device="meta"))  # a policy needs the blocks
+        zoo.locate_layers(model)  # a policy needs the blocks
     backend = backends.resolve(case.backend)
     if backend == "cpu":
         _check_host_memory(case, config)

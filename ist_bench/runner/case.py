@@ -121,6 +121,8 @@ class Case:
                 raise choice_error(what, value, valid)
         raw = zoo.raw_config(self.model)
         policy = self.policy()
+        from ist_bench.selection import canonical_options   # the options as the row records them
+        self.select_opts = canonical_options(type(policy).Settings, self.select_opts, self.select)
         if policy.needs_adapters and not self.method.method.peft:
             raise UsageError(f"--select {self.select} scales each layer's PEFT output and --method {self.method.name} "
                              f"has none; use lora, dora, adalora, series or parallel")
@@ -145,7 +147,7 @@ class Case:
             raise UsageError("backend 'cuda' is not available: no CUDA GPU visible (use --backend sim or cpu)")
         if self.capacity is not None and self.backend == "cpu":
             raise UsageError("--capacity applies to the sim and cuda backends only")
-        parse_bytes(self.capacity)
+        parse_bytes(self.capacity, "--capacity", at_least=1 << 20)
 
     def _check_dist(self) -> None:
         if self.nproc is None:
@@ -170,6 +172,11 @@ class Case:
             raise choice_error("quantization", self.quant, QUANTS)
         if self.quant_compute_dtype not in QUANT_COMPUTE_DTYPES:
             raise choice_error("quantization compute dtype", self.quant_compute_dtype, QUANT_COMPUTE_DTYPES)
+        if self.quant == "none" and (self.double_quant or self.quant_compute_dtype != "bf16"):
+            raise UsageError("--double-quant and --quant-compute-dtype apply to a quantized base; give --quant "
+                             "nf4 or fp4")
+        if self.quant == "int8" and self.quant_compute_dtype != "bf16":
+            raise UsageError("--quant-compute-dtype applies to 4-bit bases (nf4, fp4), not --quant int8")
         if self.quant != "none":
             if self.method.name not in QUANT_METHODS:
                 raise UsageError(f"--quant {self.quant} freezes the base in {self.quant} and --method "

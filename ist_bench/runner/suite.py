@@ -79,6 +79,11 @@ def load_suite(path: str | Path, backend: str | None = None) -> Suite:
             cases.append(case)
     if not cases:
         raise UsageError(f"suite {path} has no cases")
+    if "time" in kinds:
+        sim = [c for c in cases if c.backend == "sim"]
+        if sim:
+            raise UsageError(f"suite {path} times {len(sim)} case(s) on sim (e.g. {sim[0].model} {sim[0].method.name}): "
+                             f"timing needs real compute; give them backend cuda (or cpu for small models)")
     return Suite(spec.name or path.stem, kinds, cases, timing)
 
 
@@ -97,8 +102,30 @@ def jobs(suite: Suite, busy_gpu: str = "refuse") -> list[dict]:
     that fault (see runner/worker.py)."""
     out = [{"kind": kind, "case": c.to_dict(), "busy_gpu": busy_gpu, **(suite.timing if kind == "time" else {})}
            for kind in suite.kinds for c in suite.cases]
-    for i, fault in json.loads(os.environ.get("IST_BENCH_FAULTS") or "{}").items():
-        out[int(i)]["fault"] = fault
+    for i, fault in _faults(len(out)).items():
+        out[i]["fault"] = fault
+    return out
+
+
+FAULTS = ("raise", "kill", "kill-mid-step", "hang", "invalid")
+
+
+def _faults(n_jobs: int) -> dict[int, str]:
+    """IST_BENCH_FAULTS, checked: a JSON mapping of job numbers (0 .. n-1) to fault names (runner/worker.py)."""
+    text = os.environ.get("IST_BENCH_FAULTS") or "{}"
+    usage = (f"IST_BENCH_FAULTS must be a JSON mapping of job numbers 0..{n_jobs - 1} to faults "
+             f"({', '.join(FAULTS)}), e.g. '{{\"0\": \"raise\"}}'")
+    try:
+        spec = json.loads(text)
+    except (ValueError, RecursionError):
+        raise UsageError(usage + "; it is not JSON") from None
+    if not isinstance(spec, dict):
+        raise UsageError(usage)
+    out = {}
+    for key, fault in spec.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and int(key) < n_jobs) or fault not in FAULTS:
+            raise UsageError(usage + f"; got {schema.show(key)}: {schema.show(fault)}")
+        out[int(key)] = fault
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ist_bench.errors import choice_error
-from ist_bench.selection.base import OPTIMIZER_STATES, LayerGate, SelectionPolicy, parse_options
+from ist_bench.selection.base import OPTIMIZER_STATES, LayerGate, SelectionPolicy, canonical_options, parse_options
 from ist_bench.selection.ila import ILA
 from ist_bench.selection.ist import IST, ISTCode
 from ist_bench.selection.lift import LIFT
@@ -33,4 +33,4 @@ def make_policy(name: str, options: dict[str, Any] | None = None, *, seed: int =
 
 
 __all__ = ["ILA", "IST", "LIFT", "LISA", "OPTIMIZER_STATES", "POLICIES", "RST", "ISTCode", "LayerGate",
-           "SelectionPolicy", "make_policy", "parse_options"]
+           "SelectionPolicy", "canonical_options", "make_policy", "parse_options"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -59,6 +60,11 @@ def fraction(policy: str, name: str, value: float, low_open: bool = True) -> Non
 def at_least(policy: str, name: str, value: float, low: float) -> None:
     if value < low:
         raise UsageError(f"--select {policy}: {name} must be >= {low:g}, got {value:g}")
+
+
+def at_most(policy: str, name: str, value: float, high: float) -> None:
+    if value > high:
+        raise UsageError(f"--select {policy}: {name} must be <= {high:g}, got {value:g}")
 
 
 def count(frac: float, n_layers: int) -> int:
@@ -128,6 +134,8 @@ class SelectionPolicy:
     def __init__(self, *, seed: int = 0, optimizer_state: str = "keep", **settings: Any):
         if optimizer_state not in OPTIMIZER_STATES:
             raise choice_error("optimizer-state policy", optimizer_state, OPTIMIZER_STATES)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise UsageError(f"--select {self.name}: seed must be an integer in [0, 2^32), got {seed!r}")
         self.settings = parse_settings(self.Settings, settings, self.name)
         self.seed, self.optimizer_state = seed, optimizer_state
         self.gate: LayerGate | None = None
@@ -170,6 +178,8 @@ class SelectionPolicy:
         selection. `active` forces a selection and `importance` forces a round (or none)."""
         if self.gate is None:
             raise RuntimeError(f"{type(self).__name__}.bind(model, optimizer) must be called before training")
+        if active != "select":
+            self.check_draw(active)
         if importance if importance is not None else self.importance_due(step):
             mark("importance_start", step)
             self.update_importance(step)
@@ -177,6 +187,30 @@ class SelectionPolicy:
         chosen = self.select(step) if active == "select" else active
         self.gate.apply(chosen)
         self.history.append({"step": step, "active": self.gate.active, **self.record()})
+
+    def check_draw(self, active) -> None:
+        """A forced selection is None (every layer) or distinct block indices of this model: a layer that does
+        not exist would freeze every block while the history said it trained."""
+        if active is None:
+            return
+        n = self.n_layers
+        ok = isinstance(active, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n
+                                                       for i in active)
+        if not ok or len(set(active)) != len(active):
+            raise UsageError(f"--select {self.name}: active must be None or distinct layer indices in 0..{n - 1}, "
+                             f"got {schema_show(active)}")
+
+    def check_state(self, state: dict, lengths: dict[str, int]) -> None:
+        """A state to resume from: a mapping whose vectors (`lengths`: key -> the length this model needs)
+        are that long and finite."""
+        if not isinstance(state, dict):
+            raise UsageError(f"--select {self.name}: a state is a mapping, got {schema_show(state)}")
+        for key, n in lengths.items():
+            v = state.get(key)
+            if not isinstance(v, list) or len(v) != n or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+                raise UsageError(f"--select {self.name}: state '{key}' must be {n} finite numbers (one per layer of "
+                                 f"this model), got {schema_show(v)}")
 
     def after_backward(self, step: int) -> None:
         """After backward, before the optimizer step (gradients are there)."""
@@ -362,33 +396,69 @@ def _to_device(batch: dict | None, model: nn.Module) -> dict | None:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+MAX_OPTION = 2**31 - 1     # no integer setting of a policy is larger (intervals, counts, warm-ups)
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def parse_settings(cls: type, values: dict, policy: str):
     """A policy's Settings from a dict of option strings (CLI) or typed values (suites, Python)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     typed = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise choice_error(f"option for --select {policy}", key, list(fields) or ["(none)"])
+    for key, value in canonical_options(cls, values, policy).items():
         typed[key] = _convert(value, str(fields[key].type), policy, key)
     settings = cls(**typed)
     settings.check(policy)
     return settings
 
 
+def canonical_options(cls: type, values: dict, policy: str) -> dict:
+    """The options as a case records them: an option string of the CLI read as YAML reads a number (`100`
+    an int, `0.5` a float; ASCII digits only: `５` or `1_0` would be stored as text that never pairs with
+    a suite's 5 or 10), a typed value as it is. Unknown names and malformed numbers are one line."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise choice_error(f"option for --select {policy}", key, list(fields) or ["(none)"])
+        kind = str(fields[key].type)
+        if isinstance(value, str) and kind in ("int", "float"):
+            text = value.strip()
+            if _INT.fullmatch(text):
+                value = int(text)
+            elif kind == "float" and _FLOAT.fullmatch(text):
+                value = float(text)
+            else:
+                raise UsageError(f"--select {policy}: {key} must be {'an integer' if kind == 'int' else 'a number'} "
+                                 f"in ASCII digits (e.g. {'10' if kind == 'int' else '0.5'}), got {value!r}")
+        out[key] = value
+    return out
+
+
 def _convert(value: Any, kind: str, policy: str, key: str):
     want = {"float": float, "int": int, "str": str}.get(kind, str)
-    if isinstance(value, bool) or (want is not str and isinstance(value, str) and not value.strip()):
+    if isinstance(value, bool) or (want is not str and isinstance(value, str)):
         raise UsageError(f"--select {policy}: {key} must be {kind}, got {value!r}")
     if want is str:
-        return str(value)
-    try:
-        if want is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value) if not isinstance(value, str) else int(value.strip())
-        return float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--select {policy}: {key} must be {kind}, got {value!r}") from None
+        if not isinstance(value, str):
+            raise UsageError(f"--select {policy}: {key} must be str, got {value!r}")
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"--select {policy}: {key} must be a finite number, got {value!r}")
+    if want is int:
+        if not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
+            raise UsageError(f"--select {policy}: {key} must be int, got {value!r}")
+        value = int(value)
+    elif not isinstance(value, (int, float)):
+        raise UsageError(f"--select {policy}: {key} must be float, got {value!r}")
+    if abs(value) > MAX_OPTION:
+        raise UsageError(f"--select {policy}: {key} must be at most {MAX_OPTION:,} in size, got {schema_show(value)}")
+    return want(value)
+
+
+def schema_show(value) -> str:
+    from ist_bench.schema import show
+    return show(value)
 
 
 def parse_options(text: str | None) -> dict[str, str]:

@@ -80,7 +80,10 @@ class ILA(SelectionPolicy):
         return {"importance": self.importance.tolist(), "kept": self.kept}
 
     def load_state_dict(self, state: dict) -> None:
-        self.importance, self.kept = np.array(state["importance"], dtype=float), state["kept"]
+        self.check_state(state, {"importance": self.n_layers})
+        if state.get("kept") is not None:
+            self.check_draw(state["kept"])
+        self.importance, self.kept = np.array(state["importance"], dtype=float), state.get("kept")
 
     def record(self) -> dict:
         return {"importance": self.importance.round(6).tolist()}

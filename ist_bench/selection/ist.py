@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ist_bench.errors import choice_error
-from ist_bench.selection.base import SelectionPolicy, at_least, count, fraction, rng
+from ist_bench.selection.base import SelectionPolicy, at_least, at_most, count, fraction, rng
 
 EVAL_DATA = ("fixed", "fresh")
 
@@ -55,8 +55,10 @@ class ISTSettings:
         fraction(policy, "beta", self.beta, low_open=False)
         at_least(policy, "interval", self.interval, 1)
         at_least(policy, "n_candidates", self.n_candidates, 2)   # one candidate's reward is always 0
+        at_most(policy, "n_candidates", self.n_candidates, 64)   # each is a forward of the held-out batch
         at_least(policy, "mu", self.mu, 0)
         at_least(policy, "eval_batch", self.eval_batch, 1)
+        at_most(policy, "eval_batch", self.eval_batch, 1024)
         if self.eval_data not in EVAL_DATA:
             raise choice_error(f"--select {policy} eval_data", self.eval_data, EVAL_DATA)
 
@@ -133,6 +135,7 @@ class IST(SelectionPolicy):
         return {"importance": self.importance.tolist(), "rounds": len(self.rounds)}
 
     def load_state_dict(self, state: dict) -> None:
+        self.check_state(state, {"importance": self.n_layers})
         self.importance = np.array(state["importance"], dtype=float)
 
 
