@@ -461,9 +461,8 @@ def _fit_nproc(args: argparse.Namespace, methods: list[str], selects: list[str],
 
     from ist_bench import fit
     from ist_bench.report.console import console
-    from ist_bench.units import human
-
     from ist_bench.schema import MAX_RANKS
+    from ist_bench.units import human
 
     nproc = args.nproc if args.nproc == "auto" else _int_arg("--nproc", args.nproc, "an integer >= 1 or auto")
     if nproc != "auto" and nproc > MAX_RANKS:

@@ -210,7 +210,18 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def append_rows(path: str | Path, rows) -> None:
-    """Append rows to `path`, each flushed and fsynced before the next (a crash loses none)."""
+    """Append rows to `path`, each flushed and fsynced before the next (a crash loses none). A result row
+    (one with a `case`) is checked against the row schema first: ist-bench never writes a row its own
+    reader would refuse (one such row makes the whole file unreadable to report, compare and --resume)."""
+    from ist_bench import schema
+
+    rows = list(rows)
+    for row in rows:
+        if isinstance(row, dict) and "case" in row and "status" in row:
+            try:
+                schema.check_row(row, "")
+            except UsageError as e:
+                raise UsageError(f"not writing a row to {path} that its reader would refuse: {e}") from None
     target = resolve_target(path)
     fd = _open_regular(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:

@@ -61,7 +61,7 @@ def test_config_json_with_bad_values_is_one_line(tmp_path, capsys, config, messa
 
 
 @pytest.mark.parametrize("yaml_text,message", [
-    ("grid: {select: [{name: rst, layers: abc}]}", "--select rst: layers must be float, got 'abc'"),
+    ("grid: {select: [{name: rst, layers: abc}]}", "--select rst: layers must be a number in ASCII digits (e.g. 0.5), got 'abc'"),
     ("grid: {select: [{layers: 0.5}]}", "a select mapping needs a policy name"),
     ("grid: {select_opts: [[1]]}", "select_opts must be dict, got [1]"),
     ("grid: {steps: ['3']}", "steps must be int, got '3'"),

@@ -345,10 +345,10 @@ def test_any_command_line_keeps_the_contract_and_writes_nothing_else(sandbox, ca
 # -- a few as real processes: what a user sees ----------------------------------------------------
 
 @pytest.mark.parametrize("argv,content,message", [
-    (["validate", "{f}"], (json.dumps(GOOD_ROW) + "\n").encode("utf-16"), "cannot read results file"),
+    (["validate", "{f}"], (json.dumps(GOOD_ROW) + "\n").encode("utf-16"), "is not an ist-bench result row (not UTF-8)"),
     (["validate", "{f}"], (json.dumps({**GOOD_ROW, "wall_s": 10**400}) + "\n").encode(), "within int64, got 10**400"),
     pytest.param(["memory", "--backend", "sim", "--select", "ist", "--select-opt", "mu=nan"], None,
-                 "mu must be a finite number", marks=pytest.mark.slow),   # imports torch: ~10 s
+                 "mu must be a number in ASCII digits", marks=pytest.mark.slow),   # imports torch: ~10 s
 ], ids=["utf16-rows", "10**400-row", "nan-option"])
 def test_a_real_process_answers_hostile_input_in_one_line(tmp_path, argv, content, message):
     path = tmp_path / "input"

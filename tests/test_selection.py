@@ -68,7 +68,7 @@ def test_fraction_is_validated_and_rounded_half_up():
     ("ist", {"beta": 1.2}, "--select ist: beta must be in [0, 1], got 1.2"),
     ("ist", {"beta": -0.1}, "--select ist: beta must be in [0, 1], got -0.1"),
     ("ist", {"interval": 0}, "--select ist: interval must be >= 1, got 0"),
-    ("ist", {"interval": "2.5"}, "--select ist: interval must be int, got '2.5'"),
+    ("ist", {"interval": "2.5"}, "--select ist: interval must be an integer in ASCII digits (e.g. 10), got '2.5'"),
     ("ist", {"n_candidates": 1}, "--select ist: n_candidates must be >= 2, got 1"),
     ("ist", {"gamma": 2}, "unknown option for --select ist 'gamma'; valid: layers, candidates, beta"),
     ("lisa", {"gamma": 0}, "--select lisa: gamma must be >= 1, got 0"),

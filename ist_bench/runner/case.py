@@ -121,7 +121,7 @@ class Case:
                 raise choice_error(what, value, valid)
         raw = zoo.raw_config(self.model)
         policy = self.policy()
-        from ist_bench.selection import canonical_options   # the options as the row records them
+        from ist_bench.selection import canonical_options  # the options as the row records them
         self.select_opts = canonical_options(type(policy).Settings, self.select_opts, self.select)
         if policy.needs_adapters and not self.method.method.peft:
             raise UsageError(f"--select {self.select} scales each layer's PEFT output and --method {self.method.name} "

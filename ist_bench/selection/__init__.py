@@ -12,7 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from ist_bench.errors import choice_error
-from ist_bench.selection.base import OPTIMIZER_STATES, LayerGate, SelectionPolicy, canonical_options, parse_options
+from ist_bench.selection.base import (
+    OPTIMIZER_STATES,
+    LayerGate,
+    SelectionPolicy,
+    canonical_options,
+    parse_options,
+)
 from ist_bench.selection.ila import ILA
 from ist_bench.selection.ist import IST, ISTCode
 from ist_bench.selection.lift import LIFT

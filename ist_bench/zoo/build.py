@@ -64,11 +64,11 @@ def load_config(name_or_path: str):
         raise UsageError(f"cannot build a config of model_type {model_type!r}: {why[:200]}") from None
     finally:
         logging.set_verbosity(verbosity)
+    schema.check_config(config, f"model config {name_or_path}: ")   # sizes in range, heads that divide
     layers = getattr(config, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
     if layers not in raw and "num_hidden_layers" not in raw:   # transformers would take its class default
         raise UsageError(f"model config {name_or_path} has no {layers} (the number of blocks): its class would "
                          f"default to {getattr(config, 'num_hidden_layers', '?')}; give it")
-    schema.check_config(config, f"model config {name_or_path}: ")   # sizes in range, heads that divide
     return config
 
 
