@@ -63,6 +63,9 @@ def _case_args(p: argparse.ArgumentParser, steps: int | None = None) -> None:
     p.add_argument("--dropout", type=float, default=m["dropout"], help=f"LoRA dropout (default {m['dropout']})")
     p.add_argument("--bottleneck", type=int, default=m["bottleneck"],
                    help=f"Series/Parallel adapter bottleneck (default {m['bottleneck']})")
+    p.add_argument("--target-modules", default=None, metavar="NAMES",
+                   help="LoRA/DoRA/AdaLoRA: peft's target_modules, comma-separated names (q_proj,v_proj) or "
+                        "all-linear (default: the paper's q,k,v,up,down, found in the model: docs/models.md)")
 
 
 def _case_from(args: argparse.Namespace):
@@ -71,7 +74,7 @@ def _case_from(args: argparse.Namespace):
     from ist_bench.selection import parse_options
 
     method = MethodSpec(name=args.method, r=args.r, alpha=args.alpha, dropout=args.dropout,
-                        bottleneck=args.bottleneck)
+                        bottleneck=args.bottleneck, target_modules=args.target_modules)
     return Case(model=args.model, method=method, select=args.select, select_opts=parse_options(args.select_opt),
                 optimizer_state=args.optimizer_state, backend=args.backend,
                 steps=args.steps, seq_len=args.seq_len, batch=args.batch, attn=args.attn,
@@ -421,6 +424,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return _fit_nproc(args, methods, selects, start)
     tgt, answers = fit.fit(args.model, args.gpu, methods, selects, granularity=args.granularity,
+                           target_modules=args.target_modules,
                            batch_len=args.batch_len, dtype=args.dtype, attn=args.attn,
                            grad_checkpointing=args.grad_checkpointing, optimizer_state=args.optimizer_state,
                            quant=args.quant, double_quant=args.double_quant,
@@ -837,6 +841,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", default="llama-7b", help="zoo name or config.json (default llama-7b)")
     p.add_argument("--gpu", required=True, help=f"a card ({', '.join(CARDS)}) or a size such as 40GiB")
     p.add_argument("--method", default="lora", help="comma-separated methods (default lora)")
+    p.add_argument("--target-modules", default=None, metavar="NAMES",
+                   help="the LoRA family's peft target_modules (comma-separated, or all-linear; default: the paper's)")
     p.add_argument("--select", default="none,ist", help="comma-separated policies (default none,ist)")
     p.add_argument("--granularity", type=int, default=256, help="length step in tokens (default 256)")
     p.add_argument("--batch-len", type=int, default=1024, help="length at which the batch is searched (1024)")

@@ -84,10 +84,12 @@ class Answer:
     max_batch: int | None = None          # largest batch that fits at batch_len
     over_by: int | None = None            # when nothing fits: estimate + margin - usable at the shortest length
     probes: dict = field(default_factory=dict)   # seq_len -> estimated peak (batch 1)
+    target_modules: str | None = None
 
     @property
     def label(self) -> str:
-        return case_label({"method": {"name": self.method}, "select": self.select})
+        label = case_label({"method": {"name": self.method}, "select": self.select})
+        return label + (f" targets={self.target_modules}" if self.target_modules else "")
 
 
 class Fitter:
@@ -188,7 +190,7 @@ def _dominant(at_peak: dict) -> str:
 
 
 def fit(model: str, gpu: str, methods: list[str], selects: list[str], granularity: int = 256,
-        batch_len: int = 1024, **case_kw) -> tuple[Target, list[Answer]]:
+        batch_len: int = 1024, target_modules: str | None = None, **case_kw) -> tuple[Target, list[Answer]]:
     from ist_bench.methods import MethodSpec
 
     if granularity < 2:   # a length is a multiple of it, and a step takes at least 2 tokens
@@ -199,17 +201,24 @@ def fit(model: str, gpu: str, methods: list[str], selects: list[str], granularit
     if batch_len < 2:
         raise UsageError(f"--batch-len must be >= 2, got {batch_len}")
     tgt = target(gpu)
-    bases = [Case(model=model, method=MethodSpec(name=method), select=select, backend="sim", steps=0,
-                  **case_kw).check() for method in methods for select in selects]   # every input before any search
+    bases = [Case(model=model, method=MethodSpec(name=method, target_modules=_targets(method, target_modules)),
+                  select=select, backend="sim", steps=0, **case_kw).check()
+             for method in methods for select in selects]   # every input before any search
     answers = []
     for base in bases:
         f = Fitter(base, tgt, granularity)
-        a = Answer(base.method.name, base.select, fits=False, granularity=granularity)
+        a = Answer(base.method.name, base.select, fits=False, granularity=granularity,
+                   target_modules=base.method.target_modules)
         f.seq_len(a)
         f.batch(a, min(batch_len, f.max_len))
         a.probes = {str(k[0]): v["peak"] for k, v in sorted(f.cache.items()) if k[1] == 1}
         answers.append(a)
     return tgt, answers
+
+
+def _targets(method: str, target_modules: str | None) -> str | None:
+    """--target-modules applies to the LoRA family only: the other methods of a comma list place their own."""
+    return target_modules if method in ("lora", "dora", "adalora") else None
 
 
 WORLD_SIZES = (1, 2, 4, 8, 16, 32, 64)

@@ -572,3 +572,30 @@ def test_ist_code_candidate_sets_of_a_round_are_distinct():
     few.heldout_loss = lambda scaled, factor: 1.0
     few.update_importance(10)
     assert sorted(map(tuple, few.rounds[0]["candidates"]))[:2] == [(0,), (1,)]
+
+
+def test_beta_zero_is_a_valid_suppression_and_ila_breaks_ties_toward_the_lower_layers():
+    """beta lies in [0, 1] (the paper's Table 11 sweeps 0); ILA freezes the least important layers, the
+    lower first among equals (a stable sort)."""
+    assert IST(beta=0.0).settings.beta == 0.0
+    with pytest.raises(UsageError, match=r"beta must be in \[0, 1\], got -0.1"):
+        IST(beta=-0.1)
+    policy = unbound(ILA(warmup=1, freeze=0.25), 40)      # 10 of 40 frozen; numpy's quicksort is not stable
+    policy.importance[:] = np.tile([1.0, 2.0], 20)       # here: a tie among 20 layers of importance 1
+    assert policy.select(5) == sorted(set(range(40)) - {0, 2, 4, 6, 8, 10, 12, 14, 16, 18})
+
+
+def test_something_below_the_blocks_that_trains_sends_backward_through_every_block():
+    """Not only the input embeddings: GPT-2's position embeddings, trainable with everything else frozen."""
+    import copy
+
+    from ist_bench.selection import LISA
+
+    model = zoo.build_model(zoo.load_config("tiny-gpt2"), device="cpu", dtype=torch.float32)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in zoo.locate_layers(model).parameters():
+        p.requires_grad_(True)
+    assert not LISA().bind(copy.deepcopy(model), None).grad_below
+    model.transformer.wpe.weight.requires_grad_(True)
+    assert LISA().bind(model, None).grad_below is True

@@ -75,8 +75,16 @@ def cuda_kernels():
         # which meta cannot answer; ours never do (each row is 0..T-1), so the GPU's answer is None.
         return None if position_ids.is_meta else packed(position_ids)
 
+    autocast = torch.autocast
+
+    class meta_autocast(autocast):
+        # peft's fused-expert LoRA (ParamWrapper) opens `torch.autocast(device_type=weight.device.type, enabled=False)`;
+        # the meta device has no autocast state to read: the CPU's stands in (disabled, it changes nothing)
+        def __init__(self, device_type, *args, **kwargs):
+            super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
+
     with (mock.patch.object(F, "dropout", cuda_dropout), mock.patch.object(F, "scaled_dot_product_attention", cuda_sdpa),
-          mock.patch.object(F, "softmax", cuda_softmax),
+          mock.patch.object(F, "softmax", cuda_softmax), mock.patch.object(torch, "autocast", meta_autocast),
           mock.patch.object(masking, "find_packed_sequence_indices", unpacked_on_meta)):
         yield
 

@@ -10,6 +10,7 @@ q,k,v,up,down; Series/Parallel bottleneck 256 on the MLP.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -37,6 +38,8 @@ class MethodSpec:
     adalora_init_r: int = 12
     adalora_target_r: int = 8
     total_steps: int = 1    # AdaLoRA's schedule needs it
+    target_modules: str | None = None   # LoRA family: peft's target_modules (comma-separated names, or all-linear);
+                                        # None: the paper's placement, found by zoo/structure.py
 
     def __post_init__(self):
         if self.name not in METHODS:
@@ -46,6 +49,12 @@ class MethodSpec:
                 raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.target_modules is not None:
+            names = [t.strip() for t in str(self.target_modules).split(",")]
+            if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,80}", t) for t in names) or len(names) > 64:
+                raise UsageError(f"--target-modules takes comma-separated module names (q_proj,v_proj) or all-linear, "
+                                 f"got {str(self.target_modules)[:80]!r}")
+            self.target_modules = ",".join(names)
 
     @property
     def method(self) -> Method:
@@ -54,7 +63,7 @@ class MethodSpec:
     def settings(self) -> dict:
         """The knobs that matter for this method (recorded in each result)."""
         d = asdict(self)
-        return {"name": self.name, **{k: d[k] for k in self.method.knobs}}
+        return {"name": self.name, **{k: d[k] for k in self.method.knobs if k != "target_modules" or d[k] is not None}}
 
 
 def apply_method(model: nn.Module, spec: MethodSpec) -> nn.Module:

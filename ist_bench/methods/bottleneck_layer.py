@@ -29,22 +29,26 @@ class BottleneckAdapter(nn.Module):
 
 
 class AdaptedLinear(nn.Module):
-    """A frozen projection (nn.Linear or GPT-2's Conv1D) with a bottleneck adapter around it."""
+    """A frozen projection (nn.Linear or GPT-2's Conv1D), or a whole module mapping the hidden size to itself
+    (an MoE: `width` given), with a bottleneck adapter around it."""
 
-    def __init__(self, base: nn.Module, mode: str, bottleneck: int):
+    def __init__(self, base: nn.Module, mode: str, bottleneck: int, width: tuple[int, int] | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} not in {MODES}")
-        d_in, d_out = features(base)
+        d_in, d_out = width or features(base)
         width = {"series_in": (d_in, d_in), "series_out": (d_out, d_out), "parallel": (d_in, d_out)}[mode]
         self.base, self.mode = base, mode
-        self.adapter = BottleneckAdapter(*width, bottleneck, device=base.weight.device)
+        device = next(base.parameters()).device
+        self.adapter = BottleneckAdapter(*width, bottleneck, device=device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args, **kwargs):
         if self.mode == "series_in":
-            return self.base(x + self.adapter(x))
-        h = self.base(x)
-        return h + self.adapter(h if self.mode == "series_out" else x)
+            return self.base(x + self.adapter(x), *args, **kwargs)
+        out = self.base(x, *args, **kwargs)
+        h, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)   # an MoE may return its router logits
+        h = h + self.adapter(h if self.mode == "series_out" else x)
+        return h if rest is None else (h, *rest)
 
 
 def features(module: nn.Module) -> tuple[int, int]:
@@ -56,18 +60,25 @@ def features(module: nn.Module) -> tuple[int, int]:
     raise TypeError(f"cannot adapt {type(module).__name__}: not a Linear or Conv1D")
 
 
-def inject(model: nn.Module, placements: dict[str, str], bottleneck: int) -> nn.Module:
-    """Wrap, in every block, the modules at `placements` ({'mlp.up_proj': 'series_in', ...}).
+def inject(model: nn.Module, placements, bottleneck: int) -> nn.Module:
+    """Wrap, in every block, the modules `placements(kind)` names for the block's kind ({'mlp.up_proj':
+    'series_in', ...}; `path#out`: that module again, outside the first wrapper). Everything else is
+    frozen; only the adapters train."""
+    from ist_bench.zoo.structure import discover
 
-    Everything else is frozen; only the adapters train.
-    """
+    s = discover(model)
+    hidden = getattr(model.config, "hidden_size", None)
     for p in model.parameters():
         p.requires_grad_(False)
-    for block in locate_layers(model):
-        for path, mode in placements.items():
+    for i, block in enumerate(locate_layers(model)):
+        kind = s.kinds[s.kind_of[i]]
+        for place, mode in placements(kind).items():
+            path = place.split("#")[0]
             parent_path, _, name = path.rpartition(".")
             parent = block.get_submodule(parent_path) if parent_path else block
-            setattr(parent, name, AdaptedLinear(getattr(parent, name), mode, bottleneck))
+            base = getattr(parent, name)
+            width = None if kind.moe is None else (hidden, hidden)
+            setattr(parent, name, AdaptedLinear(base, mode, bottleneck, width))
     return model
 
 

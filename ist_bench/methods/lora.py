@@ -21,30 +21,56 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def _targets(model: nn.Module) -> list[str]:
-    from ist_bench.zoo import family
+def targets(model: nn.Module, spec) -> dict:
+    """peft's target_modules (and target_parameters: fused expert weights) for this model: `--target-modules`
+    where given (names, or all-linear), else the paper's placement the structure finds (zoo/structure.py)."""
+    from ist_bench.zoo.structure import discover
 
-    return list(family(model.config).lora)
+    s = discover(model)
+    if spec.target_modules:
+        if spec.target_modules == "all-linear":
+            return {"target_modules": "all-linear"}
+        return {"target_modules": spec.target_modules.split(",")}
+    out = {"target_modules": s.lora_modules()}
+    if s.lora_parameters():
+        out["target_parameters"] = s.lora_parameters()
+    return out
+
+
+def _as_named(spec):
+    """peft renames the targets of some MoE families from transformers 4's names to 5's (an adapter trained on
+    4 then loads), and refuses an `up_proj` without its `gate_proj` there. The placement ist-bench finds is in
+    transformers 5's own names already (a dense or shared MLP's `up_proj` is not an expert's): no renaming."""
+    import contextlib
+    from unittest import mock
+
+    if spec.target_modules:
+        return contextlib.nullcontext()
+    return mock.patch("peft.utils.transformers_weight_conversion.convert_peft_config_for_transformers",
+                      lambda *args, **kwargs: None)
 
 
 def _fan_in_fan_out(model: nn.Module) -> bool:
     # GPT-2 stores its projections as Conv1D (weight in x out); peft must be told.
-    return model.config.model_type == "gpt2"
+    from ist_bench.zoo.structure import discover
+
+    return discover(model).conv1d
 
 
 class Lora(Method):
     name = "lora"
     description = "LoRA (peft) on q,k,v,up,down"
-    knobs = ("r", "alpha", "dropout")
+    knobs = ("r", "alpha", "dropout", "target_modules")
     use_dora = False
 
     def apply(self, model: nn.Module, spec) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                            target_modules=_targets(model), fan_in_fan_out=_fan_in_fan_out(model),
-                            use_dora=self.use_dora, task_type="CAUSAL_LM")
-        return get_peft_model(model, config)
+                            fan_in_fan_out=_fan_in_fan_out(model), use_dora=self.use_dora, task_type="CAUSAL_LM",
+                            **targets(model, spec))
+        with _as_named(spec):
+            return get_peft_model(model, config)
 
 
 class Dora(Lora):
@@ -56,16 +82,16 @@ class Dora(Lora):
 class AdaLora(Method):
     name = "adalora"
     description = "AdaLoRA (peft) on q,k,v,up,down, with its rank allocation after each step"
-    knobs = ("adalora_init_r", "adalora_target_r", "alpha", "dropout", "total_steps")
+    knobs = ("adalora_init_r", "adalora_target_r", "alpha", "dropout", "total_steps", "target_modules")
 
     def apply(self, model: nn.Module, spec) -> nn.Module:
         from peft import AdaLoraConfig, get_peft_model
 
         config = AdaLoraConfig(init_r=spec.adalora_init_r, target_r=spec.adalora_target_r, lora_alpha=spec.alpha,
-                               lora_dropout=spec.dropout, target_modules=_targets(model),
-                               fan_in_fan_out=_fan_in_fan_out(model), total_step=max(spec.total_steps, 1),
-                               task_type="CAUSAL_LM")
-        peft_model = get_peft_model(model, config)
+                               lora_dropout=spec.dropout, fan_in_fan_out=_fan_in_fan_out(model),
+                               total_step=max(spec.total_steps, 1), task_type="CAUSAL_LM", **targets(model, spec))
+        with _as_named(spec):
+            peft_model = get_peft_model(model, config)
         # peft 0.21 re-wraps `ranknum` (a constant: the current rank) in a fresh nn.Parameter when it
         # casts it to the base layer's dtype, which makes it trainable; AdamW would then move it.
         for name, p in peft_model.named_parameters():

@@ -19,7 +19,7 @@ KNOB_LABELS = {"batch": "batch={}", "attn": "{}", "grad_checkpointing": "ckpt", 
 # The method's own knobs that change bytes (AdaLoRA's total_steps moves its schedule, not a byte).
 METHOD_KNOBS = {"r": ("r={}", 32), "alpha": ("alpha={}", 64), "dropout": ("dropout={}", 0.05),
                 "bottleneck": ("bottleneck={}", 256), "adalora_init_r": ("init_r={}", 12),
-                "adalora_target_r": ("target_r={}", 8)}
+                "adalora_target_r": ("target_r={}", 8), "target_modules": ("targets={}", None)}
 
 
 def column(case: dict) -> str:

@@ -24,6 +24,7 @@ from ist_bench.measure.tracker import storage_bytes
 from ist_bench.methods import apply_method
 from ist_bench.runner.case import Case, check_positions
 from ist_bench.selection import SelectionPolicy
+from ist_bench.zoo.structure import discover
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -39,10 +40,8 @@ def resolve(case: Case) -> Case:
     except Exception as e:
         why = " ".join(f"{type(e).__name__}: {e}".split())
         raise UsageError(f"cannot build {case.model} ({config.model_type}) from its config: {why[:200]}") from None
-    if case.method.name != "full":
-        zoo.family(config)  # adapters need to know where the projections are
-    elif case.select != "none":
-        zoo.locate_layers(model)  # a policy needs the blocks
+    structure = discover(model)   # the blocks and where the method goes; refuses a model without them
+    case = _placement(case, structure, model)
     backend = backends.resolve(case.backend)
     if backend == "cpu":
         _check_host_memory(case, config)
@@ -58,6 +57,42 @@ def resolve(case: Case) -> Case:
     TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
                  mode=case.data_mode, seed=case.seed)
     return dataclasses.replace(case, backend=backend, method=method)
+
+
+LORA_FAMILY = ("lora", "dora", "adalora")
+
+
+def _placement(case: Case, structure, model) -> Case:
+    """Where the method goes on this model, checked: `--target-modules` names what exists in the blocks (not
+    the LM head); on an MoE whose experts are fused 3-D weights, LoRA adapts them through peft's
+    `target_parameters`, which takes no dropout (so the case's dropout is 0, and the row says so), and
+    DoRA and AdaLoRA, which peft cannot put there, are refused unless --target-modules leaves the experts out."""
+    name, targets = case.method.name, case.method.target_modules
+    if targets is not None and name not in LORA_FAMILY:
+        raise UsageError(f"--target-modules applies to lora, dora and adalora (peft's target_modules); --method {name} "
+                         f"places its own modules")
+    if targets and targets != "all-linear":
+        wanted = [t.strip() for t in targets.split(",")]
+        names = [n for n, _ in model.named_modules()]
+        head = getattr(model.get_output_embeddings(), "__class__", None) if hasattr(model, "get_output_embeddings") else None
+        for t in wanted:
+            hits = [n for n in names if n == t or n.endswith("." + t)]
+            if not hits:
+                leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n.count(".") >= 2} - {""}, key=str)
+                leaves = [x for x in leaves if not x.isdigit()]
+                raise UsageError(f"--target-modules {t!r} matches no module of {case.model} ({structure.model_type}); "
+                                 f"its blocks hold e.g. {', '.join(leaves[:12])}")
+            if head is not None and any(model.get_submodule(h) is model.get_output_embeddings() for h in hits):
+                raise UsageError(f"--target-modules {t!r} matches the LM head of {case.model}; ist-bench adapts the "
+                                 f"transformer blocks (their layers are what the policies select)")
+    if name in LORA_FAMILY and targets is None and structure.lora_parameters():
+        if name != "lora":
+            raise UsageError(f"--method {name} on {case.model} ({structure.model_type}): its experts are fused 3-D "
+                             f"weights, which peft adapts only with plain LoRA (target_parameters); use --method lora, "
+                             f"or --target-modules {','.join(structure.lora_modules())} to leave the experts out")
+        if case.method.dropout:
+            case = dataclasses.replace(case, method=dataclasses.replace(case.method, dropout=0.0))
+    return case
 
 
 def _check_host_memory(case: Case, config) -> None:

@@ -23,8 +23,7 @@ SUMMARY = Path(__file__).parent / "summary.json"
 UNBOUNDED_MAX_LEN = 32768   # the longest --seq-len taken for a model without a position limit (ALiBi)
 POSITION_KEYS = ("max_position_embeddings", "n_positions")
 
-_BUILD = ("load_config", "build_model", "count_parameters", "locate_layers", "family", "FAMILIES", "Family",
-          "max_positions", "check_attention")
+_BUILD = ("load_config", "build_model", "count_parameters", "locate_layers", "max_positions", "check_attention")
 
 
 def __getattr__(name: str):

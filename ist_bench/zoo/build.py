@@ -1,51 +1,14 @@
 """From a config to a model: transformers' config class, the model with random weights on any device
-(meta: nothing allocated), its parameter count, and where its blocks and projections are."""
+(meta: nothing allocated), its parameter count; where its blocks and projections are is zoo/structure.py's."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ist_bench import schema
-from ist_bench.errors import UsageError, choice_error
+from ist_bench.errors import UsageError
 from ist_bench.zoo import POSITION_KEYS, names, raw_config
-
-
-@dataclass(frozen=True)
-class Family:
-    """Where a model family keeps its blocks and the projections the paper adapts.
-
-    Module names are suffixes inside one transformer block. `lora` follows the paper
-    (q, k, v, up, down); `gate` is None for MLPs without a gate.
-    """
-
-    layers: str
-    lora: tuple[str, ...]
-    up: str
-    down: str
-    gate: str | None = None
-
-
-_LLAMA = Family("model.layers", ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj"),
-                up="mlp.up_proj", down="mlp.down_proj", gate="mlp.gate_proj")
-FAMILIES: dict[str, Family] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "gemma": _LLAMA,
-    "gemma2": _LLAMA,
-    # Phi-3 fuses q,k,v into qkv_proj and gate,up into gate_up_proj: the paper's placements map onto them
-    "phi3": Family("model.layers", ("qkv_proj", "gate_up_proj", "down_proj"), up="mlp.gate_up_proj",
-                   down="mlp.down_proj"),
-    "gpt2": Family("transformer.h", ("c_attn", "mlp.c_fc", "mlp.c_proj"), up="mlp.c_fc", down="mlp.c_proj"),
-    "gptj": Family("transformer.h", ("q_proj", "k_proj", "v_proj", "mlp.fc_in", "mlp.fc_out"),
-                   up="mlp.fc_in", down="mlp.fc_out"),
-    "opt": Family("model.decoder.layers", ("q_proj", "k_proj", "v_proj", "fc1", "fc2"), up="fc1", down="fc2"),
-    "bloom": Family("transformer.h", ("query_key_value", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
-                    up="mlp.dense_h_to_4h", down="mlp.dense_4h_to_h"),
-}
 
 
 def load_config(name_or_path: str):
@@ -91,13 +54,6 @@ def max_positions(config) -> int | None:
     return None
 
 
-def family(config) -> Family:
-    try:
-        return FAMILIES[config.model_type]
-    except KeyError:
-        raise choice_error("model family", config.model_type, sorted(FAMILIES)) from None
-
-
 def build_model(config, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                 seed: int = 0, attn: str = "eager") -> nn.Module:
     """A causal LM with random weights and no KV cache; eager attention is the paper's setting.
@@ -115,27 +71,10 @@ def build_model(config, *, dtype: torch.dtype = torch.bfloat16, device: str | to
 
 
 def locate_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks, through any PEFT wrapping.
+    """The list of transformer blocks, through any PEFT or FSDP wrapping (zoo/structure.py finds it)."""
+    from ist_bench.zoo.structure import locate_layers as locate
 
-    Known families are found by their path; any other model by its only ModuleList of
-    `num_hidden_layers` same-typed blocks.
-    """
-    config = getattr(model, "config", None)
-    n_layers = getattr(config, "num_hidden_layers", None)
-    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    fam = FAMILIES.get(getattr(config, "model_type", None))
-    if fam is not None:
-        for name, m in lists:
-            if name == fam.layers or name.endswith("." + fam.layers):
-                return m
-    blocks = [m for _, m in lists
-              if (n_layers is None or len(m) == n_layers) and len({type(c) for c in m}) == 1]
-    if len(blocks) == 1:
-        return blocks[0]
-    raise UsageError(
-        f"cannot locate the transformer blocks of {type(model).__name__}: "
-        f"{len(blocks)} candidate ModuleLists of {n_layers} layers; known families: {', '.join(sorted(FAMILIES))}"
-    )
+    return locate(model)
 
 
 def count_parameters(config) -> int:
