@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -691,18 +692,27 @@ def _to_stdout(args: argparse.Namespace) -> bool:
     return "-" in (getattr(args, "json", None), getattr(args, "markdown", None), getattr(args, "junit", None))
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:,.2f}B" if n >= 1e9 else f"{n / 1e6:,.1f}M"
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ist_bench import zoo
     from ist_bench.report.console import console
 
-    table = Table(title="ist-bench model zoo (published configs, random weights)", title_justify="left")
-    for col in ("name", "family", "layers", "hidden", "params", "positions"):
-        table.add_column(col, justify="left" if col in ("name", "family") else "right")
-    for name, m in zoo.summary().items():
-        table.add_row(name, m["family"], str(m["layers"]), str(m["hidden"]), f"{m['params'] / 1e6:,.1f}M",
-                      str(m["positions"] or "-"))
+    table = Table(title="ist-bench model zoo (published configs, random weights); any other config.json works "
+                        "too (docs/models.md)", title_justify="left", box=None)
+    for col in ("name", "family", "kind", "layers", "hidden", "params", "active", "positions"):
+        table.add_column(col, justify="left" if col in ("name", "family", "kind") else "right", no_wrap=True)
+    def natural(name: str) -> list:  # gemma3-4b before gemma3-12b
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+    for name, m in sorted(zoo.summary().items(), key=lambda item: natural(item[0])):
+        moe = "active_params" in m
+        table.add_row(name, m["family"], "MoE" if moe else "dense", str(m["layers"]), str(m["hidden"]),
+                      _count(m["params"]), _count(m["active_params"]) if moe else "", str(m["positions"] or "-"))
     console.print(table)
     return 0
 
@@ -915,8 +925,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the model zoo").set_defaults(func=cmd_models)
     sub.add_parser("methods", help="list methods and selection policies").set_defaults(func=cmd_methods)
     return parser
-
-
 
 
 EXIT_CODES = ("exit codes: 0 done (every case ok or oom); 1 some cases failed, or `compare` found a regression; "

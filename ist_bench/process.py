@@ -25,7 +25,9 @@ import os
 import sys
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+           # transformers' own advice (a fallback kernel, an unused config key) would be lines on our stderr
+           "TRANSFORMERS_VERBOSITY": "error"}
 BNB = "bitsandbytes"
 
 # Availability probes the libraries cache (functools.lru_cache) once asked: (module, function).

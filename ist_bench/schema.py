@@ -257,7 +257,7 @@ class ModelShape(BaseModel):
 
     num_hidden_layers: int = _size(MAX_LAYERS)
     hidden_size: int = _size(MAX_HIDDEN)
-    num_attention_heads: int = _size(MAX_HIDDEN)
+    num_attention_heads: int | None = _size(MAX_HIDDEN, optional=True)   # a state-space model has none
     num_key_value_heads: int | None = _size(MAX_HIDDEN, optional=True)
     vocab_size: int = _size(MAX_VOCAB)
     intermediate_size: int | None = _size(4 * MAX_HIDDEN, optional=True)
@@ -266,6 +266,8 @@ class ModelShape(BaseModel):
 
     @model_validator(mode="after")
     def _heads(self):
+        if self.num_attention_heads is None:
+            return self
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size "
                              f"({self.hidden_size})")

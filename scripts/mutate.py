@@ -93,7 +93,7 @@ def candidates(node: ast.AST):
                 yield "compare", make
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
         yield "unary", lambda: (copy.deepcopy(node.operand), _text(node), _text(node.operand))
-    if isinstance(node, ast.Constant) and not isinstance(node.value, (str, bytes)) and node.value is not None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (bool, int, float)):
         v = node.value
         new_v = (not v) if isinstance(v, bool) else v + 1 if isinstance(v, int) else (v * 2 if v else 1.0)
         yield "constant", lambda: (ast.Constant(new_v), repr(v), repr(new_v))

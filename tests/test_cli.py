@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,7 +35,8 @@ def test_memory_prints_a_table_and_writes_the_json_row(tmp_path, capsys):
 def test_models_and_methods_list_what_exists(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "llama-13b" in out and "6,738.4M" in out
+    assert "llama-13b" in out and "6.74B" in out
+    assert re.search(r"mixtral-8x7b\s+mixtral\s+MoE .* 46\.70B\s+12\.88B", out)  # total and active parameters
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "series" in out and "rst" in out

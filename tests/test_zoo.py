@@ -1,10 +1,13 @@
 import json
+from pathlib import Path
 
 import pytest
 from torch import nn
 
 from ist_bench import zoo
 from ist_bench.errors import UsageError
+
+CONFIGS = Path(__file__).parent / "configs"
 
 PUBLISHED = {  # (layers, hidden, params) from the published model cards
     "gpt2-small": (12, 768, 124.4e6),
@@ -141,3 +144,134 @@ def test_an_attention_the_models_class_does_not_offer_is_one_line(capsys):
     assert main(["memory", "--model", "gemma2-9b", "--attn", "sdpa"]) == 2
     err = capsys.readouterr().err
     assert "--attn sdpa: gemma2-9b (gemma2) has no SDPA attention" in err and len(err.splitlines()) == 1
+
+
+# -- structure discovery (zoo/structure.py) ------------------------------------------------------------------
+# The placements the old hand-kept family table gave (paper: LoRA on q, k, v, up, down; Series on the MLP's up
+# input and down output; Parallel beside up and gate): discovery must find exactly these.
+PAPER_PLACEMENTS = {
+    "tiny-llama": ("model.layers", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj",
+                                    "mlp.down_proj"], "mlp.up_proj", "mlp.down_proj", "mlp.gate_proj"),
+    "tiny-gpt2": ("transformer.h", ["attn.c_attn", "mlp.c_fc", "mlp.c_proj"], "mlp.c_fc", "mlp.c_proj", None),
+    "phi3-mini": ("model.layers", ["self_attn.qkv_proj", "mlp.gate_up_proj", "mlp.down_proj"], "mlp.gate_up_proj",
+                  "mlp.down_proj", None),
+    "bloomz-7b1": ("transformer.h", ["self_attention.query_key_value", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"],
+                   "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", None),
+    "gemma2-9b": ("model.layers", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj",
+                                   "mlp.down_proj"], "mlp.up_proj", "mlp.down_proj", "mlp.gate_proj"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PLACEMENTS))
+def test_discovery_finds_the_papers_placements(name):
+    from ist_bench.zoo.structure import discover
+
+    s = discover(zoo.build_model(zoo.load_config(name), device="meta"))
+    layers, lora, up, down, gate = PAPER_PLACEMENTS[name]
+    assert s.layers == layers and s.lora_modules() == lora and len(s.kinds) == 1
+    k = s.kinds[0]
+    assert (k.up, k.down, k.gate) == (up, down, gate)
+    assert s.conv1d == (name == "tiny-gpt2") and not s.is_moe
+
+
+@pytest.mark.parametrize("model_type,extra,qkv,output", [
+    ("opt", {"num_hidden_layers": 2, "hidden_size": 32, "ffn_dim": 64, "num_attention_heads": 2,
+             "word_embed_proj_dim": 32}, ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"], "self_attn.out_proj"),
+    ("gptj", {"n_layer": 2, "n_embd": 32, "n_head": 2, "rotary_dim": 8},
+     ["attn.k_proj", "attn.v_proj", "attn.q_proj"], "attn.out_proj"),
+    ("gpt_neox", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+     ["attention.query_key_value"], "attention.dense"),
+    ("falcon", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2},
+     ["self_attention.query_key_value"], "self_attention.dense"),
+])
+def test_discovery_of_families_no_table_listed(tmp_path, model_type, extra, qkv, output):
+    """OPT keeps its MLP's fc1/fc2 on the block itself; GPT-J, Pythia and Falcon have names of their own."""
+    from ist_bench.zoo.structure import discover
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": model_type, "vocab_size": 64, **extra}))
+    s = discover(zoo.build_model(zoo.load_config(str(path)), device="meta"))
+    k = s.kinds[0]
+    assert sorted(k.qkv) == sorted(qkv) and k.output == output
+    assert k.up and k.down and k.up != k.down
+
+
+def test_discovery_of_a_mixture_of_experts_and_of_deepseeks_mixed_blocks():
+    from ist_bench.zoo.structure import discover
+
+    mixtral = discover(zoo.build_model(zoo.load_config(str(CONFIGS / "tiny-mixtral.json")), device="meta"))
+    assert mixtral.is_moe and mixtral.lora_modules() == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+    assert mixtral.lora_parameters() == ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    assert mixtral.kinds[0].moe.router == "mlp.gate"
+    ds = discover(zoo.build_model(zoo.load_config(str(CONFIGS / "tiny-deepseek-v3.json")), device="meta"))
+    assert ds.kind_of == (0, 1, 1, 1) and ds.kinds[0].moe is None and ds.kinds[1].moe.shared == ("mlp.shared_experts",)
+    assert ds.kinds[0].qkv == ("self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.kv_a_proj_with_mqa",
+                               "self_attn.kv_b_proj")   # multi-head latent attention: every projection but o_proj
+    assert "mlp.shared_experts.up_proj" in ds.lora_modules() and "mlp.up_proj" in ds.lora_modules()
+
+
+@pytest.mark.parametrize("method,select", [("lora", "ist"), ("series", "ist"), ("parallel", "rst"), ("full", "lisa")])
+def test_every_method_and_policy_runs_on_a_mixture_of_experts(method, select):
+    from ist_bench.methods import MethodSpec
+    from ist_bench.runner.case import Case
+    from ist_bench.runner.memory import measure_memory
+
+    case = Case(model=str(CONFIGS / "tiny-mixtral.json"), method=MethodSpec(name=method), select=select,
+                backend="sim", seq_len=64, steps=2).check()
+    row = measure_memory(case)
+    assert row["status"] == "ok", row.get("traceback")
+    if method == "lora":   # fused experts take peft's ParamWrapper, which takes no dropout
+        assert case.method.dropout == 0.0 and row["settings"]["structure"]["lora_parameters"]
+    if method == "series":
+        assert row["trainable_params"] == 4 * 2 * 2 * 64 * 256   # two adapters (64 -> 256 -> 64) around each MoE
+
+
+def test_dora_on_fused_experts_is_refused_in_one_line_and_runs_on_attention(capsys):
+    from ist_bench.cli import main
+
+    path = str(CONFIGS / "tiny-mixtral.json")
+    assert main(["memory", "--model", path, "--method", "dora", "--steps", "0", "--seq-len", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "fused 3-D weights" in err and "--target-modules self_attn.q_proj" in err and err.count("\n") == 1
+    assert main(["memory", "--model", path, "--method", "dora", "--steps", "0", "--seq-len", "64",
+                 "--target-modules", "q_proj,v_proj"]) == 0
+
+
+@pytest.mark.parametrize("targets,message", [
+    ("nope", "--target-modules 'nope' matches no module of tiny-llama (llama)"),
+    ("lm_head", "--target-modules 'lm_head' matches the LM head of tiny-llama"),
+    ("q_proj;v", "--target-modules takes comma-separated module names"),
+])
+def test_target_modules_that_match_nothing_or_the_head_are_one_line(capsys, targets, message):
+    from ist_bench.cli import main
+
+    assert main(["memory", "--model", "tiny-llama", "--target-modules", targets, "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_target_modules_choose_what_lora_adapts_and_label_the_cell():
+    from ist_bench.methods import MethodSpec
+    from ist_bench.report.cells import column
+    from ist_bench.runner.case import Case
+    from ist_bench.runner.memory import measure_memory
+
+    rows = {t: measure_memory(Case(model="tiny-llama", method=MethodSpec(name="lora", target_modules=t), backend="sim",
+                                   seq_len=64, steps=0).check()) for t in (None, "q_proj,v_proj", "all-linear")}
+    r = 32   # tiny-llama: 4 layers, hidden 64, key/value width 32
+    assert rows["q_proj,v_proj"]["trainable_params"] == 4 * r * ((64 + 64) + (64 + 32))
+    assert rows["all-linear"]["trainable_params"] > rows[None]["trainable_params"] > rows["q_proj,v_proj"]["trainable_params"]
+    assert column(rows["q_proj,v_proj"]["case"]) == "lora seq=64 targets=q_proj,v_proj"
+    assert column(rows[None]["case"]) == "lora seq=64"
+
+
+def test_a_model_sim_cannot_run_is_refused_with_the_reason(tmp_path, capsys):
+    """A forward that reads tensor values (BERT as a causal LM without is_decoder: its mask asks .item())."""
+    from ist_bench.cli import main
+
+    path = tmp_path / "bert.json"
+    path.write_text(json.dumps({"model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2,
+                                "num_attention_heads": 2, "intermediate_size": 64}))
+    assert main(["memory", "--model", str(path), "--steps", "0", "--seq-len", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "sim cannot run" in err and "(bert)" in err and err.count("\n") == 1

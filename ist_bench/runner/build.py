@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import traceback
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from ist_bench.measure.tracker import storage_bytes
 from ist_bench.methods import apply_method
 from ist_bench.runner.case import Case, check_positions
 from ist_bench.selection import SelectionPolicy
-from ist_bench.zoo.structure import discover
+from ist_bench.zoo.structure import describe, discover
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -41,6 +42,10 @@ def resolve(case: Case) -> Case:
         why = " ".join(f"{type(e).__name__}: {e}".split())
         raise UsageError(f"cannot build {case.model} ({config.model_type}) from its config: {why[:200]}") from None
     structure = discover(model)   # the blocks and where the method goes; refuses a model without them
+    if backends.resolve(case.backend) == "sim" and structure.forward_error:
+        raise UsageError(f"sim cannot run {case.model} ({structure.model_type}): its forward needs tensor values that "
+                         f"meta tensors do not hold ({structure.forward_error[:120]}); measure it with --backend cuda "
+                         f"or cpu")
     case = _placement(case, structure, model)
     backend = backends.resolve(case.backend)
     if backend == "cpu":
@@ -60,6 +65,19 @@ def resolve(case: Case) -> Case:
 
 
 LORA_FAMILY = ("lora", "dora", "adalora")
+
+
+def structure_of(model: str, attn: str = "eager"):
+    """The structure of a zoo name or config path, found on a meta build (cached per process, by the
+    config's content: a file rewritten between two cases is another config)."""
+    import json
+
+    return _structure(json.dumps(zoo.raw_config(model), sort_keys=True), model, attn)
+
+
+@functools.lru_cache(maxsize=8)
+def _structure(content: str, model: str, attn: str):
+    return discover(zoo.build_model(zoo.load_config(model), device="meta", attn=attn))
 
 
 def _placement(case: Case, structure, model) -> Case:
@@ -140,6 +158,8 @@ def build(case: Case, wrap=None) -> Built:
                                       compute_dtype=case.quant_compute_dtype, dtype=TORCH_DTYPES[case.dtype], device=device,
                                       seed=case.seed, attn=case.attn)
         prepared = quant.prepare(model, case.grad_checkpointing)
+    # the structure as found on meta (the forward's call order is traced there), the same on every device
+    model._ist_structure = structure_of(case.model, case.attn)
     n_params = sum(_numel(p) for p in model.parameters())
     # the base model's weights as they lie in memory (a quantized base: packed weights and their state)
     base_weights = storage_bytes([*model.parameters(), *quant.state_tensors(model)])
@@ -196,6 +216,8 @@ def build(case: Case, wrap=None) -> Built:
             "optimizer_state": case.optimizer_state,
             "device": str(device),
             **batches.describe(),
+            "structure": describe(model._ist_structure if hasattr(model, "_ist_structure")
+                                  else structure_of(case.model, case.attn)),
         },
         "selection": {"policy": policy.describe(), "n_active": policy.n_active},
     }

@@ -89,9 +89,32 @@ def summarize() -> dict[str, dict]:
     out = {}
     for name in names():
         cfg = load_config(name)
+        total, active = parameters(cfg)
         out[name] = {"family": cfg.model_type, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
-                     "params": count_parameters(cfg), "positions": max_positions(cfg)}
+                     "params": total, "positions": max_positions(cfg)}
+        if active != total:
+            out[name]["active_params"] = active
     return out
+
+
+def parameters(config) -> tuple[int, int]:
+    """(total, active per token) parameters: a mixture of experts uses num_experts_per_tok of its routed
+    experts for a token (the fused expert weights' first dimension is the expert)."""
+    from ist_bench.zoo.structure import discover
+
+    model = build_model(config, device="meta")
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    s = discover(model)
+    k = getattr(config, "num_experts_per_tok", None)
+    idle = 0
+    for i, block in enumerate(locate_layers(model)):
+        moe = s.kinds[s.kind_of[i]].moe
+        if moe is not None and k:
+            experts = block.get_submodule(moe.experts)
+            for p in experts.parameters(recurse=False):
+                if p.dim() == 3:
+                    idle += p.numel() * (1 - k / p.shape[0])
+    return total, int(total - idle)
 
 
 def write_summary() -> None:

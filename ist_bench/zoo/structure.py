@@ -23,7 +23,7 @@ one line naming its type and what was found.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -81,7 +81,7 @@ class Structure:
     kinds: tuple[BlockKind, ...]    # the distinct kinds of block
     kind_of: tuple[int, ...]        # block i is kinds[kind_of[i]]
     conv1d: bool = False            # GPT-2's Conv1D projections (weight stored in x out): fan_in_fan_out
-    notes: tuple[str, ...] = field(default=())
+    forward_error: str | None = None   # why a forward on meta failed (sim cannot run such a model), if it did
 
     @property
     def is_moe(self) -> bool:
@@ -118,7 +118,7 @@ def discover(model: nn.Module) -> Structure:
         return cached
     config = getattr(model, "config", None)
     layers_path, layers = _blocks(model, config)
-    order = _call_order(model, layers)
+    order, failed = _call_order(model, layers)
     groups: dict[tuple, int] = {}
     kinds: list[BlockKind] = []
     kind_of = []
@@ -131,7 +131,7 @@ def discover(model: nn.Module) -> Structure:
     conv1d = any(type(m).__name__ == "Conv1D" for m in layers.modules())
     leaves = frozenset(n.rsplit(".", 1)[-1] for n, _ in layers.named_modules())
     model_type = getattr(config, "model_type", type(model).__name__)
-    s = Structure(model_type, layers_path, len(layers), tuple(kinds), tuple(kind_of), conv1d, (), leaves)
+    s = Structure(model_type, layers_path, len(layers), tuple(kinds), tuple(kind_of), conv1d, failed, leaves)
     if not any(k.qkv or k.up or k.moe for k in s.kinds):
         raise UsageError(f"{model_type}: no attention projection and no MLP found in its blocks "
                          f"({type(layers[0]).__name__}: {_children(layers[0])}); ist-bench adapts transformer blocks")
@@ -179,12 +179,16 @@ def _fused_experts(m: nn.Module) -> list[str]:
     return [n for n, p in m.named_parameters(recurse=False) if p.dim() == 3]
 
 
-def _call_order(model: nn.Module, layers: nn.ModuleList) -> dict[nn.Module, int]:
+def _call_order(model: nn.Module, layers: nn.ModuleList) -> tuple[dict[nn.Module, int], str | None]:
     """The order in which a forward on meta first calls each linear (and fused-experts module) of the
-    blocks; empty where the forward cannot run on meta (the names and shapes decide alone then)."""
+    blocks, and why such a forward failed if it did (the names and shapes decide alone then; and sim,
+    which runs the step on meta, cannot run this model)."""
     order: dict[nn.Module, int] = {}
+    failed = None
     watched = [m for m in layers.modules() if _is_linear(m) or _fused_experts(m)]
-    hooks = [m.register_forward_pre_hook(lambda mod, args: order.setdefault(mod, len(order))) for m in watched]
+    def called(mod, args) -> None:   # a pre-hook that returns something replaces the module's inputs
+        order.setdefault(mod, len(order))
+    hooks = [m.register_forward_pre_hook(called) for m in watched]
     try:
         device = next(model.parameters()).device
         if device.type == "meta":
@@ -192,12 +196,13 @@ def _call_order(model: nn.Module, layers: nn.ModuleList) -> dict[nn.Module, int]
             with torch.no_grad():
                 model(input_ids=ids, attention_mask=torch.ones_like(ids),
                       position_ids=torch.arange(8, device="meta").unsqueeze(0))
-    except Exception:   # a model whose forward needs values; the names and shapes decide then
+    except Exception as e:   # a model whose forward needs values; the names and shapes decide then
         order.clear()
+        failed = " ".join(f"{type(e).__name__}: {e}".split())[:160]
     finally:
         for h in hooks:
             h.remove()
-    return order
+    return order, failed
 
 
 def _sub(block: nn.Module, names: tuple[str, ...], cls_words: tuple[str, ...]) -> str | None:
