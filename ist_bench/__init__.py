@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 # `main`, the worker's `main`; pyproject.toml's filterwarnings for the tests), never around call sites.
 THIRD_PARTY_WARNINGS = (
     "`is_gradient_checkpointing` is deprecated",   # peft calls a transformers 5 property that warns on every model
+    "`gradient_checkpointing_enable` is deprecated",   # peft's prepare_model_for_kbit_training (a quantized base)
     # torch's inductor modules, imported when bitsandbytes (which peft imports once installed) sets up its
     # torch.compile'd kernels at import
     "`torch.jit.script_method` is deprecated",

@@ -123,9 +123,9 @@ def validate(schema, data: Any, where: str, label=lambda name: name):
         raise usage_error(e, where, schema if isinstance(schema, type) else None, data, label) from None
 
 
-def bounded(value: Any, depth: int = 0, path: str = "") -> str | None:
-    """Where (a dotted path) `value` holds a number that is not finite or not within int64, or nests
-    deeper than MAX_DEPTH; None if nowhere."""
+def bounded(value: Any, depth: int = 0, path: str = "", infinite: bool = False) -> str | None:
+    """Where (a dotted path) `value` holds a number that is not finite (`infinite`: NaN) or not within int64,
+    or nests deeper than MAX_DEPTH; None if nowhere."""
     if depth > MAX_DEPTH:
         return f"{path.split('.')[0] or 'the value'} nests deeper than {MAX_DEPTH} levels"
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -133,10 +133,12 @@ def bounded(value: Any, depth: int = 0, path: str = "") -> str | None:
     if isinstance(value, int):
         return None if -MAX_INT <= value <= MAX_INT else f"{path} must be a number within int64, got {show(value)}"
     if isinstance(value, float):
-        return None if math.isfinite(value) else f"{path} must be a finite number, got {value}"
+        if infinite and math.isinf(value):
+            return None
+        return None if math.isfinite(value) else f"{path} must be a {'number' if infinite else 'finite number'}, got {value}"
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, v in items:
-        found = bounded(v, depth + 1, f"{path}.{_key(key)}" if path else _key(key))
+        found = bounded(v, depth + 1, f"{path}.{_key(key)}" if path else _key(key), infinite)
         if found:
             return found
     return None
@@ -249,6 +251,9 @@ def _size(cap: int, optional: bool = False):
     return Field(None if optional else ..., ge=1, le=cap)
 
 
+_Width = Annotated[int, Field(ge=1, le=4 * MAX_HIDDEN)]
+
+
 class ModelShape(BaseModel):
     """The sizes of a transformers config (read from its attributes: GPT-2's n_layer is
     num_hidden_layers) that decide a model's memory; anything else is the family's own business."""
@@ -260,7 +265,7 @@ class ModelShape(BaseModel):
     num_attention_heads: int | None = _size(MAX_HIDDEN, optional=True)   # a state-space model has none
     num_key_value_heads: int | None = _size(MAX_HIDDEN, optional=True)
     vocab_size: int = _size(MAX_VOCAB)
-    intermediate_size: int | None = _size(4 * MAX_HIDDEN, optional=True)
+    intermediate_size: _Width | Annotated[list[_Width], Field(max_length=MAX_LAYERS)] | None = None  # a list: per layer (Gemma 3n)
     max_position_embeddings: int | None = _size(MAX_POSITIONS, optional=True)
     head_dim: int | None = _size(MAX_HIDDEN, optional=True)
 

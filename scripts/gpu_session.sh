@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement the committed results come from, in parts that fit one device call each.
-# Run from the repo root on the lent GPU box: IST_BENCH_GIT_COMMIT=<sha> scripts/gpu_session.sh A|B|C|D
+# Run from the repo root on the lent GPU box: IST_BENCH_GIT_COMMIT=<sha> scripts/gpu_session.sh A|B|C|D|E
 # Rows, logs and a tarball go to $OUT.
 set -u
 . scripts/device-env.sh
@@ -45,7 +45,23 @@ D)  # (a later session) fit's batch answers and the 64 GiB Series case; three mo
         > "$out/r/compare-ci-$k.txt"; echo "compare exit $?"; tail -4 "$out/r/compare-ci-$k.txt"
     done
     ;;
-*)  echo "usage: scripts/gpu_session.sh A|B|C|D"; exit 2 ;;
+E)  # issue 28: the new models and MoE, cuda beside sim on this host's torch and transformers (sim on the CPU
+    # while the GPU runs); the 60-step MoE steady check; issue 26 item 16 (Gemma-2 + SDPA) is the suite's last
+    card=$(python3 -c "import torch; n=torch.cuda.get_device_name(0); print('h200' if 'H200' in n else 'h100')")
+    log "sim ($card host)"
+    ( ist run suites/models.yaml --backend sim --jobs 6 --out "$out/r/models-sim-$card.jsonl" --timeout 500 \
+        > "$out/r/models-sim.log" 2>&1 ) &
+    log models;       ist run suites/models.yaml --out "$out/r/models-$card.jsonl" --timeout 240 | tail -22
+    log steady-moe;   ist run suites/steady-moe.yaml --out "$out/r/steady-moe-$card.jsonl" --timeout 240 | tail -3
+    log "gemma2 sdpa (issue 26 item 16)"   # refused in one line where this transformers has no SDPA for Gemma-2
+    for b in cuda sim; do
+      ist memory --model gemma2-9b --method lora --attn sdpa --steps 0 --backend $b --json "$out/r/gemma2-sdpa-$card.jsonl" 2>&1 | tail -2
+    done
+    wait; tail -3 "$out/r/models-sim.log"
+    python3 scripts/steady_check.py "$out/r/steady-moe-$card.jsonl"
+    ist validate "$out/r/models-$card.jsonl" "$out/r/models-sim-$card.jsonl" --markdown "$out/r/models-$card.md" | tail -25
+    ;;
+*)  echo "usage: scripts/gpu_session.sh A|B|C|D|E"; exit 2 ;;
 esac
 tar -C "$out" -czf "$out/results-$1.tgz" r
 log done

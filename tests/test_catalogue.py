@@ -9,9 +9,10 @@ from ist_bench.cli import main
 
 ROW = {"schema": 1, "kind": "memory", "case": {"model": "m", "method": {"name": "lora"}}, "status": "ok",
        "memory": {"summary": {"peak": {"first": 1, "max": 1}}}}
-JAMBA = {"model_type": "jamba", "num_hidden_layers": 4, "hidden_size": 64, "intermediate_size": 128,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "attn_layer_period": 2,
-         "attn_layer_offset": 1, "expert_layer_period": 100, "num_experts": 1}
+# BART's causal LM is its decoder (3 blocks) while num_hidden_layers names the encoder's 2: no list of 2 blocks
+BART = {"model_type": "bart", "vocab_size": 64, "d_model": 32, "encoder_layers": 2, "decoder_layers": 3,
+        "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64}
+XLM = {"model_type": "xlm", "vocab_size": 64, "emb_dim": 32, "n_layers": 2, "n_heads": 2, "max_position_embeddings": 2048}   # asks .item() of lengths
 FILES = {
     "gird.yaml": "name: x\ngird:\n  model: [tiny-llama]\n",
     "empty.yaml": "",
@@ -21,7 +22,8 @@ FILES = {
     "broken.jsonl": "{\"schema\": 1, \"case\"\n" + json.dumps(ROW) + "\n",
     "nomodeltype.json": json.dumps({"hidden_size": 64}),
     "malformed.json": "{\"model_type\": ",
-    "jamba.json": json.dumps(JAMBA),
+    "bart.json": json.dumps(BART),
+    "xlm.json": json.dumps(XLM),
     "alpaca.json": json.dumps([{"instruction": "x", "input": "", "output": "y"}]),
     "ok.jsonl": json.dumps(ROW) + "\n",
     "nostatus.jsonl": json.dumps({k: v for k, v in ROW.items() if k != "status"}) + "\n",
@@ -74,9 +76,9 @@ CATALOGUE = [
     (["memory", "--backend", "cpu", "--model", "llama-13b"], "llama-13b on --backend cpu needs about"),
     (["memory", "--model", "{nomodeltype.json}"], "no 'model_type' key"),
     (["memory", "--model", "{malformed.json}"], "malformed config file"),
-    (["memory", "--model", "{jamba.json}", "--method", "full", "--select", "rst"],
-     "cannot locate the transformer blocks of JambaForCausalLM"),
-    (["memory", "--model", "{jamba.json}", "--method", "lora"], "unknown model family 'jamba'; valid: bloom, gemma"),
+    (["memory", "--model", "{bart.json}", "--method", "full", "--select", "rst"],
+     "cannot locate the transformer blocks of bart: no list of 2 blocks"),
+    (["memory", "--model", "{xlm.json}", "--method", "lora"], "sim cannot run"),
     (["memory", "--capacity", "80"], "cannot read '80' as a size"),
     (["memory", "--json", "{tmp}"], "cannot write results to"),
     (["time", "--backend", "cpu", "--model", "tiny-llama", "--rounds", "0", "--compare-select", "none,rst"],

@@ -119,6 +119,19 @@ def test_no_step_or_draw_of_a_policy_peaks_above_its_steady_step(select, opts, m
     assert_bounded(row, row["memory"]["steps"] + row["memory"]["probes"])
 
 
+INTERLEAVED = str(Path(__file__).parent / "configs" / "tiny-interleaved-moe.json")   # MoE blocks 0, 2; dense 1, 3
+
+
+@pytest.mark.parametrize("select", ["lisa", "rst", pytest.param("lift", marks=pytest.mark.slow)])
+def test_blocks_of_different_weights_put_the_heaviest_among_the_candidates(select):
+    """MoE blocks between dense ones train more bytes: LISA's worst draw of two is [0, 2] (layer 0 and the heavier
+    MoE block), not [0, 3] at the top (it once reported 1.9% under that draw)."""
+    row = row_of(model=INTERLEAVED, select=select, steps=6, probe=True)
+    assert_bounded(row, row["memory"]["steps"] + row["memory"]["probes"])
+    if select == "lisa":
+        assert steady_of(row)["active_layers"] == [0, 2]
+
+
 @pytest.mark.parametrize("select", ["rst", *(pytest.param(p, marks=pytest.mark.slow) for p in ("lift", "ila", "lisa"))])
 def test_sample_mode_no_step_or_draw_peaks_above_steady(select, tokenizer_file):
     row = row_of(tokenizer_file, select=select, select_opts={"warmup": 2} if select == "ila" else {},

@@ -6,6 +6,8 @@ from torch import nn
 
 from ist_bench import zoo
 from ist_bench.errors import UsageError
+from ist_bench.methods import MethodSpec
+from ist_bench.runner.case import Case
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -266,12 +268,129 @@ def test_target_modules_choose_what_lora_adapts_and_label_the_cell():
 
 
 def test_a_model_sim_cannot_run_is_refused_with_the_reason(tmp_path, capsys):
-    """A forward that reads tensor values (BERT as a causal LM without is_decoder: its mask asks .item())."""
+    """A forward that reads tensor values beyond a mask check (XLM asks `.item()` of its lengths)."""
     from ist_bench.cli import main
 
-    path = tmp_path / "bert.json"
-    path.write_text(json.dumps({"model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2,
-                                "num_attention_heads": 2, "intermediate_size": 64}))
+    path = tmp_path / "xlm.json"
+    path.write_text(json.dumps({"model_type": "xlm", "vocab_size": 64, "emb_dim": 32, "n_layers": 2, "n_heads": 2}))
     assert main(["memory", "--model", str(path), "--steps", "0", "--seq-len", "32"]) == 2
     err = capsys.readouterr().err
-    assert "sim cannot run" in err and "(bert)" in err and err.count("\n") == 1
+    assert "sim cannot run" in err and "(xlm)" in err and "--backend cuda or cpu" in err and err.count("\n") == 1
+
+
+def _tiny(tmp_path, model_type: str, **extra) -> str:
+    from ist_bench.zoo.sweep import shrink
+
+    path = tmp_path / f"{model_type}.json"
+    path.write_text(json.dumps({**shrink(model_type), **extra}, default=str))
+    return str(path)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "qwen3_next", "lfm2"])
+def test_a_mask_check_is_answered_as_the_gpu_answers_an_unpadded_batch(tmp_path, model_type):
+    """BERT's `padding_mask.all()` and linear attention's `torch.all(mask == 1)` read values meta does not
+    hold; sim answers True (ist-bench's batches are never padded): these once were refused."""
+    from ist_bench.runner.memory import measure_memory
+
+    row = measure_memory(Case(model=_tiny(tmp_path, model_type), method=MethodSpec(name="lora"), select="ist",
+                              backend="sim", seq_len=32, steps=0).check())
+    assert row["status"] == "ok", row.get("error")
+
+
+def test_the_mask_answer_is_only_for_whole_reductions_of_masks():
+    import torch
+
+    from ist_bench.measure.sim import cuda_kernels
+
+    with cuda_kernels():
+        assert bool(torch.all(torch.ones(3, 4, dtype=torch.long, device="meta") == 1))
+        assert bool(torch.ones(3, 4, dtype=torch.bool, device="meta").all())
+        assert torch.all(torch.zeros(2, 3, device="meta")).is_meta              # floating point: a value, not a mask
+        assert torch.ones(3, 4, dtype=torch.bool, device="meta").all(dim=1).is_meta   # per row: left to meta
+        assert not bool(torch.all(torch.tensor([1, 0]) == 1))                  # real tensors keep their values
+    assert torch.all(torch.ones(2, dtype=torch.bool, device="meta")).is_meta   # outside sim: torch's own
+
+
+def test_a_multimodal_config_adapts_its_language_model(tmp_path):
+    """Gemma 3 as published: sizes under text_config; the vision tower is built (loading the checkpoint
+    would load it) and frozen, the language model's blocks are what LoRA adapts and IST selects."""
+    from ist_bench.runner.build import structure_of
+    from ist_bench.runner.memory import measure_memory
+    from ist_bench.zoo import raw_positions, raw_text
+
+    path = _tiny(tmp_path, "gemma3")
+    raw = json.loads(open(path).read())
+    assert "num_hidden_layers" not in raw and raw_text(raw)["num_hidden_layers"] == 2
+    assert raw_positions(raw) == raw["text_config"]["max_position_embeddings"]
+    s = structure_of(path)
+    assert s.n_layers == 2 and "language_model" in s.layers
+    row = measure_memory(Case(model=path, method=MethodSpec(name="lora"), select="ist", backend="sim", seq_len=32,
+                              steps=0).check())
+    assert row["status"] == "ok" and row["params"] > row["trainable_params"] > 0
+
+
+def test_a_state_space_model_takes_lora_and_refuses_bottleneck_adapters_in_one_line(tmp_path, capsys):
+    """Mamba: no attention, no MLP, no experts (its conv1d's 3-D kernel is no expert stack): LoRA adapts the
+    mixer's input projections; Series has no MLP to sit on and says so."""
+    from ist_bench.cli import main
+    from ist_bench.runner.build import structure_of
+
+    path = _tiny(tmp_path, "mamba")
+    s = structure_of(path)
+    assert not s.is_moe and s.lora_modules() == ["mixer.in_proj", "mixer.x_proj", "mixer.dt_proj"]
+    assert main(["memory", "--model", path, "--method", "lora", "--steps", "0", "--seq-len", "32"]) == 0
+    capsys.readouterr()
+    assert main(["memory", "--model", path, "--method", "series", "--steps", "0", "--seq-len", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "no MLP" in err and "MambaBlock" in err and "--method lora" in err and err.count("\n") == 1
+
+
+def test_published_config_forms_are_taken(tmp_path):
+    """Mamba-2's time_step_limit [0, Infinity], LongCat-Flash's num_layers (pairs of blocks), Gemma 3n's
+    per-layer intermediate_size: as published, not refused (NaN still is)."""
+    from ist_bench.zoo import load_config, raw_config
+
+    p = tmp_path / "inf.json"
+    p.write_text(json.dumps({"model_type": "mamba2", "time_step_limit": [0.0, float("inf")], "num_hidden_layers": 2}))
+    assert raw_config(str(p))["time_step_limit"][1] == float("inf")
+    p.write_text(json.dumps({"model_type": "mamba2", "time_step_limit": [0.0, float("nan")], "num_hidden_layers": 2}))
+    with pytest.raises(UsageError, match="time_step_limit.1 must be a number"):
+        raw_config(str(p))
+    assert load_config(_tiny(tmp_path, "longcat_flash")).num_hidden_layers == 2
+    import types
+
+    from ist_bench import schema
+
+    shape = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=512)
+    schema.check_config(types.SimpleNamespace(**shape, intermediate_size=[128, 256]), "")
+    with pytest.raises(UsageError, match="intermediate_size"):
+        schema.check_config(types.SimpleNamespace(**shape, intermediate_size=[128, 0]), "")
+
+
+def test_a_linear_whose_output_is_not_its_width_is_not_adapted(tmp_path):
+    """DeepSeek-V4's grouped o_a_proj is an nn.Linear mapping each of g groups: peft's LoRA update would not
+    fit it (once a broadcast error); discovery sees its output on the meta forward and leaves it out."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    from ist_bench.runner.build import structure_of
+
+    if "deepseek_v4" not in CONFIG_MAPPING_NAMES:
+        pytest.skip("this transformers has no DeepSeek-V4")
+    s = structure_of(_tiny(tmp_path, "deepseek_v4"))
+    assert "self_attn.o_a_proj" not in s.lora_modules() and "self_attn.q_a_proj" in s.lora_modules()
+
+
+@pytest.mark.slow
+def test_the_sweep_of_every_causal_lm_type_finds_no_error(tmp_path):
+    """Every model type transformers registers for causal LM, built tiny: none ends in an error (a
+    traceback or a failure of ours); the families users bring today run LoRA and Series + IST on sim."""
+    from ist_bench.zoo.sweep import main
+
+    out = tmp_path / "models.jsonl"
+    assert main(["--out", str(out)]) == 0
+    rows = {r["model_type"]: r for r in map(json.loads, out.read_text().splitlines()[1:])}
+    assert not [t for t, r in rows.items() if r["status"] == "error"]
+    for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "qwen3_next", "qwen3_5", "gemma2",
+              "gemma3", "gemma3_text", "phi", "phi3", "falcon", "olmo2", "olmoe", "deepseek_v3", "gpt_oss",
+              "granitemoe", "llama4", "gpt2", "gptj", "gpt_neox", "opt", "bloom", "jamba"):
+        assert rows[t]["status"] == "ok", (t, rows[t])

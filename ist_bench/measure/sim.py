@@ -1,19 +1,23 @@
 """What `sim` needs to stand in for a CUDA step on the meta device.
 
 The step runs the real model, PEFT and selection code on meta tensors: shapes and dtypes
-(hence bytes) are real, nothing is computed. Three things differ from a GPU and are
+(hence bytes) are real, nothing is computed. Four things differ from a GPU and are
 corrected here, explicitly:
 
-1. Kernel choices. On CUDA, `F.dropout` (0 < p < 1, training) runs the fused `native_dropout`,
+1. Values. A meta tensor has none, so a model's check of its mask (is every token unmasked? are the
+   positions one packed sequence?) is answered as the GPU answers it for ist-bench's batches, which
+   are never padded or packed (`cuda_kernels`); a forward that needs other values cannot run on sim
+   (zoo/structure.py finds out on the model's first meta forward, and the case is refused).
+2. Kernel choices. On CUDA, `F.dropout` (0 < p < 1, training) runs the fused `native_dropout`,
    which saves a 1-byte bool mask for backward. On CPU and meta, it multiplies by a noise
    tensor in the input's dtype and saves that (2x the bytes for bf16, 4x for fp32).
    `cuda_kernels` routes dropout to `native_dropout` so meta saves what CUDA saves, and SDPA
    to the attention op CUDA picks (the meta fallback would save the attention weights).
    Kernels' own temporaries (scratch the allocator hands an op while it runs, which no tensor
    of the op holds) are modelled by `cuda_scratch`, from measurements on the H200.
-2. Fused AdamW. torch refuses `fused=True` on meta in a Python-level device check only;
+3. Fused AdamW. torch refuses `fused=True` on meta in a Python-level device check only;
    the fused kernel has a meta implementation. `fused_adam_on_meta` skips that check.
-3. The caching allocator. It hands out blocks rounded up to 512 B, and a request served by
+4. The caching allocator. It hands out blocks rounded up to 512 B, and a request served by
    a block that it does not split (<= 1 MiB would remain) books the whole block, so what a
    step books depends on what is cached: measure/allocator.py replays the allocator over the
    run. cuBLAS takes a workspace through the allocator on the first matmul of each handle
@@ -75,6 +79,21 @@ def cuda_kernels():
         # which meta cannot answer; ours never do (each row is 0..T-1), so the GPU's answer is None.
         return None if position_ids.is_meta else packed(position_ids)
 
+    tensor_all, all_ = torch.Tensor.all, torch.all
+
+    def unpadded_all(input, *args, **kwargs):
+        # "is every token unmasked?" (BERT's padding check, linear attention's `torch.all(mask == 1)`) reads
+        # a value meta does not hold; ist-bench's batches are never padded, so the GPU's answer is True. Only
+        # a whole reduction of a mask (no dim, not floating point) is answered; anything else runs as before.
+        if input.is_meta and not args and not kwargs and not input.dtype.is_floating_point:
+            return torch.ones((), dtype=torch.bool)
+        return all_(input, *args, **kwargs)
+
+    def unpadded_tensor_all(self, *args, **kwargs):
+        if self.is_meta and not args and not kwargs and not self.dtype.is_floating_point:
+            return torch.ones((), dtype=torch.bool)
+        return tensor_all(self, *args, **kwargs)
+
     autocast = torch.autocast
 
     class meta_autocast(autocast):
@@ -85,7 +104,8 @@ def cuda_kernels():
 
     with (mock.patch.object(F, "dropout", cuda_dropout), mock.patch.object(F, "scaled_dot_product_attention", cuda_sdpa),
           mock.patch.object(F, "softmax", cuda_softmax), mock.patch.object(torch, "autocast", meta_autocast),
-          mock.patch.object(masking, "find_packed_sequence_indices", unpacked_on_meta)):
+          mock.patch.object(masking, "find_packed_sequence_indices", unpacked_on_meta),
+          mock.patch.object(torch, "all", unpadded_all), mock.patch.object(torch.Tensor, "all", unpadded_tensor_all)):
         yield
 
 

@@ -42,6 +42,14 @@ class AdaptedLinear(nn.Module):
         device = next(base.parameters()).device
         self.adapter = BottleneckAdapter(*width, bottleneck, device=device)
 
+    def __getattr__(self, name: str):
+        # a model that reads its projection's own attributes (`down_proj.weight.dtype`, RWKV rescaling
+        # `value.weight` in place) reads the wrapped module's
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("base"), name)
+
     def forward(self, x: torch.Tensor, *args, **kwargs):
         if self.mode == "series_in":
             return self.base(x + self.adapter(x), *args, **kwargs)
@@ -67,7 +75,7 @@ def inject(model: nn.Module, placements, bottleneck: int) -> nn.Module:
     from ist_bench.zoo.structure import discover
 
     s = discover(model)
-    hidden = getattr(model.config, "hidden_size", None)
+    hidden = s.hidden
     for p in model.parameters():
         p.requires_grad_(False)
     for i, block in enumerate(locate_layers(model)):

@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ist_bench.errors import UsageError
 from ist_bench.methods.base import Method
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ def targets(model: nn.Module, spec) -> dict:
         if spec.target_modules == "all-linear":
             return {"target_modules": "all-linear"}
         return {"target_modules": spec.target_modules.split(",")}
+    if not s.lora_modules() and not s.lora_parameters():
+        raise UsageError(f"{s.model_type}: no attention projection or MLP linear found for LoRA in its blocks "
+                         f"(at {s.layers}); name them with --target-modules (or all-linear)")
     out = {"target_modules": s.lora_modules()}
     if s.lora_parameters():
         out["target_parameters"] = s.lora_parameters()

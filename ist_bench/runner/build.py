@@ -43,8 +43,8 @@ def resolve(case: Case) -> Case:
         raise UsageError(f"cannot build {case.model} ({config.model_type}) from its config: {why[:200]}") from None
     structure = discover(model)   # the blocks and where the method goes; refuses a model without them
     if backends.resolve(case.backend) == "sim" and structure.forward_error:
-        raise UsageError(f"sim cannot run {case.model} ({structure.model_type}): its forward needs tensor values that "
-                         f"meta tensors do not hold ({structure.forward_error[:120]}); measure it with --backend cuda "
+        raise UsageError(f"sim cannot run {case.model} ({structure.model_type}): its forward fails on meta tensors, "
+                         f"which hold no values ({structure.forward_error[:120]}); measure it with --backend cuda "
                          f"or cpu")
     case = _placement(case, structure, model)
     backend = backends.resolve(case.backend)
@@ -59,7 +59,7 @@ def resolve(case: Case) -> Case:
         check_devices(case.nproc, backend)
     method = dataclasses.replace(case.method, total_steps=case.steps + 1)  # + the steady-state step
     # Build the data source once here, so a file the tokenizer cannot read fails now.
-    TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
+    TokenBatches(case.seq_len, zoo.text_config(config).vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
                  mode=case.data_mode, seed=case.seed)
     return dataclasses.replace(case, backend=backend, method=method)
 
@@ -103,6 +103,14 @@ def _placement(case: Case, structure, model) -> Case:
             if head is not None and any(model.get_submodule(h) is model.get_output_embeddings() for h in hits):
                 raise UsageError(f"--target-modules {t!r} matches the LM head of {case.model}; ist-bench adapts the "
                                  f"transformer blocks (their layers are what the policies select)")
+    if name in ("series", "parallel"):
+        needs = {"series": "both an up and a down projection", "parallel": "an up or a gate projection"}[name]
+        for k in structure.kinds:
+            if k.moe is None and not (k.up and k.down if name == "series" else k.up or k.gate):
+                block = model.get_submodule(structure.layers)[structure.kind_of.index(structure.kinds.index(k))]
+                raise UsageError(f"--method {name} on {case.model} ({structure.model_type}): its blocks have no MLP with "
+                                 f"{needs} for the bottleneck adapters ({type(block).__name__}: "
+                                 f"{', '.join(n for n, _ in block.named_children())}); use --method lora")
     if name in LORA_FAMILY and targets is None and structure.lora_parameters():
         if name != "lora":
             raise UsageError(f"--method {name} on {case.model} ({structure.model_type}): its experts are fused 3-D "
@@ -124,8 +132,9 @@ def _check_host_memory(case: Case, config) -> None:
     size = TORCH_DTYPES[case.dtype].itemsize
     weights = params * size * (4 if case.method.name == "full" else 1.25)
     tokens = case.seq_len * case.batch
-    layers, hidden = config.num_hidden_layers, config.hidden_size
-    heads = getattr(config, "num_attention_heads", 1)
+    text = zoo.text_config(config)
+    layers, hidden = text.num_hidden_layers, text.hidden_size
+    heads = getattr(text, "num_attention_heads", 1)
     acts = layers * tokens * (34 * hidden + (5 * heads * case.seq_len if case.attn == "eager" else 0))
     need, have = weights + acts, psutil.virtual_memory().total
     if need > 0.8 * have:
@@ -188,7 +197,7 @@ def build(case: Case, wrap=None) -> Built:
     else:
         impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[case.optim]
         optimizer = torch.optim.AdamW(trainable, lr=case.lr, **impl)
-    batches = TokenBatches(case.seq_len, config.vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
+    batches = TokenBatches(case.seq_len, zoo.text_config(config).vocab_size, data=case.data, tokenizer=case.tokenizer, batch=case.batch,
                            mode=case.data_mode, seed=case.seed, meta=device.type == "meta")
     policy = case.policy()
     heldout = None
@@ -221,6 +230,9 @@ def build(case: Case, wrap=None) -> Built:
         },
         "selection": {"policy": policy.describe(), "n_active": policy.n_active},
     }
+    if info["settings"]["structure"]["moe"]:   # grouped_mm: every tensor's shape is routing-free (docs/measurement.md)
+        inner = getattr(model, "get_base_model", lambda: model)()
+        info["settings"]["experts_implementation"] = getattr(inner.config, "_experts_implementation", None)
     if case.quant != "none":
         info["settings"]["quant"] = quant.describe(model, case, prepared)
     if os.environ.get("IST_BENCH_INJECT"):

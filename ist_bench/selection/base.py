@@ -94,6 +94,8 @@ class LayerGate:
         self.optimizer, self.optimizer_state = optimizer, optimizer_state
         self.active: list[int] | None = None
         self.grad_below = _trains_below(model, self.modules[0]) if self.modules else False
+        # what each block trains, in bytes: blocks of different kinds (an MoE among dense ones) weigh differently
+        self.block_bytes = [sum(p.numel() * p.element_size() for p in params) for params in self.blocks]
 
     def apply(self, active: list[int] | None) -> None:
         self.active = None if active is None else sorted(active)
@@ -130,6 +132,7 @@ class SelectionPolicy:
     needs_adapters: ClassVar[bool] = False    # it scales PEFT outputs (IST): `full` has none
     needs_eval_batch: ClassVar[bool] = False  # it runs forwards on a held-out batch
     grad_below: bool = False                  # something before the first block trains (set by bind)
+    block_bytes: list[int] | None = None      # each block's trainable bytes (set by bind)
 
     def __init__(self, *, seed: int = 0, optimizer_state: str = "keep", **settings: Any):
         if optimizer_state not in OPTIMIZER_STATES:
@@ -152,6 +155,7 @@ class SelectionPolicy:
         self.model, self.eval_batch = model, eval_batch(0) if callable(eval_batch) else eval_batch
         self.gate = LayerGate(model, optimizer, self.optimizer_state)
         self.n_layers, self.grad_below = len(self.gate.blocks), self.gate.grad_below
+        self.block_bytes = self.gate.block_bytes
         if not any(self.gate.blocks):
             raise UsageError(f"--select {self.name}: no block of {type(model).__name__} has trainable parameters")
         if self.needs_adapters:
@@ -245,15 +249,24 @@ class SelectionPolicy:
         n_active layers, the worst where every block saves its input whatever the draw (gradient
         checkpointing, which re-runs each block in backward, and a quantized base prepared for it).
         Something below trains (full fine-tuning's embeddings): every block saves its activations
-        whatever the draw, and the top n_active layers' gradients appear first."""
+        whatever the draw, and the top n_active layers' gradients appear first. Blocks of different
+        kinds (MoE among dense blocks, Llama 4's interleaving) train different bytes: the heaviest
+        layers (ties toward the top) stand in for the top ones too."""
         k, n = self.n_active, self.n_layers
         if k >= n:
             return [None]
         top = list(range(n - k, n))
+        weight = self.block_bytes if self.block_bytes and len(set(self.block_bytes)) > 1 else None
+
+        def heavy(pool: range, m: int) -> list[int]:   # the m heaviest of pool, ties toward the top
+            return sorted(sorted(pool, key=lambda i: (weight[i], i))[len(pool) - m:])
         if self.grad_below:
-            return [top]
+            return [top] if weight is None or heavy(range(n), k) == top else [top, heavy(range(n), k)]
+        draws = [[0, *range(n - k + 1, n)], list(range(k)), top]
+        if weight is not None:
+            draws += [[0, *heavy(range(1, n), k - 1)], heavy(range(n), k)]
         out = []
-        for draw in ([0, *range(n - k + 1, n)], list(range(k)), top):
+        for draw in draws:
             if draw not in out:
                 out.append(draw)
         return out

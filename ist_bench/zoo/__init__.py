@@ -23,7 +23,8 @@ SUMMARY = Path(__file__).parent / "summary.json"
 UNBOUNDED_MAX_LEN = 32768   # the longest --seq-len taken for a model without a position limit (ALiBi)
 POSITION_KEYS = ("max_position_embeddings", "n_positions")
 
-_BUILD = ("load_config", "build_model", "count_parameters", "locate_layers", "max_positions", "check_attention")
+_BUILD = ("load_config", "build_model", "count_parameters", "locate_layers", "max_positions", "check_attention",
+          "text_config")
 
 
 def __getattr__(name: str):
@@ -61,15 +62,25 @@ def raw_config(name_or_path: str) -> dict:
     raw.pop("_ist_bench", None)
     if not isinstance(raw["model_type"], str):
         raise UsageError(f"model config {name_or_path}: model_type must be str, got {schema.show(raw['model_type'])}")
-    found = schema.bounded(raw)
+    found = schema.bounded(raw, infinite=True)   # Mamba-2's time_step_limit is [0.0, Infinity] as published
     if found:
         raise UsageError(f"model config {name_or_path}: {found}")
+    return raw
+
+
+def raw_text(raw: dict) -> dict:
+    """The language model's part of a raw config: a multimodal config (Gemma 3, Llama 4, Qwen3.5 as
+    published) keeps its sizes in `text_config`; any other config is its own."""
+    inner = raw.get("text_config")
+    if "num_hidden_layers" not in raw and isinstance(inner, dict) and "num_hidden_layers" in inner:
+        return inner
     return raw
 
 
 def raw_positions(raw: dict) -> int | None:
     """The longest sequence a raw config's position embeddings allow, if it says (None: no limit
     named, e.g. ALiBi; the built config decides then)."""
+    raw = raw_text(raw)
     for key in POSITION_KEYS:
         value = raw.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:

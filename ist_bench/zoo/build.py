@@ -8,7 +8,7 @@ from torch import nn
 
 from ist_bench import schema
 from ist_bench.errors import UsageError
-from ist_bench.zoo import POSITION_KEYS, names, raw_config
+from ist_bench.zoo import POSITION_KEYS, names, raw_config, raw_text
 
 
 def load_config(name_or_path: str):
@@ -27,12 +27,31 @@ def load_config(name_or_path: str):
         raise UsageError(f"cannot build a config of model_type {model_type!r}: {why[:200]}") from None
     finally:
         logging.set_verbosity(verbosity)
-    schema.check_config(config, f"model config {name_or_path}: ")   # sizes in range, heads that divide
-    layers = getattr(config, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
-    if layers not in raw and "num_hidden_layers" not in raw:   # transformers would take its class default
-        raise UsageError(f"model config {name_or_path} has no {layers} (the number of blocks): its class would "
-                         f"default to {getattr(config, 'num_hidden_layers', '?')}; give it")
+    text = text_config(config)
+    schema.check_config(text, f"model config {name_or_path}: ")   # sizes in range, heads that divide
+    layers = getattr(text, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+    given = raw_text({**raw, "model_type": model_type})
+    # a count under any of its usual names, or a per-layer pattern it follows (LongCat-Flash's num_layers
+    # counts pairs of blocks; Nemotron-H's hybrid_override_pattern has a letter per block)
+    if not {layers, *LAYER_COUNT_KEYS} & {k for k, v in given.items() if v is not None}:  # else the class default
+        where = " or its text_config" if "text_config" in raw else ""
+        raise UsageError(f"model config {name_or_path} has no {layers}{where} (the number of blocks): its class "
+                         f"would default to {getattr(text, 'num_hidden_layers', '?')}; give it")
     return config
+
+
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "layer_types", "layers_block_type",
+                    "hybrid_override_pattern", "block_types")
+
+
+def text_config(config):
+    """The language model's config: a multimodal config's `text_config` (its blocks are the ones ist-bench
+    adapts and selects; the vision tower is built, frozen, as loading the checkpoint would), else itself."""
+    try:
+        text = config.get_text_config(decoder=True)
+    except (AttributeError, ValueError, TypeError):   # several text configs (an encoder-decoder): no single one
+        return config
+    return text if getattr(text, "num_hidden_layers", None) else config
 
 
 def check_attention(config, attn: str, model: str) -> None:
@@ -48,6 +67,7 @@ def check_attention(config, attn: str, model: str) -> None:
 
 def max_positions(config) -> int | None:
     """Longest sequence the model's position embeddings allow (None: no limit, e.g. ALiBi)."""
+    config = text_config(config)
     for key in POSITION_KEYS:
         if getattr(config, key, None):
             return int(getattr(config, key))
@@ -90,7 +110,8 @@ def summarize() -> dict[str, dict]:
     for name in names():
         cfg = load_config(name)
         total, active = parameters(cfg)
-        out[name] = {"family": cfg.model_type, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
+        text = text_config(cfg)
+        out[name] = {"family": cfg.model_type, "layers": text.num_hidden_layers, "hidden": text.hidden_size,
                      "params": total, "positions": max_positions(cfg)}
         if active != total:
             out[name]["active_params"] = active
@@ -105,7 +126,7 @@ def parameters(config) -> tuple[int, int]:
     model = build_model(config, device="meta")
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     s = discover(model)
-    k = getattr(config, "num_experts_per_tok", None)
+    k = getattr(text_config(config), "num_experts_per_tok", None)
     idle = 0
     for i, block in enumerate(locate_layers(model)):
         moe = s.kinds[s.kind_of[i]].moe

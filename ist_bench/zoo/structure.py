@@ -82,6 +82,7 @@ class Structure:
     kind_of: tuple[int, ...]        # block i is kinds[kind_of[i]]
     conv1d: bool = False            # GPT-2's Conv1D projections (weight stored in x out): fan_in_fan_out
     forward_error: str | None = None   # why a forward on meta failed (sim cannot run such a model), if it did
+    hidden: int | None = None       # the language model's hidden size (what an adapter around an MoE maps)
 
     @property
     def is_moe(self) -> bool:
@@ -116,9 +117,12 @@ def discover(model: nn.Module) -> Structure:
     cached = getattr(model, "_ist_structure", None)
     if cached is not None:
         return cached
-    config = getattr(model, "config", None)
+    from ist_bench.zoo.build import text_config
+
+    top = getattr(model, "config", None)
+    config = text_config(top) if top is not None else None   # a multimodal model's language model decides
     layers_path, layers = _blocks(model, config)
-    order, failed = _call_order(model, layers)
+    order, failed = _call_order(model, layers, n_experts(config))
     groups: dict[tuple, int] = {}
     kinds: list[BlockKind] = []
     kind_of = []
@@ -130,8 +134,9 @@ def discover(model: nn.Module) -> Structure:
         kind_of.append(groups[sig])
     conv1d = any(type(m).__name__ == "Conv1D" for m in layers.modules())
     leaves = frozenset(n.rsplit(".", 1)[-1] for n, _ in layers.named_modules())
-    model_type = getattr(config, "model_type", type(model).__name__)
-    s = Structure(model_type, layers_path, len(layers), tuple(kinds), tuple(kind_of), conv1d, failed, leaves)
+    model_type = getattr(top, "model_type", type(model).__name__)
+    s = Structure(model_type, layers_path, len(layers), tuple(kinds), tuple(kind_of), conv1d, failed, _hidden(config),
+                  leaves)
     if not any(k.qkv or k.up or k.moe for k in s.kinds):
         raise UsageError(f"{model_type}: no attention projection and no MLP found in its blocks "
                          f"({type(layers[0]).__name__}: {_children(layers[0])}); ist-bench adapts transformer blocks")
@@ -175,27 +180,56 @@ def _is_linear(m: nn.Module) -> bool:
         isinstance(w, torch.Tensor) and w.dim() == 2
 
 
-def _fused_experts(m: nn.Module) -> list[str]:
-    return [n for n, p in m.named_parameters(recurse=False) if p.dim() == 3]
+EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts")
 
 
-def _call_order(model: nn.Module, layers: nn.ModuleList) -> tuple[dict[nn.Module, int], str | None]:
+def n_experts(config) -> int | None:
+    """The number of routed experts a config declares, if any."""
+    for key in EXPERT_COUNTS:
+        v = getattr(config, key, None)
+        if isinstance(v, int) and v > 1:
+            return v
+    return None
+
+
+def _fused_experts(m: nn.Module, experts: int | None) -> list[str]:
+    """The parameters of `m` that hold every expert's weights stacked: 3-D, one slice per expert (a
+    convolution's 3-D kernel, or RWKV's [1, 1, H] mixing vectors, are not: their first size is no expert count)."""
+    if experts is None or isinstance(m, nn.modules.conv._ConvNd):
+        return []
+    return [n for n, p in m.named_parameters(recurse=False) if p.dim() == 3 and p.shape[0] == experts]
+
+
+IRREGULAR = -2   # the call order of a Linear whose forward is its own (peft's LoRA layer would not fit it)
+
+
+def _call_order(model: nn.Module, layers: nn.ModuleList, experts: int | None) -> tuple[dict[nn.Module, int], str | None]:
     """The order in which a forward on meta first calls each linear (and fused-experts module) of the
     blocks, and why such a forward failed if it did (the names and shapes decide alone then; and sim,
-    which runs the step on meta, cannot run this model)."""
+    which runs the step on meta, cannot run this model). A Linear whose output's last size is not its
+    out_features (DeepSeek-V4's grouped `o_a_proj` maps each of g groups) is IRREGULAR: never adapted."""
     order: dict[nn.Module, int] = {}
     failed = None
-    watched = [m for m in layers.modules() if _is_linear(m) or _fused_experts(m)]
+    watched = [m for m in layers.modules() if _is_linear(m) or _fused_experts(m, experts)]
     def called(mod, args) -> None:   # a pre-hook that returns something replaces the module's inputs
         order.setdefault(mod, len(order))
-    hooks = [m.register_forward_pre_hook(called) for m in watched]
+
+    def returned(mod, args, out) -> None:   # a "linear" whose output is not [..., out_features] is no plain matmul
+        if isinstance(out, torch.Tensor) and _is_linear(mod) and out.shape[-1] != _features(mod)[1]:
+            order[mod] = IRREGULAR
+    hooks = [m.register_forward_pre_hook(called) for m in watched] + \
+        [m.register_forward_hook(returned) for m in watched]
+    from ist_bench.measure.sim import cuda_kernels
+
     try:
         device = next(model.parameters()).device
         if device.type == "meta":
-            ids = torch.zeros((1, 8), dtype=torch.long, device="meta")
-            with torch.no_grad():
-                model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                      position_ids=torch.arange(8, device="meta").unsqueeze(0))
+            from ist_bench.data import model_inputs, needs_mask
+
+            inputs = model_inputs(torch.zeros((1, 8), dtype=torch.long), "meta", mask=needs_mask(model))
+            inputs.pop("labels")
+            with torch.no_grad(), cuda_kernels():   # as sim runs a step
+                model(**inputs)
     except Exception as e:   # a model whose forward needs values; the names and shapes decide then
         order.clear()
         failed = " ".join(f"{type(e).__name__}: {e}".split())[:160]
@@ -222,17 +256,22 @@ def _leaf(path: str) -> str:
     return path.rsplit(".", 1)[-1]
 
 
+def _hidden(config) -> int | None:
+    return next((getattr(config, k) for k in ("hidden_size", "n_embd", "d_model") if getattr(config, k, None)), None)
+
+
 def _block_kind(block: nn.Module, order: dict, config) -> BlockKind:
-    hidden = next((getattr(config, k) for k in ("hidden_size", "n_embd", "d_model") if getattr(config, k, None)), None)
+    hidden = _hidden(config)
     attn = _sub(block, ATTN_NAMES, ("attention",))
-    linears = [(n, m) for n, m in block.named_modules() if _is_linear(m)]
+    linears = [(n, m) for n, m in block.named_modules() if _is_linear(m) and order.get(m) != IRREGULAR]
     in_attn = [(n, m) for n, m in linears if attn and (n == attn or n.startswith(attn + "."))]
     rest = [(n, m) for n, m in linears if (n, m) not in in_attn]
     qkv, output = _attention(in_attn, order)
-    moe_path = next((n for n, m in block.named_modules() if _fused_experts(m) or (
+    experts = n_experts(config)
+    moe_path = next((n for n, m in block.named_modules() if _fused_experts(m, experts) or (
         isinstance(m, nn.ModuleList) and len(m) > 1 and _leaf(n) == "experts")), None)
     if moe_path is not None:
-        return BlockKind(attn, qkv, output, *_moe(block, moe_path), )
+        return BlockKind(attn, qkv, output, *_moe(block, moe_path, experts))
     mlp = _sub(block, MLP_NAMES, ("mlp", "feedforward"))
     in_mlp = [(n, m) for n, m in rest if mlp is None or n.startswith(mlp + ".")] if mlp else rest
     up, gate, down = _mlp(in_mlp, order, hidden)
@@ -283,15 +322,14 @@ def _features(m: nn.Module) -> tuple[int, int]:
     return w.shape[1], w.shape[0]
 
 
-def _moe(block: nn.Module, experts_path: str) -> tuple:
+def _moe(block: nn.Module, experts_path: str, experts: int | None) -> tuple:
     """(mlp, up, gate, down, MoE) of a block whose MLP is a mixture of experts."""
     path = experts_path.rsplit(".", 1)[0] if "." in experts_path else ""
     moe_module = block.get_submodule(path) if path else block
     router = next((f"{path}.{n}" if path else n for n, m in moe_module.named_children()
                    if n in ROUTER or "router" in type(m).__name__.lower()), None)
-    experts = block.get_submodule(experts_path)
     leaf = _leaf(experts_path)
-    fused = _fused_experts(experts)
+    fused = _fused_experts(block.get_submodule(experts_path), experts)
     adapt = tuple(f"{leaf}.{p}" for p in (next((u for u in EXPERT_UP if u in fused), None),
                                          next((d for d in EXPERT_DOWN if d in fused), None)) if p)
     shared = tuple(f"{path}.{n}" if path else n for n, m in moe_module.named_children()

@@ -3,10 +3,11 @@
 For each `model_type` of `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`: the config class's defaults, shrunk (2 blocks,
 small widths, few experts: `shrink`), written to a config.json; then `ist-bench memory` on sim for LoRA and
 for Series + IST, 32 tokens, the steady step alone. A type is `ok` when both run, `refused` when ist-bench
-says in one line why not (its reason is the table's), `error` when something else happened (a bug: the
-sweep's test fails on any). The reasons group as docs/models.md lists them.
+says in one line why not (its reason is the table's), `partial` when one runs and the other is refused,
+`model` when transformers' own code fails on a text-only step (GIT's loss expects image tokens first), `error`
+when something else happened (a bug: the sweep's test fails on any). The reasons group as docs/models.md lists them.
 
-    python -m ist_bench.zoo.sweep --out results/sweep/models.jsonl        # about 10 minutes on 2 cores
+    python -m ist_bench.zoo.sweep --out results/sweep/models.jsonl        # about 2 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -40,23 +41,40 @@ def shrink(model_type: str) -> dict:
 
     config = AutoConfig.for_model(model_type)
     text = getattr(config, "text_config", None) or config
+    layers = _get(text, "num_hidden_layers")
     for key, value in SMALL.items():
-        if value is None:
-            continue
-        if hasattr(text, key) and getattr(text, key) is not None and not isinstance(getattr(text, key), bool):
-            try:
-                setattr(text, key, value)
-            except (AttributeError, ValueError, TypeError):
-                pass
-    if getattr(text, "kv_lora_rank", None):   # multi-head latent attention: as many key/value heads as query heads
-        text.num_key_value_heads = text.num_attention_heads
-    for key in LIST_KEYS:   # per-layer lists follow the layer count
-        v = getattr(text, key, None)
-        if isinstance(v, (list, tuple)) and len(v) > SMALL["num_hidden_layers"]:
-            setattr(text, key, list(v)[: SMALL["num_hidden_layers"]])
+        old = _get(text, key)
+        if old is not None and not isinstance(old, bool):
+            _set(text, key, value)
+    if _get(text, "kv_lora_rank"):   # multi-head latent attention: as many key/value heads as query heads,
+        _set(text, "num_key_value_heads", text.num_attention_heads)   # rotary over the rope part of a head
+        _set(text, "head_dim", _get(text, "qk_rope_head_dim"))
+    small = SMALL["num_hidden_layers"]
+    for key, v in list(vars(text).items()):   # per-layer lists follow the layer count
+        if isinstance(v, (list, tuple)) and (key in LIST_KEYS or (layers and len(v) == layers)) and len(v) > small:
+            _set(text, key, list(v)[:small])
+    vocab = _get(text, "vocab_size")
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+        v = _get(text, key)   # token ids within the smaller vocabulary
+        if isinstance(v, int) and vocab and v >= vocab:
+            _set(text, key, vocab - 1)
     raw = config.to_dict()
     raw["model_type"] = model_type
     return raw
+
+
+def _get(config, key):
+    try:     # transformers 5 raises on a per-layer attribute read as one value (Gemma 4's head_dim)
+        return getattr(config, key, None)
+    except Exception:
+        return None
+
+
+def _set(config, key, value) -> None:
+    try:
+        setattr(config, key, value)
+    except Exception:
+        pass
 
 
 class Timeout(Exception):
@@ -96,6 +114,8 @@ def measure(model_type: str, folder: Path, timeout_s: int = 120) -> dict:
                 out["structure"] = r.get("settings", {}).get("structure")
             else:
                 out["error"] = r.get("error")
+                if r["status"] == "error" and _in_model_code(r.get("traceback", "")):
+                    out["status"] = "model"   # the model's own code fails on a text-only causal-LM step
         except UsageError as e:
             out = {"status": "refused", "why": " ".join(str(e).split())[:300]}
         except Timeout:
@@ -110,11 +130,23 @@ def measure(model_type: str, folder: Path, timeout_s: int = 120) -> dict:
         row["status"] = "ok"
     elif "error" in statuses or "oom" in statuses:
         row["status"] = "error"
+    elif "model" in statuses:
+        row["status"] = "model"
+        row["why"] = next(r.get("error") for r in row["runs"].values() if r["status"] == "model")
     else:
         row["status"] = "refused" if statuses <= {"refused"} else "partial"
         row["why"] = next((r.get("why") for r in row["runs"].values() if r.get("why")), None)
     row["wall_s"] = round(time.time() - start, 1)
     return row
+
+
+def _in_model_code(traceback: str) -> bool:
+    """Whether the innermost frame outside torch of a failure's traceback is transformers' modelling
+    code (the model itself refuses the step: GIT's loss expects image tokens before the text), not
+    ist-bench's or peft's."""
+    frames = [line.split('"')[1] for line in traceback.splitlines() if line.strip().startswith('File "')]
+    frames = [f for f in frames if "/torch/" not in f and not f.endswith("measure/tracker.py")]  # dispatch layers
+    return bool(frames) and "/transformers/" in frames[-1] and "/peft/" not in frames[-1]
 
 
 def model_types() -> list[str]:
@@ -135,17 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     types = args.only.split(",") if args.only else model_types()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+    import transformers
+
+    meta = {"transformers": transformers.__version__, "torch": torch.__version__, "types": len(types)}
+    out.write_text(json.dumps(meta) + "\n")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, out.open("a") as f:
         for i, t in enumerate(types, 1):
             row = measure(t, Path(tmp), args.timeout)
             rows.append(row)
+            f.write(json.dumps(row) + "\n")   # a finished type is kept if a later one hangs the process
+            f.flush()
             print(f"[{i}/{len(types)}] {t:32s} {row['status']:8s} {row.get('why') or ''}"[:200], flush=True)
-    import torch
-    import transformers
-    meta = {"transformers": transformers.__version__, "torch": torch.__version__, "types": len(types)}
-    out.write_text(json.dumps(meta) + "\n" + "".join(json.dumps(r) + "\n" for r in rows))
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "partial", "refused", "error")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "partial", "refused", "model", "error")}
     print(f"{counts} of {len(rows)} model types; rows in {out}")
     return 0
 
