@@ -754,7 +754,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     policies are light to import), so `--help`, `models` and a bad option answer at once. `command` is
     accepted for callers of the old signature and ignored."""
     from ist_bench import __version__
-    from ist_bench.measure.cards import CARDS
+    from ist_bench.cards import CARDS
 
     parser = Parser(prog="ist-bench", description="Memory and throughput profiling for PEFT "
                     "and layer-sparse tuning (IST) of LLMs. Add --debug to any command for tracebacks.",

@@ -25,9 +25,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ist_bench import zoo
+from ist_bench import cards, zoo
 from ist_bench.errors import UsageError, choice_error
-from ist_bench.measure import cards
 from ist_bench.results import case_label
 from ist_bench.runner.case import Case
 from ist_bench.units import parse_bytes

@@ -113,7 +113,7 @@ def test_fit_on_the_command_line_names_cards_and_sizes(tmp_path, capsys):
 def test_a_cards_memory_is_what_its_driver_reports_with_the_source_named():
     """A card is the MiB total nvidia-smi / NVML reports (what an allocator can hold), never the datasheet's
     round GB: an RTX 4090 is 24,564 MiB, not 24 x 10^9 B (fit once answered a length step short)."""
-    from ist_bench.measure.cards import CARDS
+    from ist_bench.cards import CARDS
 
     for card in CARDS.values():
         assert card.memory % (1 << 20) == 0 and card.memory % 10**9 != 0, card.name

@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 import torch
 
+from ist_bench import cards
 from ist_bench.data import model_inputs, needs_mask
 from ist_bench.errors import UsageError
-from ist_bench.measure import cards, env
+from ist_bench.measure import env
 from ist_bench.measure.cuda import ClockPoller, gpu_guard
 from ist_bench.measure.timing import (
     DeviceMarks,
