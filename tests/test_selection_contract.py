@@ -456,9 +456,9 @@ def test_the_defaults_are_the_ones_docs_selection_md_lists():
     rows = dict(re.findall(r"^\| `([a-z-]+)` \|[^|]*\| ([^|]*)\|$", text, flags=re.M))
     assert set(rows) == set(POLICIES)
     for name, cell in rows.items():
-        documented = dict(re.findall(r"(\w+)=([\w.]+)", cell))
+        documented = dict(re.findall(r"(\w+)=([\w.-]*)", cell))
         if cell.strip() == "as `ist`":
-            documented = dict(re.findall(r"(\w+)=([\w.]+)", rows["ist"]))
+            documented = dict(re.findall(r"(\w+)=([\w.-]*)", rows["ist"]))
         actual = make_policy(name).describe()
         assert {k: str(actual[k]) if not isinstance(actual[k], float) else f"{actual[k]:g}" for k in documented} == \
             documented, name

@@ -94,6 +94,7 @@ def test_full_finetuning_worst_draw_is_the_top_layers_when_embeddings_train(sele
 POLICIES = {
     "none": {}, "rst": {}, "ist": {"interval": 2}, "ist-code": {"interval": 2},
     "lisa": {"gamma": 2, "interval": 1}, "ila": {"warmup": 2}, "lift": {"interval": 1},
+    "badam": {"interval": 1}, "hift": {"group": 2}, "dropbp": {}, "ows": {"interval": 1},
 }
 METHODS = ("lora", "full", "series", "adalora")
 

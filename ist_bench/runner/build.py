@@ -213,8 +213,11 @@ def build(case: Case, wrap=None) -> Built:
         "n_layers": len(gate.blocks),
         "params": n_params,
         "base_weights": base_weights,
-        "trainable_params": sum(p.numel() for p in trainable),
+        "trainable_params": sum(p.numel() for p in trainable if p.requires_grad or not policy.freezes_outside),
         "trainable_params_per_layer": sum(p.numel() for p in gate.blocks[0]),
+        # what trains outside the blocks whatever the draw (LISA with full: embeddings, final norm, head)
+        "trainable_outside_params": sum(p.numel() for p in trainable if p.requires_grad and id(p) not in
+                                        {id(q) for block in gate.blocks for q in block}),
         "settings": {
             "dtype": case.dtype,
             "attn_implementation": model.config._attn_implementation,

@@ -126,6 +126,10 @@ class Case:
         if policy.needs_adapters and not self.method.method.peft:
             raise UsageError(f"--select {self.select} scales each layer's PEFT output and --method {self.method.name} "
                              f"has none; use lora, dora, adalora, series or parallel")
+        layers = next((v for k, v in zoo.raw_text(raw).items() if k in ("num_hidden_layers", "n_layer", "n_layers",
+                                                                          "num_layers") and isinstance(v, int)), None)
+        if layers:
+            policy.check_layers(layers)
         self._check_quant()
         check_positions(self, zoo.raw_positions(raw))
         schema.check_tokens(self.seq_len, self.batch)   # after the position limit: the more telling line

@@ -1,7 +1,8 @@
 """Layer-selection policies: which transformer blocks train at each step.
 
 One file per policy, all of the same shape (see base.py): `none` (base.py), `rst`, `ist` and
-`ist-code` (ist.py), `lisa`, `ila`, `lift`. Each is a `transformers.TrainerCallback`:
+`ist-code` (ist.py), `lisa`, `ila`, `lift`, and the newer layer-sparse methods `badam`, `hift`,
+`dropbp`, `ows`. Each is a `transformers.TrainerCallback`:
 
     from ist_bench.selection import IST
     trainer = Trainer(model=peft_model, args=args, train_dataset=ds, callbacks=[IST()])
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ist_bench.errors import choice_error
+from ist_bench.selection.badam import BAdam
 from ist_bench.selection.base import (
     OPTIMIZER_STATES,
     LayerGate,
@@ -19,14 +21,17 @@ from ist_bench.selection.base import (
     canonical_options,
     parse_options,
 )
+from ist_bench.selection.dropbp import DropBP
+from ist_bench.selection.hift import HiFT
 from ist_bench.selection.ila import ILA
 from ist_bench.selection.ist import IST, ISTCode
 from ist_bench.selection.lift import LIFT
 from ist_bench.selection.lisa import LISA
+from ist_bench.selection.ows import OWS
 from ist_bench.selection.rst import RST
 
 POLICIES: dict[str, type[SelectionPolicy]] = {
-    cls.name: cls for cls in (SelectionPolicy, RST, IST, ISTCode, LISA, ILA, LIFT)
+    cls.name: cls for cls in (SelectionPolicy, RST, IST, ISTCode, LISA, ILA, LIFT, BAdam, HiFT, DropBP, OWS)
 }
 
 
@@ -38,5 +43,5 @@ def make_policy(name: str, options: dict[str, Any] | None = None, *, seed: int =
     return POLICIES[name](seed=seed, optimizer_state=optimizer_state, **(options or {}))
 
 
-__all__ = ["ILA", "IST", "LIFT", "LISA", "OPTIMIZER_STATES", "POLICIES", "RST", "ISTCode", "LayerGate",
+__all__ = ["ILA", "IST", "LIFT", "LISA", "OWS", "BAdam", "DropBP", "HiFT", "OPTIMIZER_STATES", "POLICIES", "RST", "ISTCode", "LayerGate",
            "SelectionPolicy", "canonical_options", "make_policy", "parse_options"]

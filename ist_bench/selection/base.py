@@ -132,6 +132,8 @@ class SelectionPolicy:
     needs_adapters: ClassVar[bool] = False    # it scales PEFT outputs (IST): `full` has none
     needs_eval_batch: ClassVar[bool] = False  # it runs forwards on a held-out batch
     grad_below: bool = False                  # something before the first block trains (set by bind)
+    freezes_outside: ClassVar[bool] = False   # only the blocks train, whatever the method (BAdam, HiFT)
+    optimizer_state_rule: ClassVar[str | None] = None   # the policy's own rule for optimizer state (BAdam: reset)
     block_bytes: list[int] | None = None      # each block's trainable bytes (set by bind)
 
     def __init__(self, *, seed: int = 0, optimizer_state: str = "keep", **settings: Any):
@@ -140,7 +142,7 @@ class SelectionPolicy:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise UsageError(f"--select {self.name}: seed must be an integer in [0, 2^32), got {seed!r}")
         self.settings = parse_settings(self.Settings, settings, self.name)
-        self.seed, self.optimizer_state = seed, optimizer_state
+        self.seed, self.optimizer_state = seed, self.optimizer_state_rule or optimizer_state
         self.gate: LayerGate | None = None
         self.eval_source: Callable[[int], dict] | None = None
         self.history: list[dict] = []     # per step: the active layers (and what the policy learned)
@@ -153,6 +155,13 @@ class SelectionPolicy:
         that: it draws a new batch every round; `fixed` takes the function's batch for step 0)."""
         self.eval_source = eval_batch if callable(eval_batch) else None
         self.model, self.eval_batch = model, eval_batch(0) if callable(eval_batch) else eval_batch
+        if self.freezes_outside:   # embeddings, final norm and head stay frozen under --method full too
+            from ist_bench.zoo import locate_layers
+
+            inside = {id(p) for p in locate_layers(model).parameters()}
+            for p in model.parameters():
+                if id(p) not in inside:
+                    p.requires_grad_(False)
         self.gate = LayerGate(model, optimizer, self.optimizer_state)
         self.n_layers, self.grad_below = len(self.gate.blocks), self.gate.grad_below
         self.block_bytes = self.gate.block_bytes
@@ -173,6 +182,9 @@ class SelectionPolicy:
 
     def setup(self) -> None:
         """Per-model state (importance vectors); called once the layer count is known."""
+
+    def check_layers(self, n_layers: int) -> None:
+        """What can be checked against the model's layer count before anything is built (light)."""
 
     # -- the step protocol ---------------------------------------------------------------
     def begin_step(self, step: int, mark: Callable[[str, int], None] = lambda phase, step: None,
