@@ -145,7 +145,11 @@ def cmd_time(args: argparse.Namespace) -> int:
 
     case = _case_from(args)
     if case.backend == "auto" and not gpu_may_be_visible():
-        raise UsageError("timing needs a GPU (none is visible); for the tiny and GPT-2 models use --backend cpu")
+        raise UsageError("timing needs a GPU (none is visible): predict it for a card with --backend sim --gpu CARD, "
+                         "or time the tiny and GPT-2 models with --backend cpu")
+    if args.gpu is not None and case.backend != "sim":
+        raise UsageError("--gpu names the card a prediction is for (--backend sim); a measurement times the card "
+                         "it runs on")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     if args.rounds < 1:
@@ -161,7 +165,7 @@ def cmd_time(args: argparse.Namespace) -> int:
         v.validate()   # light: refused before torch is imported
     _check_writable(args.json, _case_inputs(case), rows=True)
     if case.backend == "sim":
-        raise UsageError("timing needs real compute: use --backend cuda, or cpu for small models")
+        return _predict_time(args, variants, names if args.compare_select else None)
     if args.profile_steps is not None and args.profile_steps < 0:
         raise UsageError(f"--profile-steps must be >= 0, got {args.profile_steps}")
     if args.overhead_blocks < 0:
@@ -204,6 +208,28 @@ def cmd_time(args: argparse.Namespace) -> int:
         print_time(rows[0])
     _append_json(args.json, rows)
     return 0 if all(r["status"] in ("ok", "oom") for r in rows) else 1
+
+
+def _predict_time(args: argparse.Namespace, variants: list, names: list[str] | None) -> int:
+    """`time --backend sim --gpu CARD`: the step's time predicted from the card's kernel tables."""
+    from ist_bench.predict import card_named
+
+    gpu = args.gpu or "h100-80g"
+    card_named(gpu)   # an unknown card is one line before the model is built
+    if args.nproc is not None:
+        raise UsageError("--backend sim predicts one GPU's step; leave --nproc out")
+    from ist_bench.predict import predict_time
+    from ist_bench.report.console import print_compare, print_prediction, print_time
+
+    rows = [predict_time(v.check(), gpu, args.warmup) for v in variants]
+    if names:
+        print_compare(rows, names)
+    else:
+        print_time(rows[0])
+    for r in rows:
+        print_prediction(r)
+    _append_json(args.json, rows)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
 def _options_for(name: str, options: dict, names: list[str]) -> dict:
@@ -786,6 +812,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--compare-select", metavar="A,B",
                    help="A/B-compare two selection policies, alternating A B A B in fresh processes")
     p.add_argument("--rounds", type=int, default=3, help="A/B rounds with --compare-select (default 3)")
+    p.add_argument("--gpu", metavar="CARD", help="with --backend sim: the card to predict the step's time for "
+                                                 "(default h100-80g; `ist-bench time --help` lists them; or a "
+                                                 "card file's path) — docs/time-prediction.md")
     p.add_argument("--profile-steps", type=int, default=None,
                    help="cuda: steps profiled separately for the GPU's busy time per phase (default: as many as "
                         "timed; 0 skips)")

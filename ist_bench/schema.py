@@ -165,6 +165,8 @@ class SuiteSpec(BaseModel):
     warmup: int = Field(10, ge=0, le=MAX_STEPS, description=f"an integer >= 0 (at most {MAX_STEPS})")
     profile_steps: int | None = Field(None, ge=0, le=MAX_STEPS, description=f"an integer >= 0 (at most {MAX_STEPS})")
     overhead_blocks: int = Field(0, ge=0, le=1000, description="an integer >= 0 (at most 1000)")
+    gpu: str | None = Field(None, min_length=1, max_length=200,
+                            description="a card name (the card that time cases on sim are predicted for)")
 
     @model_validator(mode="before")
     @classmethod

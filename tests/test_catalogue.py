@@ -84,7 +84,7 @@ CATALOGUE = [
     (["time", "--backend", "cpu", "--model", "tiny-llama", "--rounds", "0", "--compare-select", "none,rst"],
      "--rounds must be >= 1"),
     (["run", "{s.yaml}", "--timeout", "-1"], "--timeout must be > 0 seconds, got -1"),
-    (["time", "--backend", "sim", "--model", "tiny-llama"], "timing needs real compute"),
+    (["time", "--backend", "sim", "--model", "tiny-llama", "--gpu", "h300"], "unknown GPU 'h300'; valid: a10g"),
     (["time", "--backend", "cpu", "--model", "tiny-llama", "--compare-select", "rst,rst"], "two different policies"),
     (["run", "{gird.yaml}"], "unknown key 'gird' in suite"),
     (["run", "{empty.yaml}"], "has no cases"),

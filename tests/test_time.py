@@ -54,8 +54,10 @@ def test_adalora_timing_schedule_spans_warmup_and_timed_steps():
 def test_time_refuses_models_too_big_for_the_cpu_and_sim(capsys):
     assert main(["time", "--model", "gpt2-large", "--backend", "cpu"]) == 2
     assert "too big to time on the CPU" in capsys.readouterr().err
-    assert main(["time", "--model", "tiny-llama", "--backend", "sim"]) == 2
-    assert "timing needs real compute" in capsys.readouterr().err
+    assert main(["time", "--model", "tiny-llama", "--backend", "sim", "--gpu", "nope"]) == 2
+    assert "unknown GPU 'nope'" in capsys.readouterr().err
+    assert main(["time", "--model", "tiny-llama", "--backend", "cuda", "--gpu", "h100-80g"]) == 2
+    assert "--gpu names the card a prediction is for" in capsys.readouterr().err
     assert main(["time", "--model", "tiny-llama", "--backend", "cpu", "--compare-select", "rst,rst"]) == 2
     assert "two different policies" in capsys.readouterr().err
 

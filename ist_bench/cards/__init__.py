@@ -19,7 +19,6 @@ This module is light (JSON only).
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +48,14 @@ class Card:
         return {"bfloat16": self.bf16_tflops, "float16": self.bf16_tflops, "float32": self.fp32_tflops}.get(dtype, 0.0)
 
 
-def _load(path: Path) -> Card:
-    d = json.loads(path.read_text())
+def load(path: Path) -> Card:
+    """A card from its file (a name not among the shipped ones is fine: --gpu path/to/card.json)."""
+    from ist_bench.errors import UsageError, read_json
+
+    d = read_json(path, "card file")
+    missing = [k for k in ("name", "memory_mib", "bf16_tflops", "workspace") if not isinstance(d, dict) or k not in d]
+    if missing:
+        raise UsageError(f"card file {path} has no {', '.join(missing)}")
     return Card(name=d["name"], memory=d["memory_mib"] * MiB, bf16_tflops=d["bf16_tflops"], workspace=d["workspace"],
                 match=tuple(d.get("match", ())), source=d.get("memory_source", "datasheet"),
                 fp32_tflops=d.get("fp32_tflops", 0.0), tf32_tflops=d.get("tf32_tflops", 0.0),
@@ -63,7 +68,7 @@ def _cards() -> dict[str, Card]:
     found = sorted(FOLDER.glob("*.json"))
     cards = {}
     for path in found:
-        card = _load(path)
+        card = load(path)
         cards[card.name] = card
     return dict(sorted(cards.items(), key=lambda kv: kv[1].memory))
 

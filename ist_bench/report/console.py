@@ -279,6 +279,27 @@ def print_time(row: dict) -> None:
                              if prov.get(k)), style="dim")
 
 
+def print_prediction(row: dict) -> None:
+    """What a predicted time row assumed: the card, its tables, the host, the stand-in ops."""
+    p = row.get("prediction")
+    if not p or row["status"] != "ok":
+        return
+    cal = p["calibration"]
+    where = (f"tables measured on {cal.get('gpu')} ({cal.get('date')}, torch {cal.get('torch')})"
+             if isinstance(cal, dict) else cal)
+    line = f"predicted for {p['card']} (no GPU used): {where}"
+    if p.get("uncertainty_pct"):
+        line += f"; uncertainty ±{p['uncertainty_pct']:g}%"
+    console.print(line)
+    bound = "host-bound: the GPU waits for the CPU's launches" if p["host_bound"] else "GPU-bound"
+    console.print(f"host {p['host_ms_per_step']:.1f} ms vs GPU busy {p['busy_ms_per_step']:.1f} ms per step: {bound} "
+                  f"(host costs measured on {p['host']})")
+    if p.get("fallback"):
+        share = sum(p["fallback"].values())
+        console.print(f"[yellow]{100 * share:.1f}% of the predicted kernel time is from stand-in models: "
+                      f"{', '.join(list(p['fallback'])[:5])}[/]")
+
+
 def print_compare(rows: list[dict], names: list[str]) -> None:
     """A/B table: per variant medians over rounds; B/A step-time ratio per round with its spread."""
     import statistics

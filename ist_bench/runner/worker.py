@@ -60,6 +60,9 @@ def main() -> int:
                 row = run_case(case, job["kind"], job.get("warmup", 10))
             elif job["kind"] == "memory":
                 row = measure_memory(case, busy_gpu=busy, timeline=job.get("timeline"))
+            elif case.backend == "sim":    # predicted for the suite's card
+                from ist_bench.predict import predict_time
+                row = predict_time(case, job.get("gpu") or "h100-80g", job.get("warmup", 10))
             else:
                 row = measure_time(case, job.get("warmup", 10), profile_steps=job.get("profile_steps"),
                                    overhead_blocks=job.get("overhead_blocks", 0), busy_gpu=busy)
