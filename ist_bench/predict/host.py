@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ist_bench.predict.trace import Op
-
-KERNEL_KINDS = ("gemm", "attention", "optimizer", "memory")
+from ist_bench.predict.trace import KERNEL_KINDS, Op
 
 
 @dataclass

@@ -24,7 +24,8 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from ist_bench.cards import CARDS, Card
+from ist_bench import cards
+from ist_bench.cards import Card
 from ist_bench.errors import UsageError
 from ist_bench.predict.trace import Op
 
@@ -50,7 +51,7 @@ def source(card: Card) -> Source:
     """Where a card's kernel times come from: its own tables, else a calibrated card's scaled by spec."""
     if card.calibration:
         return Source(card, card, {}, 1.0)
-    calibrated = [c for c in CARDS.values() if c.calibration]
+    calibrated = [c for c in cards.CARDS.values() if c.calibration]
     if not calibrated:
         raise UsageError(f"no card has kernel tables yet (scripts/microbench.py writes them); cannot predict "
                          f"for {card.name}")

@@ -42,6 +42,7 @@ CLASSES = {
               "histc", "bincount", "masked_select", "nonzero"),
 }
 OPTIMIZER_PREFIXES = ("_fused_adam", "_fused_sgd", "_foreach_")
+KERNEL_KINDS = ("gemm", "attention", "optimizer", "memory")   # the kinds that launch a kernel
 
 
 @dataclass
@@ -102,6 +103,8 @@ def describe(func, args, kwargs, out, phase: str) -> Op:
     ins, outs = _tensors(args) + _tensors(list((kwargs or {}).values())), _tensors(out)
     if not outs and not name.endswith("_"):
         return Op(phase, name, "view")
+    if not name.endswith("_") and name != "copy" and _aliases(ins, outs):   # split, unbind, ...: views
+        return Op(phase, name, "view")
     seen, total = set(), 0
     for t in ins + outs:   # an in-place op's output is its input: read and written once each
         key = (t.untyped_storage().data_ptr() if not t.is_meta else id(t), t.storage_offset(), tuple(t.shape))
@@ -112,6 +115,12 @@ def describe(func, args, kwargs, out, phase: str) -> Op:
     cls = next((c for c, names in CLASSES.items() if name in names), "elementwise")
     dtype = _dtype((outs or ins)[0])
     return Op(phase, name, "memory", cls, dtype=dtype, bytes=total)
+
+
+def _aliases(ins: list[torch.Tensor], outs: list[torch.Tensor]) -> bool:
+    """Every output shares an input's storage (a view the schema does not flag)."""
+    storages = {t.untyped_storage()._cdata for t in ins}
+    return bool(outs) and all(t.untyped_storage()._cdata in storages for t in outs)
 
 
 def _gemm(phase: str, name: str, cls: str, args) -> Op:
