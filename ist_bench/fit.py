@@ -278,7 +278,7 @@ def fit_nproc(model: str, gpu: str, methods: list[str], selects: list[str], npro
 
 def _shard_answer(base: Case, usable: int, nproc: int | str) -> ShardAnswer:
     """One method x policy of `fit_nproc`: its probes and answer."""
-    from ist_bench.dist.fake import simulate
+    from ist_bench.distributed.fake import simulate
     from ist_bench.runner.memory import measure_memory
 
     method = base.method.name

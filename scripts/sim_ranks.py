@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 def one(case: dict) -> dict:
     """In a child process (a fake process group per process): the case on sim, ranks 0..N-1."""
     code = ("import json, sys, dataclasses\n"
-            "from ist_bench.runner.case import Case\nfrom ist_bench.dist.fake import simulate\n"
+            "from ist_bench.runner.case import Case\nfrom ist_bench.distributed.fake import simulate\n"
             "c = Case.from_dict(json.loads(sys.argv[1]))\nc = dataclasses.replace(c, backend='sim').check()\n"
             "print(json.dumps(simulate(c, c.nproc, ranks=range(c.nproc), "
             "reshard_after_forward=c.reshard_after_forward)))")

@@ -96,7 +96,7 @@ CATALOGUE = [
     (["validate", "{broken.jsonl}"], "broken.jsonl:1 is not an ist-bench result row (not JSON)"),
     (["report", "missing.jsonl"], "results file not found: missing.jsonl"),
     (["compare", "{ok.jsonl}", "{ok.jsonl}", "--wall-factor", "0.9"], "--wall-factor is a slow-down factor >= 1"),
-    (["fit", "--gpu", "titan"], "unknown GPU 'titan'; valid: rtx4090"),
+    (["fit", "--gpu", "titan"], "unknown GPU 'titan'; valid: a10g, l4, rtx4090"),
     (["fit", "--gpu", "rtx4090", "--granularity", "0"], "--granularity must be >= 2 (the shortest sequence a step takes), got 0"),
     (["memroy"], "argument COMMAND: invalid choice: 'memroy' (choose from 'memory'"),
     # issue 17: hostile input files and values, each a schema error naming the field

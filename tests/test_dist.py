@@ -1,4 +1,4 @@
-"""FSDP2 (ist_bench/dist): per-rank weight, gradient and optimizer bytes equal the shard sizes computed from
+"""FSDP2 (ist_bench/distributed): per-rank weight, gradient and optimizer bytes equal the shard sizes computed from
 the shapes, on sim (fake process group) for N = 2, 4, 8 and on a real 2-process gloo run."""
 
 from pathlib import Path
@@ -62,14 +62,14 @@ def _figures(rank_row):
 
 
 def test_padded_shard_sizes_are_ceil_divided_dim0():
-    from ist_bench.dist.wrap import padded_shard_numel
+    from ist_bench.distributed.wrap import padded_shard_numel
     assert padded_shard_numel((509, 64), 8) == 64 * 64 and padded_shard_numel((178, 32), 4) == 45 * 32
     assert padded_shard_numel((64,), 3) == 22
 
 
 @pytest.mark.parametrize("n", [pytest.param(2, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow), 8])
 def test_sim_per_rank_bytes_equal_the_computed_shard_sizes(n):
-    from ist_bench.dist.fake import simulate
+    from ist_bench.distributed.fake import simulate
 
     row = simulate(_case("ist", "sim"), n, ranks=(0, n - 1))
     assert row["status"] == "ok", row["error"]
@@ -84,7 +84,7 @@ def test_sim_per_rank_bytes_equal_the_computed_shard_sizes(n):
 
 
 def test_sim_without_selection_trains_every_layer_sharded():
-    from ist_bench.dist.fake import simulate
+    from ist_bench.distributed.fake import simulate
 
     row = simulate(_case("none", "sim"), 4)
     assert _figures(row["ranks"][0]) == expected(4, 0, range(4))
@@ -93,7 +93,7 @@ def test_sim_without_selection_trains_every_layer_sharded():
 def test_fsdp2_groups_keep_fp32_adapter_grads_when_a_policy_freezes_blocks_first():
     """The lazy init runs at wrap time with every adapter trainable: a block IST leaves out at step 0
     still reduces its gradients in fp32 when drawn later."""
-    from ist_bench.dist.fake import simulate
+    from ist_bench.distributed.fake import simulate
 
     row = simulate(_case("ist", "sim", steps=3), 2)
     steps = row["memory"]["steps"]
@@ -104,8 +104,8 @@ def test_fsdp2_groups_keep_fp32_adapter_grads_when_a_policy_freezes_blocks_first
 @pytest.mark.slow
 @pytest.mark.parametrize("select", ["none", "ist"])
 def test_real_gloo_fsdp2_run_matches_the_shard_sizes_and_sim(select):
-    from ist_bench.dist.fake import simulate
-    from ist_bench.dist.launch import launch
+    from ist_bench.distributed.fake import simulate
+    from ist_bench.distributed.launch import launch
 
     real = launch(_case(select, "cpu"), 2, "fsdp2", timeout_s=600)
     assert real["status"] == "ok", (real["error"], real.get("log_tail"))
@@ -120,7 +120,7 @@ def test_real_gloo_fsdp2_run_matches_the_shard_sizes_and_sim(select):
 
 @pytest.mark.slow
 def test_a_failing_rank_is_a_row_not_a_hang(monkeypatch):
-    from ist_bench.dist.launch import launch
+    from ist_bench.distributed.launch import launch
 
     monkeypatch.setenv("IST_BENCH_DIST_FAIL_RANK", "1")
     row = launch(_case("none", "cpu"), 2, "fsdp2", timeout_s=300, collective_timeout_s=20)
@@ -129,7 +129,7 @@ def test_a_failing_rank_is_a_row_not_a_hang(monkeypatch):
 
 
 def test_bad_world_sizes_and_shards_are_one_line():
-    from ist_bench.dist.launch import check_devices
+    from ist_bench.distributed.launch import check_devices
     from ist_bench.errors import UsageError
 
     with pytest.raises(UsageError, match=r"nproc must be an integer >= 1.*got 0"):
@@ -150,7 +150,7 @@ def _gathered_bytes(n):
 
 
 def test_fsdp2_buffers_are_their_own_category_and_follow_reshard_after_forward():
-    from ist_bench.dist.fake import simulate
+    from ist_bench.distributed.fake import simulate
 
     root, block = _gathered_bytes(2)
     on = simulate(_case("none", "sim"), 2)
@@ -199,7 +199,7 @@ def test_bad_distributed_input_is_one_line_exit_2(argv, message, capsys):
 def test_a_steady_step_alone_runs_sharded_when_the_importance_round_gathers_first():
     """fit's probe (steps=0): IST's importance round, under inference_mode, is the first to gather; the
     gathered parameters must still be trainable tensors afterwards."""
-    from ist_bench.dist.fake import simulate
+    from ist_bench.distributed.fake import simulate
 
     case = Case.from_dict({"model": ODD, "method": "lora", "select": "ist", "backend": "sim", "steps": 0,
                            "seq_len": 32}).check()
@@ -210,7 +210,7 @@ def test_a_steady_step_alone_runs_sharded_when_the_importance_round_gathers_firs
 
 @pytest.mark.slow
 def test_ddp_ranks_hold_the_whole_model():
-    from ist_bench.dist.launch import launch
+    from ist_bench.distributed.launch import launch
 
     row = launch(_case("none", "cpu"), 2, "ddp", timeout_s=600)
     assert row["status"] == "ok", (row["error"], row.get("log_tail"))
@@ -223,7 +223,7 @@ def test_ddp_ranks_hold_the_whole_model():
 def test_the_unsharded_originals_are_freed_once_sharded(n):
     """What lives before a step is the rank's shards and its optimizer state: the build must not keep the
     unsharded parameters FSDP2 replaced (a full copy of the model per rank, seen on the H200 at N = 1)."""
-    from ist_bench.dist.fake import simulate
+    from ist_bench.distributed.fake import simulate
 
     row = simulate(_case("none", "sim"), n)
     step = row["memory"]["steps"][-1]
@@ -256,7 +256,7 @@ def test_bottleneck_adapters_run_on_real_fsdp2_ranks(method):
     """FSDP2 gathers the fp32 adapters as bf16 (the param policy): the adapter computes in its weights'
     dtype, not a fixed fp32 (which failed on the H200: "expected mat1 and mat2 to have the same dtype");
     meta tensors do not check it, so only a real run shows it."""
-    from ist_bench.dist.launch import launch
+    from ist_bench.distributed.launch import launch
 
     case = Case.from_dict({"model": ODD, "method": method, "select": "ist", "backend": "cpu", "steps": 1,
                            "seq_len": 32, "optim": "foreach"}).check()

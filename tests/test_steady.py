@@ -244,8 +244,8 @@ def _knob_row(knob: str, policy: str, tokenizer, method: str = "lora"):
     data = {"tokenizer": tokenizer, "seq_len": 512} if knob == "sample" else {"seq_len": 128}
     if knob != "fsdp2":
         return row_of(method=method, select=select, select_opts=opts, steps=4, probe=True, **data, **kw)
-    from ist_bench.dist.fake import fake_world
-    from ist_bench.dist.wrap import shard_fsdp2
+    from ist_bench.distributed.fake import fake_world
+    from ist_bench.distributed.wrap import shard_fsdp2
     case = Case(model="tiny-llama", method=MethodSpec(name=method), backend="sim", select=select, select_opts=opts,
                 steps=4, seq_len=128, **kw).check()
     with fake_world(0, 2):

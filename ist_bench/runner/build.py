@@ -55,7 +55,7 @@ def resolve(case: Case) -> Case:
     if case.optim in quant.BNB_OPTIMS:
         quant.require_bnb(f"--optim {case.optim}")
     if case.nproc is not None:
-        from ist_bench.dist.launch import check_devices
+        from ist_bench.distributed.launch import check_devices
         check_devices(case.nproc, backend)
     method = dataclasses.replace(case.method, total_steps=case.steps + 1)  # + the steady-state step
     # Build the data source once here, so a file the tokenizer cannot read fails now.
@@ -156,7 +156,7 @@ class Built:
 
 
 def build(case: Case, wrap=None) -> Built:
-    """`wrap(model)`, if given, runs after the method and before the optimizer (FSDP2 sharding: ist_bench/dist)."""
+    """`wrap(model)`, if given, runs after the method and before the optimizer (FSDP2 sharding: ist_bench/distributed)."""
     config = zoo.load_config(case.model)
     device = backends.device(case.backend)
     prepared = None

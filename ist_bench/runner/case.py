@@ -62,7 +62,7 @@ class Case:
     quant: str = "none"           # bitsandbytes base: nf4 | fp4 (Linear4bit) | int8 (Linear8bitLt); docs/quant.md
     double_quant: bool = False    # 4-bit: quantize the absmax too (QLoRA's double quantization)
     quant_compute_dtype: str = "bf16"   # 4-bit: the dtype each layer dequantizes to and computes in
-    nproc: int | None = None      # ranks (world size) under `shard` (ist_bench/dist); None: one process, no sharding
+    nproc: int | None = None      # ranks (world size) under `shard` (ist_bench/distributed); None: one process, no sharding
     shard: str = "fsdp2"          # with nproc: fsdp2 (fully_shard per block, then the root) or ddp
     reshard_after_forward: bool = True   # fsdp2: free each block's gathered weights after its forward
 

@@ -56,7 +56,7 @@ def main() -> int:
             case = Case.from_dict(job["case"]).check()
             busy = job.get("busy_gpu", "refuse")
             if case.nproc is not None:   # ranks under FSDP2/DDP: torchrun (cpu, cuda) or a fake process group (sim)
-                from ist_bench.dist.launch import run_case
+                from ist_bench.distributed.launch import run_case
                 row = run_case(case, job["kind"], job.get("warmup", 10))
             elif job["kind"] == "memory":
                 row = measure_memory(case, busy_gpu=busy, timeline=job.get("timeline"))

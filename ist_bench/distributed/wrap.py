@@ -44,7 +44,7 @@ def shard_fsdp2(model: nn.Module, *, mesh=None, reshard_after_forward: bool = Tr
     """
     from torch.distributed.fsdp import fully_shard
 
-    from ist_bench.dist import track
+    from ist_bench.distributed import track
 
     track.install()   # the tracker sees FSDP2's resize-based frees and its buffers
     kw = {"mesh": mesh, "mp_policy": mp_policy(param, reduce)}

@@ -1,6 +1,6 @@
 """One rank of a distributed case (what `torchrun` starts): join the group, shard, measure, write the row.
 
-    python -m torch.distributed.run --nproc-per-node N -m ist_bench.dist.worker JOB.json OUT_DIR
+    python -m torch.distributed.run --nproc-per-node N -m ist_bench.distributed.worker JOB.json OUT_DIR
 
 Each rank runs the memory protocol of runner/memory.py on its own tensors (a sharded parameter, gradient
 or optimizer state counts by its local shard) and writes `OUT_DIR/rank<R>.json`, also when it fails.
@@ -25,7 +25,7 @@ def init(backend: str, timeout_s: float) -> None:
 def wrapper(case, job: dict):
     """How this rank shards the model: the case's `shard` and `reshard_after_forward`; the job may name
     FSDP2's param and reduce dtypes."""
-    from ist_bench.dist import wrap
+    from ist_bench.distributed import wrap
 
     if case.shard == "ddp":
         return wrap.shard_ddp

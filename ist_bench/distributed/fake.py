@@ -61,8 +61,8 @@ def simulate(case, nproc: int, *, ranks=(0,), reshard_after_forward: bool = True
     dim 0 ceil-divided, rank 0 holds the largest local shards, so its peak is the per-rank peak)."""
     import dataclasses
 
-    from ist_bench.dist.launch import gather
-    from ist_bench.dist.wrap import shard_fsdp2
+    from ist_bench.distributed.launch import gather
+    from ist_bench.distributed.wrap import shard_fsdp2
     from ist_bench.runner.memory import measure_memory
 
     case = dataclasses.replace(case, nproc=nproc, shard="fsdp2", reshard_after_forward=reshard_after_forward)

@@ -1,6 +1,6 @@
 """Run one case on N ranks through `torch.distributed.run` (torchrun) and gather the ranks into one row.
 
-torchrun starts N workers (ist_bench/dist/worker.py) on this host; gloo on the CPU, NCCL on GPUs. Every
+torchrun starts N workers (ist_bench/distributed/worker.py) on this host; gloo on the CPU, NCCL on GPUs. Every
 collective has the process group's timeout; when a worker fails, torchrun's agent stops the others, and
 the whole launch has a wall-clock limit after which its process group is killed. Each rank writes its row;
 the case row holds them all under `ranks`, and its own `memory` is the rank that peaks highest.
@@ -41,7 +41,7 @@ def run_case(case, kind: str = "memory", warmup: int = 10) -> dict:
     if case.backend == "sim":
         if kind != "memory":
             raise UsageError("timing needs real compute: use --backend cuda, or cpu for small models")
-        from ist_bench.dist.fake import simulate
+        from ist_bench.distributed.fake import simulate
         return simulate(case, case.nproc, reshard_after_forward=case.reshard_after_forward)
     return launch(case, case.nproc, case.shard, reshard_after_forward=case.reshard_after_forward, kind=kind,
                   warmup=warmup)
@@ -61,7 +61,7 @@ def launch(case, nproc: int, shard: str = "fsdp2", *, reshard_after_forward: boo
         Path(tmp, "job.json").write_text(json.dumps(job))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", "1",
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-               "-m", "ist_bench.dist.worker", str(Path(tmp, "job.json")), tmp]
+               "-m", "ist_bench.distributed.worker", str(Path(tmp, "job.json")), tmp]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)   # its own process group: torn down as one
