@@ -116,3 +116,15 @@ def test_readmes_validation_figures_are_what_its_commands_print():
         text = " ".join(out.split())
         assert f"{m[1]} measured on both; largest |gap| of sim's estimated peak to max_memory_allocated: {m[2]}%" \
             in text, (command, text[:400])
+
+
+def test_readmes_sweep_figures_are_the_committed_sweeps():
+    """README's "N of M run both ... K run LoRA only" is what results/sweep/models.jsonl holds."""
+    import json
+
+    rows = [json.loads(line) for line in (ROOT / "results" / "sweep" / "models.jsonl").read_text().splitlines()[1:]]
+    m = re.search(r"(\d+) of (\d+) run both, (\d+) run LoRA only", " ".join((ROOT / "README.md").read_text().split()))
+    assert m, "README states the sweep's figures"
+    ok = sum(r["status"] == "ok" for r in rows)
+    partial = sum(r["status"] == "partial" for r in rows)
+    assert (int(m[1]), int(m[2]), int(m[3])) == (ok, len(rows), partial)

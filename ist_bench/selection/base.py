@@ -431,7 +431,7 @@ def parse_settings(cls: type, values: dict, policy: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     typed = {}
     for key, value in canonical_options(cls, values, policy).items():
-        typed[key] = _convert(value, str(fields[key].type), policy, key)
+        typed[key] = _convert(value, _kind(fields[key].type), policy, key)
     settings = cls(**typed)
     settings.check(policy)
     return settings
@@ -446,7 +446,7 @@ def canonical_options(cls: type, values: dict, policy: str) -> dict:
     for key, value in values.items():
         if key not in fields:
             raise choice_error(f"option for --select {policy}", key, list(fields) or ["(none)"])
-        kind = str(fields[key].type)
+        kind = _kind(fields[key].type)
         if isinstance(value, str) and kind in ("int", "float"):
             text = value.strip()
             if _INT.fullmatch(text):
@@ -458,6 +458,11 @@ def canonical_options(cls: type, values: dict, policy: str) -> dict:
                                  f"in ASCII digits (e.g. {'10' if kind == 'int' else '0.5'}), got {value!r}")
         out[key] = value
     return out
+
+
+def _kind(annotation) -> str:
+    """A settings field's type as a name: `float` whether the module has postponed annotations or not."""
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
 
 
 def _convert(value: Any, kind: str, policy: str, key: str):
