@@ -61,15 +61,17 @@ E)  # issue 28: the new models and MoE, cuda beside sim on this host's torch and
     python3 scripts/steady_check.py "$out/r/steady-moe-$card.jsonl"
     ist validate "$out/r/models-$card.jsonl" "$out/r/models-sim-$card.jsonl" --markdown "$out/r/models-$card.md" | tail -25
     ;;
-F)  # issue 29: this card's kernel tables (scripts/microbench.py), then issue 31's policies on cuda, then the time
-    # validation cells until BUDGET seconds (default 300) are spent; the sim rows of the policies last
+F)  # issue 29: this card's kernel tables (scripts/microbench.py), then issue 31's policies on cuda (LS=0 skips
+    # them), then the time validation cells from SKIP until BUDGET seconds (default 300) are spent; the
+    # policies' sim rows last
     card=$(python3 -c "import torch; n=torch.cuda.get_device_name(0); print('h200' if 'H200' in n else 'h100-80g')")
     log "microbench ($card)"; python3 scripts/microbench.py --card "$card" --out "$out/r/card-$card.json" 2>&1 | tail -9
-    log layer-sparse;  ist run suites/layer-sparse.yaml --backend cuda --out "$out/r/layer-sparse-$card.jsonl" --timeout 120 | tail -8
+    [ "${LS:-1}" = 1 ] && { log layer-sparse;  ist run suites/layer-sparse.yaml --backend cuda \
+                         --out "$out/r/layer-sparse-$card.jsonl" --timeout 120 | tail -8; }
     log cells;         python3 scripts/time_cells.py suites/time-validation.yaml "$out/r/time-$card.jsonl" \
                          --budget "${BUDGET:-300}" --skip "${SKIP:-0}" 2>&1 | tail -45
-    log "layer-sparse sim"; ist run suites/layer-sparse.yaml --backend sim --jobs 4 \
-                         --out "$out/r/layer-sparse-sim-$card.jsonl" --timeout 120 | tail -8
+    [ "${LS:-1}" = 1 ] && { log "layer-sparse sim"; ist run suites/layer-sparse.yaml --backend sim --jobs 4 \
+                         --out "$out/r/layer-sparse-sim-$card.jsonl" --timeout 120 | tail -8; }
     ;;
 *)  echo "usage: scripts/gpu_session.sh A|B|C|D|E|F"; exit 2 ;;
 esac
