@@ -215,6 +215,27 @@ def fit(model: str, gpu: str, methods: list[str], selects: list[str], granularit
     return tgt, answers
 
 
+def speeds(model: str, gpu: str, answers: list[Answer], **case_kw) -> list[tuple[Answer, dict]]:
+    """The fastest setting that fits: each answer's step at its batch length with its largest batch (or, where
+    no batch fits there, its longest sequence alone), its time predicted for the card (ist_bench/predict),
+    fastest by tokens/s first. Returns (answer, batch, seq_len, predicted row)."""
+    from ist_bench.methods import MethodSpec
+    from ist_bench.predict import card_named, predict_time
+
+    card_named(gpu)   # a card, not a size: a prediction needs its tables or spec sheet
+    out = []
+    for a in answers:
+        if not a.fits:
+            continue
+        batch, seq_len = (a.max_batch, a.batch_len) if a.max_batch else (1, a.max_seq_len)
+        case = Case(model=model, method=MethodSpec(name=a.method, target_modules=a.target_modules), select=a.select,
+                    backend="sim", steps=10, seq_len=seq_len, batch=batch, **case_kw).check()
+        row = predict_time(case, gpu, warmup=10)
+        if row["status"] == "ok":
+            out.append((a, batch, seq_len, row))
+    return sorted(out, key=lambda x: -x[3]["time"]["tokens_per_s"])
+
+
 def _targets(method: str, target_modules: str | None) -> str | None:
     """--target-modules applies to the LoRA family only: the other methods of a comma list place their own."""
     return target_modules if method in ("lora", "dora", "adalora") else None

@@ -187,20 +187,20 @@ def memory_table(device, log) -> dict:
 
     out = {"bytes": BYTES}
     curves = {c: [] for c in ("elementwise", "softmax", "norm", "reduce", "index")}
-    for nbytes in BYTES:
+    for nbytes in BYTES:   # each kernel sized so that it moves `nbytes` (reads and writes)
         n = max(nbytes // 6, 1024)        # add: two bf16 reads, one write
         a, b = (torch.randn(n, device=device, dtype=torch.bfloat16) for _ in range(2))
         c = torch.empty_like(a)
         curves["elementwise"].append(timed_us(lambda a=a, b=b, c=c: torch.add(a, b, out=c)))
-        rows = max(n // 2 // 1024, 1)     # softmax, norm, reduce: one read, one write of (rows, 1024)
+        rows = max(nbytes // 4096, 1)     # softmax, norm: read and write (rows, 1024) bf16
         x = torch.randn(rows, 1024, device=device, dtype=torch.bfloat16)
         curves["softmax"].append(timed_us(lambda x=x: torch.softmax(x, -1)))
         w = torch.ones(1024, device=device, dtype=torch.bfloat16)
         curves["norm"].append(timed_us(lambda x=x, w=w: F.layer_norm(x, (1024,), w, w)))
-        x2 = torch.randn(rows * 2, 1024, device=device, dtype=torch.bfloat16)
+        x2 = torch.randn(max(nbytes // 2048, 1), 1024, device=device, dtype=torch.bfloat16)   # reduce: read only
         curves["reduce"].append(timed_us(lambda x2=x2: x2.sum(-1)))
         emb = torch.randn(32000, 1024, device=device, dtype=torch.bfloat16)
-        ids = torch.randint(0, 32000, (rows,), device=device)
+        ids = torch.randint(0, 32000, (rows,), device=device)   # index: gather rows, write them
         curves["index"].append(timed_us(lambda emb=emb, ids=ids: F.embedding(ids, emb)))
     out.update(curves)
     log("memory: " + ", ".join(f"{c} {min(BYTES[-1] / (v[-1] * 1e-6) / 1e9, 1e9):.0f} GB/s" for c, v in curves.items()))

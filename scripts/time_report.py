@@ -25,14 +25,22 @@ def main() -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     from ist_bench.report.time_validation import summary, time_frame
 
     rows = [json.loads(line) for p in a.measured + a.predicted for line in open(p) if line.strip()]
     df = time_frame(rows)
+    from ist_bench.cards import CARDS
+
+    fitted = {(c, label) for c, card in CARDS.items() if card.calibration
+              for label in card.calibration.get("insitu", {}).get("fitted_on", [])}
+    df["set"] = ["held-out card" if c != t else "fitted" if (c, f"{m} {cell}") in fitted else "validation"
+                 for c, t, m, cell in zip(df["card"], df["tables"], df["model"], df["cell"], strict=True)]
     own = df[df["card"] == df["tables"]]
     held = df[df["card"] != df["tables"]]
-    s = summary(df)
+    s = pd.concat([summary(g).assign(set=name) for name, g in df.groupby("set")], ignore_index=True)
+    s = s[["set", *[c for c in s.columns if c != "set"]]]
     measured = [r for r in rows if r.get("backend") == "cuda" and r.get("kind") == "time"]
     gpus = sorted({r["provenance"].get("gpu") for r in measured if r.get("provenance")})
     versions = next((r["provenance"] for r in measured if r.get("provenance")), {})
@@ -42,20 +50,23 @@ def main() -> int:
           "Predicted on a CPU from each card's tables: `scripts/predict_cells.py` (`--held-out`: the card's own tables "
           "hidden, another card's read through the spec sheets). How the prediction works: docs/time-prediction.md. "
           "error % = 100 (predicted - measured) / measured; busy = GPU kernel time per step (profiler), wall = the "
-          "step's CUDA-event time; host-bound cells (GPU busy under 90% of the wall, or predicted so) are left out of "
-          "the wall figures.", "", "## Summary", "", s.round(2).to_markdown(index=False), ""]
+          "step's CUDA-event time; host-bound cells (GPU busy under 80% of the wall, or predicted so) are left out of "
+          "the wall figures.", "", "**Sets.** The card's in-model factors (docs/time-prediction.md) were fitted on "
+          "half the measured cells, every other one in suite order (`scripts/fit_insitu.py`): those are *fitted*; the "
+          "*validation* cells never entered any fit; the *held-out card* rows are another card's measured steps "
+          "predicted from this card's tables alone.", "", "## Summary", "", s.round(2).to_markdown(index=False), ""]
     if not held.empty:
         md += ["**Held-out card** (NeuSight's protocol): each card predicted from the other card's tables only — the "
                "rows whose *tables* differ from their *card* above. That error is the uncertainty a prediction from the "
                "spec sheets states (`prediction.uncertainty_pct`).", ""]
-    cols = ["card", "tables", "model", "cell", "busy ms", "predicted busy ms", "busy err %", "forward busy err %",
+    cols = ["set", "card", "tables", "model", "cell", "busy ms", "predicted busy ms", "busy err %", "forward busy err %",
             "backward busy err %", "optimizer busy err %", "wall ms", "predicted wall ms", "wall err %", "host-bound"]
-    md += ["## Every cell", "", df.sort_values(["card", "tables", "model", "cell"])[cols].round(2).to_markdown(index=False), ""]
+    md += ["## Every cell", "", df.sort_values(["set", "card", "model", "cell"])[cols].round(2).to_markdown(index=False), ""]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     for ax, what in zip(axes, ("busy", "wall"), strict=True):
-        for (card, tables), g in df.groupby(["card", "tables"]):
+        for (name, card), g in df.groupby(["set", "card"]):
             m, p = g[f"{what} ms"], g[f"predicted {what} ms"]
-            ax.scatter(m, p, s=14, label=f"{card} ({'own tables' if card == tables else tables + ' tables'})")
+            ax.scatter(m, p, s=14, label=f"{card}: {name}")
         lim = [max(1.0, df[[f"{what} ms", f"predicted {what} ms"]].min().min() * 0.8),
                df[[f"{what} ms", f"predicted {what} ms"]].max().max() * 1.2]
         ax.plot(lim, lim, "k--", lw=0.8)

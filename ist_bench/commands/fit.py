@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="append the answers to this JSONL file (created if missing; '-': "
                                                   "stdout, the table to stderr)")
     p.add_argument("--plot", help="write a PNG of peak memory vs length per method, with the card's line")
+    p.add_argument("--speed", action="store_true", help="also rank what fits by tokens/s predicted for the card (at "
+                                                         "--batch-len, the largest batch that fits; docs/time-prediction.md)")
     p.set_defaults(func=cmd_fit)
 
 
@@ -93,9 +95,27 @@ def cmd_fit(args: argparse.Namespace) -> int:
                   f"checkpointing {'on' if args.grad_checkpointing else 'off'}; (limit): the model's position "
                   f"limit; {time.time() - start:.0f} s",
                   style="dim")
+    ranked = []
+    if args.speed:
+        ranked = fit.speeds(args.model, args.gpu, answers, dtype=args.dtype, attn=args.attn,
+                            grad_checkpointing=args.grad_checkpointing, optimizer_state=args.optimizer_state,
+                            quant=args.quant, double_quant=args.double_quant,
+                            quant_compute_dtype=args.quant_compute_dtype, optim=args.fit_optim)
+        speed = Table(title=f"the fastest setting that fits, predicted for {args.gpu} (no GPU used)", title_justify="left")
+        for col in ("method", "batch x tokens", "step ms", "tokens/s", "MFU"):
+            speed.add_column(col, justify="left" if col == "method" else "right")
+        for a, batch, seq_len, row in ranked:
+            t = row["time"]
+            speed.add_row(a.label, f"{batch} x {seq_len}", f"{t['phases_ms']['step']['median']:.0f}",
+                          f"{t['tokens_per_s']:,.0f}", f"{100 * t['device']['mfu']:.0f}%")
+        console.print(speed)
     if args.json:
         append_json(args.json, [{"kind": "fit", "model": args.model, "gpu": args.gpu, "usable": tgt.usable,
-                                  "note": tgt.note, "answers": [dataclasses.asdict(a) for a in answers]}])
+                                  "note": tgt.note, "answers": [dataclasses.asdict(a) for a in answers],
+                                  **({"speed": [{"method": a.label, "batch": batch, "seq_len": seq_len,
+                                                 "tokens_per_s": row["time"]["tokens_per_s"]}
+                                                for a, batch, seq_len, row in ranked]}
+                                     if args.speed else {})}])
     if args.plot:
         from ist_bench.report.plots import fit_curves
         console.print(f"wrote {fit_curves(args.model, tgt, answers, args.plot)}")

@@ -61,15 +61,20 @@ def trace_case(case) -> dict:
         trained = [p for g in b.optimizer.param_groups for p in g["params"]]
         fill_optimizer_state(b.optimizer, trained)   # a timed step is never a run's first
         fill_method_state(b.model, case.method)
-        varies = k < n and not policy.grad_below     # else backward reaches every block whatever the draw
-        low = [0, *range(n - k + 1, n)] if varies else (None if k >= n else list(range(k)))
+        by_count = getattr(policy, "time_by", "lowest") == "count"   # DropBP: any subset; its size decides
+        varies = (k < n and not policy.grad_below) or by_count   # else backward reaches every block anyway
+        if by_count:
+            low, high = None, [n - 1]          # every block kept; one kept
+        else:
+            low = [0, *range(n - k + 1, n)] if varies else (None if k >= n else list(range(k)))
+            high = list(range(n - k, n))
         traces = {"low": record(low, False)}
         if varies:
-            traces["high"] = record(list(range(n - k, n)), False)
+            traces["high"] = record(high, False)
         if policy.needs_eval_batch:
             traces["round"] = [op for op in record(low, True) if op.phase == "importance" or
                                op.kind == "mark" and op.name.startswith("importance")]
-    return {"traces": traces, "policy": policy, "n_layers": n, "n_active": k, "varies": varies,
+    return {"traces": traces, "policy": policy, "n_layers": n, "n_active": k, "varies": varies, "by_count": by_count,
             "tokens": b.batches.ids(0).numel(), "info": b.info}
 
 
@@ -107,17 +112,24 @@ def predict_time(case, card_name: str = "h100-80g", warmup: int = 10) -> dict:
         draws = [policy.select(s) for s in steps]
         top = max(n - k, 1)
 
-        def at(figure) -> list[float]:   # per timed step: interpolate between the traces by the lowest layer
+        def position(d) -> float:   # 0 at the "low" trace, 1 at the "high" one
+            if t["by_count"]:       # DropBP: from every block kept (0) to one kept (1)
+                return 0.0 if d is None else (n - len(d)) / max(n - 1, 1)
+            return min(d) / top if d else 0.0
+
+        def at(figure) -> list[float]:   # per timed step: interpolate between the two traces
             lo = figure(lines["low"])
             if not t["varies"]:
                 return [lo] * len(draws)
             hi = figure(lines["high"])
-            return [lo + (hi - lo) * (min(d) / top if d else 0.0) for d in draws]
+            return [lo + (hi - lo) * position(d) for d in draws]
         wall = {"forward": at(lambda tl: tl.span("start", "forward")),
                 "backward": at(lambda tl: tl.span("forward", "backward")),
                 "optimizer": at(lambda tl: tl.span("backward", "optimizer"))}
         wall["step"] = at(lambda tl: tl.span("start", "end"))
         busy = {p: at(lambda tl, p=p: tl.busy.get(p, 0.0)) for p in PHASES}
+        groups = {f"{p}/{g}": statistics.mean(at(lambda tl, p=p, g=g: tl.groups.get((p, g), 0.0))) / 1e3
+                  for p in PHASES for g in {g for line in lines.values() for (q, g) in line.groups if q == p}}
         busy["step"] = [sum(v) for v in zip(*(busy[p] for p in PHASES), strict=True)]
         ms = {p: [x / 1e3 for x in v] for p, v in wall.items()}
         busy_ms = {p: [x / 1e3 for x in v] for p, v in busy.items()}
@@ -154,15 +166,19 @@ def predict_time(case, card_name: str = "h100-80g", warmup: int = 10) -> dict:
             row["time"]["phases_ms"]["importance"] = spread(rounds)
             row["time"]["device"]["busy_ms"]["importance"] = round_busy
         measured = km.src.measured
+        same_arch = km.src.tables.arch == card.arch
         row["prediction"] = {
             "card": card.name, "tables": km.src.tables.name,
             "calibration": (km.cal.get("measured") if measured else
-                            f"{km.src.tables.name}'s tables scaled by the spec sheets (no tables for {card.name})"),
-            "uncertainty_pct": None if measured else SPEC_UNCERTAINTY_PCT,
+                            f"{km.src.tables.name}'s tables scaled by the spec sheets (no tables for {card.name}"
+                            + ("" if same_arch else f"; {card.arch or 'another'} is not {km.src.tables.arch}: this "
+                               f"fallback's error across architectures is not measured") + ")"),
+            "uncertainty_pct": None if measured or not same_arch else SPEC_UNCERTAINTY_PCT,
             "host": host.get("measured_on", "the calibration machine's CPU"),
             "host_ms_per_step": host_step, "busy_ms_per_step": busy_step,
             "host_bound": host_step > busy_step,
             "fallback": {name: round(us / total_us, 4) for name, us in sorted(km.fallback.items(), key=lambda x: -x[1])},
+            "busy_ms_by_group": groups,   # phase/kernel group: the mean over the timed steps (scripts/fit_insitu.py)
             "draws": "the timed steps' own draws (the policy's, same seed); IST and ILA: as on sim (no values)",
         }
     except UsageError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ist_bench.predict.kernels import group
 from ist_bench.predict.trace import KERNEL_KINDS, Op
 
 
@@ -21,6 +22,7 @@ class Timeline:
     events: dict[str, float] = field(default_factory=dict)
     busy: dict[str, float] = field(default_factory=dict)
     host: dict[str, float] = field(default_factory=dict)     # host µs per phase
+    groups: dict[tuple, float] = field(default_factory=dict)  # busy µs per (phase, kernel group)
 
     def span(self, a: str, b: str) -> float:
         return self.events[b] - self.events[a] if a in self.events and b in self.events else 0.0
@@ -50,4 +52,6 @@ def simulate(ops: list[Op], kernel_us: Callable[[Op], float], host: dict, repeat
                 d = kernel_us(op)
                 g = max(g, h + launch) + d
                 t.busy[op.phase] = t.busy.get(op.phase, 0.0) + d
+                key = (op.phase, group(op))
+                t.groups[key] = t.groups.get(key, 0.0) + d
     return t

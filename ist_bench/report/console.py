@@ -289,7 +289,7 @@ def print_prediction(row: dict) -> None:
              if isinstance(cal, dict) else cal)
     line = f"predicted for {p['card']} (no GPU used): {where}"
     if p.get("uncertainty_pct"):
-        line += f"; uncertainty ±{p['uncertainty_pct']:g}%"
+        line += f"; uncertainty ±{p['uncertainty_pct']:g}% (a held-out card's error)"
     console.print(line)
     bound = "host-bound: the GPU waits for the CPU's launches" if p["host_bound"] else "GPU-bound"
     console.print(f"host {p['host_ms_per_step']:.1f} ms vs GPU busy {p['busy_ms_per_step']:.1f} ms per step: {bound} "

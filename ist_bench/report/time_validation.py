@@ -12,10 +12,18 @@ from __future__ import annotations
 import pandas as pd
 
 from ist_bench.report.tables import column
-from ist_bench.report.validation import _key
+from ist_bench.results import case_key
 
 PHASES = ("forward", "backward", "optimizer", "step")
-HOST_BOUND_BUSY = 0.9     # a measured step whose GPU is busy less than this share of the wall is host-bound
+HOST_BOUND_BUSY = 0.8     # a measured step whose GPU is busy less than this share of the wall is host-bound
+                          # (the console's "launch-bound" line uses the same share)
+
+
+def _key(row: dict) -> str:
+    """The case but its backend and AdaLoRA's schedule length (a timed run sets it to the steps it takes)."""
+    case = {k: v for k, v in row["case"].items() if k not in ("backend", "capacity")}
+    case["method"] = {k: v for k, v in case["method"].items() if k != "total_steps"}
+    return case_key(case)
 
 
 def _card(row: dict) -> str | None:

@@ -134,6 +134,7 @@ class SelectionPolicy:
     grad_below: bool = False                  # something before the first block trains (set by bind)
     freezes_outside: ClassVar[bool] = False   # only the blocks train, whatever the method (BAdam, HiFT)
     optimizer_state_rule: ClassVar[str | None] = None   # the policy's own rule for optimizer state (BAdam: reset)
+    time_by: ClassVar[str] = "lowest"         # what decides a step's time: its lowest trained layer (or "count")
     block_bytes: list[int] | None = None      # each block's trainable bytes (set by bind)
 
     def __init__(self, *, seed: int = 0, optimizer_state: str = "keep", **settings: Any):

@@ -33,6 +33,7 @@ class DropBP(SelectionPolicy):
     name = "dropbp"
     description = "DropBP: each block's backward dropped with probability `rate` (forward runs, no graph)"
     Settings = DropBPSettings
+    time_by = "count"      # a step's time follows how many blocks it keeps (ist_bench/predict), not the lowest
 
     def setup(self) -> None:
         self._hooks = []
