@@ -31,8 +31,11 @@ def main(argv: list[str]) -> int:
     mem = {(r["case"]["model"], r["case"]["method"]["name"], r["case"]["select"]): r
            for r in rows if r.get("kind", "memory") == "memory" and r["status"] == "ok"}
     times = {}
+    plain = {"seq_len": 1024, "batch": 1, "attn": "eager", "grad_checkpointing": False, "dtype": "bf16", "optim": "fused"}
     for r in rows:
-        if r.get("kind") == "time" and r["status"] == "ok":
+        c = r["case"]
+        if r.get("kind") == "time" and r["status"] == "ok" and c["model"] in {k[0] for k in mem} and \
+                all(c.get(k, v) == v for k, v in plain.items()) and c["select"] in ORDER:
             card = (r.get("prediction") or {}).get("card") or r["time"].get("device", {}).get("card") or r["backend"]
             how = "predicted" if r["backend"] == "sim" else "measured"
             times[(r["case"]["model"], r["case"]["method"]["name"], r["case"]["select"], card, how)] = \
