@@ -254,7 +254,7 @@ def print_time(row: dict) -> None:
     if busy and dev.get("busy_fraction", {}).get("step", 1) < 0.8:
         console.print(f"[yellow]the GPU is busy {100 * dev['busy_fraction']['step']:.0f}% of the step: it is "
                       f"launch-bound, wall time moves with the host; compare GPU busy time[/]")
-    if t["p90_over_p10"] > NOISY:
+    if t["p90_over_p10"] > NOISY and not row.get("prediction"):   # a prediction's spread is its draws', not noise
         console.print(f"[yellow]noisy: p90/p10 = {t['p90_over_p10']:.2f} > {NOISY}; compare with the A/B mode "
                       f"(--compare-select) or on GPU busy time rather than across runs[/]")
     over = t.get("overhead")
