@@ -18,11 +18,11 @@ N = 30
 
 
 def _suite(tmp_path: Path, n: int = N) -> Path:
-    """n tiny sim cases (seeds); case 5 runs against 64 KB and must OOM; case 9 is slow enough to be
+    """n tiny sim cases (seeds); case 5 runs against 1 MiB and must OOM; case 9 is slow enough to be
     killed mid-step."""
     cases = [{"seed": i} for i in range(n)]
     if n == N:
-        cases[5]["capacity"] = "64KB"
+        cases[5]["capacity"] = "1MiB"
         cases[9].update(steps=40, seq_len=512)
     f = tmp_path / "faults.yaml"
     f.write_text("name: faults\nkind: memory\ndefaults: {model: tiny-llama, method: lora, steps: 1, seq_len: 32, "

@@ -20,12 +20,12 @@ def _job(**fault):
 def test_raising_killed_and_oom_cases_become_rows_while_the_others_complete():
     """(A hang past the timeout, a kill mid-step and an invalid case: tests/test_faults.py.)"""
     oom = _job()
-    oom["case"]["capacity"] = "64KB"
+    oom["case"]["capacity"] = "1MiB"
     rows = list(run_isolated([_job(), _job(fault="raise"), _job(fault="kill"), oom, _job()]))
     assert [r["status"] for r in rows] == ["ok", "crashed", "killed", "oom", "ok"]
     assert "injected failure" in rows[1]["log_tail"]
     assert rows[2]["error"] == "worker killed by signal 9"
-    assert "capacity" in rows[3]["error"] and rows[3]["peak_reached"] > 64_000
+    assert "capacity" in rows[3]["error"] and rows[3]["peak_reached"] > 1 << 20
     assert rows[0]["memory"]["steps"] and rows[4]["memory"]["steps"]
     assert all(r["case"]["model"] == "tiny-llama" for r in rows)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ist_bench.errors import choice_error
-from ist_bench.selection.base import SelectionPolicy, at_least, rng
+from ist_bench.selection.base import SelectionPolicy, at_least
+from ist_bench.selection.lift import one_at_a_time
 
 ORDERS = ("ascending", "descending", "random")
 
@@ -40,9 +41,5 @@ class BAdam(SelectionPolicy):
         return 1
 
     def select(self, step: int) -> list[int]:
-        passes, position = divmod(step // self.settings.interval, self.n_layers)
-        if self.settings.order == "ascending":
-            return [position]
-        if self.settings.order == "descending":
-            return [self.n_layers - 1 - position]
-        return [int(rng(self.seed, passes).permutation(self.n_layers)[position])]
+        order = {"ascending": "up", "descending": "down"}.get(self.settings.order, "random")
+        return one_at_a_time(step, self.settings.interval, order, self.n_layers, self.seed)

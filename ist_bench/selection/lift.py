@@ -32,10 +32,16 @@ class LIFT(SelectionPolicy):
         return 1
 
     def select(self, step: int) -> list[int]:
-        turn = step // self.settings.interval
-        passes, position = divmod(turn, self.n_layers)
-        if self.settings.order == "front":
-            return [position]
-        if self.settings.order == "back":
-            return [self.n_layers - 1 - position]
-        return [int(rng(self.seed, passes).permutation(self.n_layers)[position])]
+        order = {"front": "up", "back": "down"}.get(self.settings.order, "random")
+        return one_at_a_time(step, self.settings.interval, order, self.n_layers, self.seed)
+
+
+def one_at_a_time(step: int, interval: int, order: str, n_layers: int, seed: int) -> list[int]:
+    """The block of step `step` when each block trains `interval` steps in turn: up (0 first), down (the last
+    first), or random (a new permutation every pass). LIFT's and BAdam's rule."""
+    passes, position = divmod(step // interval, n_layers)
+    if order == "up":
+        return [position]
+    if order == "down":
+        return [n_layers - 1 - position]
+    return [int(rng(seed, passes).permutation(n_layers)[position])]
