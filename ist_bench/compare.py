@@ -93,7 +93,7 @@ def environment(rows: list[dict]) -> dict[str, set]:
 
 def check_environments(base: list[dict], cur: list[dict]) -> None:
     a, b = environment(base), environment(cur)
-    diffs = [f"{k} {sorted(a[k])} vs {sorted(b[k])}" for k in a if a[k] != b[k] and (a[k] or b[k])]
+    diffs = [f"{k} {sorted(a[k])} vs {sorted(b[k])}" for k in a if a[k] != b[k]]
     if diffs:
         raise UsageError("baseline and current were measured differently: " + "; ".join(diffs) +
                          " (pass --allow-mismatch to compare anyway)")
