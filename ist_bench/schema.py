@@ -44,10 +44,11 @@ _TYPE_WORDS = {int: "int", float: "float", str: "str", bool: "bool", dict: "dict
 
 def show(value: Any) -> str:
     """A value as the error line shows it: short, one line, never a file's worth of text."""
-    if isinstance(value, bool) or value is None:
-        return repr(value)
-    if isinstance(value, int) and abs(value) >= 10**15:
-        return f"{float(value):.3g}" if abs(value) < 10**300 else f"{'-' if value < 0 else ''}10**{len(str(abs(value))) - 1}"
+    if isinstance(value, int) and abs(value) >= 10**15:     # (True, False and None: their repr, below)
+        if abs(value) < 10**300:
+            return f"{float(value):.3g}"
+        digits = str(abs(value))
+        return f"{str(value).removesuffix(digits)}10**{len(digits) - 1}"    # the sign, then the power of 10
     if isinstance(value, dict):
         return "a mapping" if value else "{}"
     text = " ".join(repr(value).split())
@@ -83,9 +84,9 @@ def _allowed(err: dict, field) -> str:
 def usage_error(e: ValidationError, where: str, schema: type[BaseModel] | None = None, data: Any = None,
                 label=lambda name: name) -> UsageError:
     """The first error of `e` as one line: `<where><field> must be <allowed>, got <value>`."""
-    err = e.errors(include_url=False)[0]
+    err = e.errors()[0]
     loc = _in_data(data, err["loc"], err["type"] == "missing")
-    fields = getattr(schema, "model_fields", {}) if schema is not None else {}
+    fields = getattr(schema, "model_fields", {})
     field = fields.get(loc[0]) if len(loc) == 1 and isinstance(loc[0], str) else None
     name = label(".".join(_key(p) for p in loc)) if loc else ""
     if err["type"] == "extra_forbidden":
@@ -105,7 +106,7 @@ def _in_data(data: Any, loc: tuple, missing: bool) -> list:
     for i, part in enumerate(loc):
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        elif isinstance(node, list) and part in range(len(node)):
             node = node[part]
         elif not (missing and i == len(loc) - 1):
             continue
@@ -128,9 +129,7 @@ def bounded(value: Any, depth: int = 0, path: str = "", infinite: bool = False) 
     or nests deeper than MAX_DEPTH; None if nowhere."""
     if depth > MAX_DEPTH:
         return f"{path.split('.')[0] or 'the value'} nests deeper than {MAX_DEPTH} levels"
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return None
-    if isinstance(value, int):
+    if isinstance(value, int):      # a bool too (always within); None and text hold no number
         return None if -MAX_INT <= value <= MAX_INT else f"{path} must be a number within int64, got {show(value)}"
     if isinstance(value, float):
         if infinite and math.isinf(value):
@@ -203,13 +202,14 @@ CASE_LIMITS: dict[str, Any] = {
     "seq_len": Field(ge=2),               # at most the model's positions (Case.check), and MAX_TOKENS
     "batch": Field(ge=1, le=MAX_TOKENS // 2),
     "seed": Field(ge=0, lt=2**32),
-    "lr": Field(gt=0, allow_inf_nan=False, description="a finite number > 0"),
+    "lr": Field(gt=0, description="a finite number > 0"),     # finite: dataclass_schema's config
     "model": Field(min_length=1),
     "nproc": Field(ge=1, le=MAX_RANKS, description=f"an integer >= 1 (at most {MAX_RANKS})"),
 }
 METHOD_LIMITS: dict[str, Any] = {
     key: Field(ge=1, le=1 << 16) for key in ("r", "bottleneck", "adalora_init_r", "adalora_target_r")
-} | {"alpha": Field(ge=0, le=1 << 20), "dropout": Field(allow_inf_nan=False), "total_steps": Field(ge=1, le=MAX_STEPS + 1)}
+} | {"alpha": Field(ge=0, le=1 << 20), "total_steps": Field(ge=1, le=MAX_STEPS + 1)}
+# (dropout: finite by dataclass_schema's config, in [0, 1) by MethodSpec itself)
 
 
 @functools.cache
@@ -257,10 +257,10 @@ _Width = Annotated[int, Field(ge=1, le=4 * MAX_HIDDEN)]
 
 
 class ModelShape(BaseModel):
-    """The sizes of a transformers config (read from its attributes: GPT-2's n_layer is
-    num_hidden_layers) that decide a model's memory; anything else is the family's own business."""
+    """The sizes of a transformers config (check_config reads them from its attributes: GPT-2's n_layer
+    is num_hidden_layers) that decide a model's memory; anything else is the family's own business."""
 
-    model_config = ConfigDict(from_attributes=True, strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True)
 
     num_hidden_layers: int = _size(MAX_LAYERS)
     hidden_size: int = _size(MAX_HIDDEN)
@@ -279,7 +279,7 @@ class ModelShape(BaseModel):
             raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size "
                              f"({self.hidden_size})")
         kv = self.num_key_value_heads
-        if kv is not None and (kv > self.num_attention_heads or self.num_attention_heads % kv):
+        if kv is not None and self.num_attention_heads % kv:     # (more kv heads than heads never divides)
             raise ValueError(f"num_key_value_heads ({kv}) must divide num_attention_heads ({self.num_attention_heads})")
         return self
 
@@ -293,8 +293,6 @@ def check_config(config, where: str) -> None:
             values[name] = getattr(config, name)
         except AttributeError:
             continue
-    if values.get("head_dim") is None and "head_dim" in values:
-        del values["head_dim"]
     validate(ModelShape, values, where, label=lambda name: own.get(name, name))
 
 
@@ -326,7 +324,7 @@ STATUSES = ("ok", "oom", "error", "crashed", "killed", "timeout")
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
+    model_config = ConfigDict(extra="allow", strict=True)    # finite: each float's own type (and Row._numbers)
 
 
 class _MethodRow(_Open):     # a method, or a selection policy: a name and its settings

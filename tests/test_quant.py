@@ -231,7 +231,7 @@ def test_table1_gains_qlora_columns_beside_lora_from_the_h200_rows():
     cell the row's allocated peak, whatever the rows' order."""
     import random
 
-    from ist_bench.report import tables
+    from ist_bench.report import frame, tables
     from ist_bench.results import read_rows
 
     rows = read_rows("results/gpu/table1-h200.jsonl") + read_rows("results/gpu/quant-h200.jsonl")
@@ -239,7 +239,7 @@ def test_table1_gains_qlora_columns_beside_lora_from_the_h200_rows():
              if r["case"]["model"] == "llama-7b" and r["case"].get("quant") == "nf4" and r["case"]["optim"] == "fused"}
     for seed in (0, 1):
         random.Random(seed).shuffle(rows)
-        t1 = tables.table1(tables.memory_cells(rows), "cuda", "allocated peak").set_index("model")
+        t1 = tables.table1(frame.build(rows), "cuda", "allocated peak (GiB)").set_index("model")
         assert {"lora", "lora nf4 dq", "lora+ist nf4 dq", "lora int8"} <= set(t1.columns)
         assert t1.loc["llama-7b", "lora nf4 dq"] == f"{peaks['none']:.1f}"
         assert t1.loc["llama-7b", "lora+ist nf4 dq"] == f"{peaks['ist']:.1f}"

@@ -354,13 +354,13 @@ def test_a_config_path_is_labelled_by_its_stem(model, label):
 def test_a_case_whose_model_is_a_path_shows_the_stem_in_console_reports_and_compare(tmp_path):
     from ist_bench.compare import title
     from ist_bench.report.console import _title
-    from ist_bench.report.tables import memory_cells
+    from ist_bench.report.frame import build
 
     path = "/some/very/long/folder/of/configs/big-llama.json"
     row = mem_row(path, "lora")
     assert _title(row["case"]).startswith("big-llama · ") and path not in _title(row["case"])
     assert title(row) == "memory: big-llama lora [cuda]"
-    assert list(memory_cells([row])["model"]) == ["big-llama"]
+    assert list(build([row])["model"]) == ["big-llama"]
     md = _report(tmp_path, [row, mem_row("llama-7b", "lora")])["r.md"].decode()
     assert "| big-llama " in md and "/some/very" not in md
 
@@ -368,11 +368,10 @@ def test_a_case_whose_model_is_a_path_shows_the_stem_in_console_reports_and_comp
 def test_every_saving_is_computed_within_one_cell_and_names_its_knobs():
     """The QLoRA report once showed 'llama-7b lora ist' four times (the quantization knob dropped) and a
     Llama-2-70B 'saving above weights' of -183% (another row's bf16 weights taken as the nf4 base's)."""
-    from ist_bench.report import tables
+    from ist_bench.report import frame, tables
 
     rows = read_rows(ROOT / "results/gpu/table1-h200.jsonl") + read_rows(ROOT / "results/gpu/quant-h200.jsonl")
-    cells = tables.memory_cells(rows)
-    sv = tables.savings(cells, "cuda")
+    sv = tables.savings(frame.build(rows), "cuda")
     assert not sv.duplicated(["model", "cell"]).any()
     for r in sv.to_dict("records"):
         assert r["against"].split(" ")[0] == r["cell"].split(" ")[0].split("+")[0], r   # the method without the policy
@@ -382,5 +381,29 @@ def test_every_saving_is_computed_within_one_cell_and_names_its_knobs():
     assert 10 < nf4["saving above weights %"] < 30
     row = next(r for r in rows if r["case"]["model"] == "llama2-70b" and r["case"].get("select") == "ist"
                and r["status"] == "ok")
-    base = tables.base_weights(row)   # the nf4 base as it lies in memory: far under the bf16 weights
+    base = frame.base_weights(row)   # the nf4 base as it lies in memory: far under the bf16 weights
     assert base < 0.5 * row["params"] * 2
+
+
+def test_a_report_reads_its_rows_into_one_frame_of_cells_once(tmp_path, monkeypatch):
+    """issue 30: every table and plot is a function of one tidy frame (report/frame.py), built once: the
+    rows are grouped into cells twice (memory, time) per report, never again by a table or a plot."""
+    from ist_bench.report import frame
+
+    grouped, built = [], []
+    real_cells_of, real_build = frame.cells_of, frame.build
+    monkeypatch.setattr(frame, "cells_of", lambda rows, kind: grouped.append(kind) or real_cells_of(rows, kind))
+    monkeypatch.setattr(frame, "build", lambda rows: built.append(len(rows)) or real_build(rows))
+    rows = [mem_row("llama-7b", "lora"), mem_row("llama-7b", "lora", "ist", peak=15.0),
+            time_row("lora", "none", 60, 80, 20), time_row("lora", "ist", 50, 60, 15)]
+    out = _report(tmp_path, rows)
+    assert built == [4] and sorted(grouped) == ["memory", "time"]
+    assert {"r.md", "r.csv", "r-time.csv"} <= set(out)
+    df = real_build(rows)
+    assert list(df["kind"]) == ["memory", "memory", "time", "time"]
+    assert len(df.drop_duplicates(["kind", "model", "column", "backend"])) == len(df)     # one row per cell
+    figures = [c for c in df.columns if c not in ("kind", "model", "column", "backend", "status", "gpu", "data",
+                                                  "seq_len", "steps", "top activations", "seed's median as typical")]
+    assert figures and all(c.endswith(("(GiB)", "ms (mean)", "ms (median)", " busy ms", "ms/iter", "/ 100 iter"))
+                           for c in figures), figures
+    assert df.loc[1, "allocated peak (GiB)"] == 15.0

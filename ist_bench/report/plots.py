@@ -12,7 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ist_bench.report.tables import MODEL_ORDER, _column_order, cells_of, column  # noqa: E402
+from ist_bench.report.cells import column  # noqa: E402
+from ist_bench.report.frame import MODEL_ORDER, column_key, unit_free  # noqa: E402
+from ist_bench.report.tables import memory_cells  # noqa: E402
 from ist_bench.results import model_label  # noqa: E402
 from ist_bench.safeio import save_figure  # noqa: E402
 
@@ -30,30 +32,20 @@ def _save(fig, path) -> str:
     return str(path)
 
 
-def _by_model(rows: list[dict], backend: str) -> dict[str, dict[str, dict]]:
-    out: dict[str, dict[str, dict]] = {}
-    for r in cells_of(rows, "memory"):
-        steps = r.get("memory", {}).get("steps") or []
-        if r.get("backend") == backend and r["status"] == "ok" and steps and "at_peak" in steps[-1]:
-            out.setdefault(model_label(r["case"]["model"]), {})[column(r["case"])] = r
-    order = [m for m in MODEL_ORDER if m in out] + sorted(set(out) - set(MODEL_ORDER))
-    return {m: out[m] for m in order}
-
-
-def breakdown(rows: list[dict], backend: str, path) -> str | None:
+def breakdown(frame, backend: str, path) -> str | None:
     """Stacked bars: what is live at the steady step's peak, per model x method (+ policy)."""
-    models = _by_model(rows, backend)
-    if not models:
+    sub = memory_cells(frame, backend, ok=True)
+    sub = sub[sub["at peak: weights (GiB)"].notna()]
+    if sub.empty:
         return None
+    models = [m for m in MODEL_ORDER if m in set(sub["model"])] + sorted(set(sub["model"]) - set(MODEL_ORDER))
     fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models) + 1.5, 4.2), squeeze=False)
-    for ax, (model, cols) in zip(axes[0], models.items(), strict=True):
-        names = _column_order(cols)
+    for ax, model in zip(axes[0], models, strict=True):
+        cells = sub[sub["model"] == model].drop_duplicates("column", keep="last").set_index("column")
+        names = sorted(cells.index, key=column_key)
         bottom = np.zeros(len(names))
         for key, label, color in PARTS:
-            vals = []
-            for n in names:
-                at = cols[n]["memory"]["steps"][-1]["at_peak"]
-                vals.append((at.get("rounding", 0) + at.get("workspace", 0) if key == "overhead" else at.get(key, 0)) / GiB)
+            vals = [cells.at[n, f"at peak: {key} (GiB)"] for n in names]
             ax.bar(range(len(names)), vals, bottom=bottom, color=color, label=label, width=0.75)
             bottom += np.array(vals)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
@@ -67,7 +59,7 @@ def breakdown(rows: list[dict], backend: str, path) -> str | None:
     return _save(fig, path)
 
 
-def savings(table, path, figure: str = "allocated peak", backend: str = "") -> str | None:
+def savings(table, path, figure: str = "allocated peak (GiB)", backend: str = "") -> str | None:
     """Bars: the % of peak memory a policy saves against its method without selection, ours and the paper's."""
     if table is None or table.empty:
         return None
@@ -83,15 +75,13 @@ def savings(table, path, figure: str = "allocated peak", backend: str = "") -> s
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Peak memory a layer-selection policy saves against the same method without it\n"
-                 f"({figure}, steady-state bound, {backend})", fontsize=10)
+                 f"({unit_free(figure)}, steady-state bound, {backend})", fontsize=10)
     return _save(fig, path)
 
 
-def step_time(times, path) -> str | None:
+def step_time(frame, path) -> str | None:
     """Stacked bars: mean ms per iteration in each phase (importance forwards spread over iterations)."""
-    if times is None or times.empty:
-        return None
-    ok = times[times["status"] == "ok"]
+    ok = frame[(frame["kind"] == "time") & (frame["status"] == "ok")]
     if ok.empty:
         return None
     names = list(ok["column"])

@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from ist_bench.report import cells as cellinfo
-from ist_bench.report import plots, scale, tables
+from ist_bench.report import frame, plots, scale, tables
 from ist_bench.results import read_rows, write_atomic
 
-FIGURE = "allocated peak"
+FIGURE = "allocated peak (GiB)"
 GiB = 1 << 30
 WHAT = {"cuda": "max_memory_allocated over the run", "sim": "sim's estimate of max_memory_allocated",
         "cpu": "peak of live tensors"}
@@ -48,34 +48,36 @@ def _render(paths: list[str], out: Path, card: str) -> list[str]:
     rows = [r for r in everything if not r.get("case", {}).get("nproc")]
     scaled = scale.scale_frame(sharded)
     written: list[str] = []
-    cells = tables.memory_cells(rows)
-    times = tables.time_cells(rows)
-    md = [f"# ist-bench report: {out.name}", "", _sources(paths, everything, len(cells) + len(times) + len(scaled)), ""]
+    cells = frame.build(rows)            # every table and plot below is a function of this one frame
+    memory = tables.memory_cells(cells)
+    times = frame.csv_view(cells, "time")
+    md = [f"# ist-bench report: {out.name}", "", _sources(paths, everything, len(cells) + len(scaled)), ""]
     tex = [f"% ist-bench report {out.name}; paper values from: {tables.PAPER['source']}", ""]
-    backends = [b for b in ("cuda", "sim", "cpu") if not cells.empty and b in set(cells["backend"])]
+    backends = [b for b in ("cuda", "sim", "cpu") if b in set(memory["backend"])]
     for backend in backends:
         unchecked = _unchecked(backend)
         t1 = tables.table1(cells, backend, FIGURE, unchecked=unchecked)
-        gpu = _gpu(cells, backend)
+        gpu = _gpu(memory, backend)
         md += [f"## Table 1: memory, {backend}" + (f" on {gpu}" if gpu else ""), "",
-               f"GiB, batch 1, {_lengths(cells, backend)}. Each cell: ours / the paper's (ours / paper); the "
+               f"GiB, batch 1, {_lengths(memory, backend)}. Each cell: ours / the paper's (ours / paper); the "
                f"paper prints GB, read here as GiB. Ours is the allocator peak ({WHAT[backend]}), steady state "
                f"included; *weights* is the base model's weights (parameters x bytes of the weight dtype), the "
                f"same for every method; what a method adds is in its cells and in the CSV's `adapter weights "
                f"(GiB)`; definitions: docs/reports.md.", "", t1.to_markdown(index=False), "",
-               _check_line(cells, backend, unchecked), ""]
+               _check_line(memory, backend, unchecked), ""]
         tex.append(tables.to_latex(
             tables.transposed(tables.table1(cells, backend, FIGURE, ratio=False, unchecked=unchecked)),
-            f"Training memory in GiB, {backend}" + (f" on {gpu}" if gpu else "") + ", " + _lengths(cells, backend) +
+            f"Training memory in GiB, {backend}" + (f" on {gpu}" if gpu else "") + ", " + _lengths(memory, backend) +
             f": ours ({WHAT[backend]}) / the paper's Table 1 (printed as GB, read as GiB). Weights: the base model's."))
-        legacy = cells[(cells["backend"] == backend) & cells["seed's median as typical"]]
+        here = tables.memory_cells(cells, backend)
+        legacy = here[here["seed's median as typical"] == True]   # noqa: E712 (the column holds NaN too)
         if len(legacy):
             md += ["### The typical step", "", f"Not shown: in {len(legacy)} cell{'s' if len(legacy) > 1 else ''} with a layer-selection policy "
                    "the rows' *typical* is the median of one seed's few drawn steps (rows written before "
                    "ist-bench derived it from the policy's draw distribution: docs/measurement.md, \"typical\"); "
                    "re-run the rows to get it. The steady-state bound above does not depend on the draws.", ""]
-        elif cells[cells["backend"] == backend]["typical allocated peak"].notna().any():
-            typical = tables.table1(cells, backend, "typical allocated peak", unchecked=unchecked)
+        elif here["typical allocated peak (GiB)"].notna().any():
+            typical = tables.table1(cells, backend, "typical allocated peak (GiB)", unchecked=unchecked)
             md += ["### The typical step", "", "The same cells at the *typical* step instead of the steady-state "
                    "bound: a property of the policy's draw distribution, not of one seed's draws (how it is "
                    "computed: docs/measurement.md, \"typical\").", "", typical.to_markdown(index=False), ""]
@@ -83,15 +85,15 @@ def _render(paths: list[str], out: Path, card: str) -> list[str]:
         if not sv.empty:
             md += ["### What layer selection saves", "", _claim(sv, cells, backend), "",
                    sv.to_markdown(index=False, floatfmt=".1f", missingval="-"), ""]
-        png = plots.breakdown(rows, backend, f"{out}-{backend}-breakdown.png")
+        png = plots.breakdown(cells, backend, f"{out}-{backend}-breakdown.png")
         if png:
             written.append(png)
-            md += [f"![memory at the peak]({Path(png).name})", "", _top_modules(rows, backend), ""]
+            md += [f"![memory at the peak]({Path(png).name})", "", _top_modules(cells, backend), ""]
         png = plots.savings(sv, f"{out}-{backend}-savings.png", FIGURE, backend)
         if png:
             written.append(png)
             md += [f"![saving]({Path(png).name})", ""]
-    if not cells.empty:
+    if not memory.empty:
         match = tables.figure_match(cells)
         if not match.empty:
             best = match.sort_values(["mean |ours/paper - 1|", "backend", "figure"]).iloc[0]
@@ -104,14 +106,14 @@ def _render(paths: list[str], out: Path, card: str) -> list[str]:
         write_atomic(f"{out}.csv", buf.getvalue())
         written.append(f"{out}.csv")
     if not times.empty:
-        t13 = tables.table13(times)
+        t13 = tables.table13(cells)
         gpu = times["gpu"].dropna().iloc[0] if times["gpu"].notna().any() else "CPU"
         md += [f"## Table 13: time per iteration on {gpu}", "",
                "Each cell: ours / paper (ours / paper); the paper used one 'GTX 4090'. ms are means over the "
                "timed iterations (the paper averaged 100 of 140); s / 100 iter is wall time including IST's "
                "importance forwards. Medians, device busy time and every phase are in the CSV.", "",
                t13.to_markdown(index=False), "", times.to_markdown(index=False, floatfmt=".1f", missingval="-"), ""]
-        tex.append(tables.to_latex(tables.table13(times, ratio=False),
+        tex.append(tables.to_latex(tables.table13(cells, ratio=False),
                                    f"Time per iteration on {gpu}, LLaMA-7B: ours / the paper's Table 13 (one "
                                    f"GTX 4090). ms: mean forward and backward; s / 100 iter: wall time including "
                                    f"IST's importance forwards."))
@@ -119,7 +121,7 @@ def _render(paths: list[str], out: Path, card: str) -> list[str]:
         times.to_csv(buf, index=False, float_format="%.3f")
         write_atomic(f"{out}-time.csv", buf.getvalue())
         written.append(f"{out}-time.csv")
-        png = plots.step_time(times, f"{out}-time.png")
+        png = plots.step_time(cells, f"{out}-time.png")
         if png:
             written.append(png)
             md += [f"![time per phase]({Path(png).name})", ""]
@@ -220,7 +222,7 @@ def _claim(sv: pd.DataFrame, cells: pd.DataFrame, backend: str) -> str:
     text = (f"The paper claims about 36% less training memory with IST on LLaMA-7B ({paper}). We measure for "
             f"LLaMA-7B LoRA+IST at the steady-state bound: {r['saving %']:.1f}% of the peak, "
             f"{r['saving above weights %']:.1f}% of the memory above the base model's weights")
-    typ = tables.savings(cells, backend, "typical allocated peak")
+    typ = tables.savings(cells, backend, "typical allocated peak (GiB)")
     if not typ.empty:
         typ = typ[(typ["model"] == "llama-7b") & (typ["cell"] == "lora+ist")]
     if not typ.empty and pd.notna(typ.iloc[0]["saving %"]):
@@ -230,15 +232,12 @@ def _claim(sv: pd.DataFrame, cells: pd.DataFrame, backend: str) -> str:
     return text + "."
 
 
-def _top_modules(rows: list[dict], backend: str) -> str:
+def _top_modules(cells: pd.DataFrame, backend: str) -> str:
     lines = []
-    for r in tables.cells_of(rows, "memory"):
-        steps = r.get("memory", {}).get("steps") or []
-        if r.get("backend") == backend and r["status"] == "ok" and steps and r["case"]["model"] == "llama-7b":
-            tops = steps[-1].get("top_activations") or {}
-            if tops:
-                items = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in list(tops.items())[:3])
-                lines.append(f"- {tables.column(r['case'])}: {items}")
+    sub = tables.memory_cells(cells, backend, ok=True)
+    for _, r in sub[(sub["model"] == "llama-7b") & sub["top activations"].notna()].iterrows():
+        items = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in list(r["top activations"].items())[:3])
+        lines.append(f"- {r['column']}: {items}")
     if not lines:
         return ""
     return "Activations live at the steady peak, by module (GiB), LLaMA-7B:\n\n" + "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ist_bench.report.tables import column
+from ist_bench.report.cells import column
 from ist_bench.results import case_key
 
 PHASES = ("forward", "backward", "optimizer", "step")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ist_bench.report.tables import _preference, column
+from ist_bench.report.cells import column
+from ist_bench.report.frame import preference
 from ist_bench.results import case_key, model_label
 
 GiB = 1 << 30
@@ -24,7 +25,7 @@ def _key(row: dict) -> str:
 def pair_rows(rows: list[dict]) -> list[tuple[dict, dict]]:
     """(cuda row, sim row) of each cell measured on both backends, in suite order. A pair is the same
     case on both; a cell measured twice (two suites listing it) counts once: the pair with the most
-    steps stands for it (tables.cells_of's rule)."""
+    steps stands for it (frame.cells_of's rule)."""
     latest = {}
     for r in rows:
         if r.get("kind", "memory") == "memory" and r.get("backend") in ("cuda", "sim"):
@@ -34,7 +35,7 @@ def pair_rows(rows: list[dict]) -> list[tuple[dict, dict]]:
     cells: dict[tuple, tuple[dict, dict]] = {}
     for cuda, sim in pairs:
         cell = (cuda["case"]["model"], column(cuda["case"]))
-        if cell not in cells or _preference(cuda) > _preference(cells[cell][0]):
+        if cell not in cells or preference(cuda) > preference(cells[cell][0]):
             cells[cell] = (cuda, sim)
     return list(cells.values())
 
