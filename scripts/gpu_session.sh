@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement the committed results come from, in parts that fit one device call each.
-# Run from the repo root on the lent GPU box: IST_BENCH_GIT_COMMIT=<sha> scripts/gpu_session.sh A|B|C|D|E|F
+# Run from the repo root on the lent GPU box: IST_BENCH_GIT_COMMIT=<sha> scripts/gpu_session.sh A|B|C|D|E|F|G
 # Rows, logs and a tarball go to $OUT.
 set -u
 . scripts/device-env.sh
@@ -73,7 +73,17 @@ F)  # issue 29: this card's kernel tables (scripts/microbench.py), then issue 31
     [ "${LS:-1}" = 1 ] && { log "layer-sparse sim"; ist run suites/layer-sparse.yaml --backend sim --jobs 4 \
                          --out "$out/r/layer-sparse-sim-$card.jsonl" --timeout 120 | tail -8; }
     ;;
-*)  echo "usage: scripts/gpu_session.sh A|B|C|D|E|F"; exit 2 ;;
+G)  # issue 31's rest: the policies' full fine-tuning cells (cuda, then sim on the same host) and 60-step runs
+    card=$(python3 -c "import torch; n=torch.cuda.get_device_name(0); print('h200' if 'H200' in n else 'h100-80g')")
+    log layer-sparse;  ist run suites/layer-sparse.yaml --backend cuda --out "$out/r/layer-sparse-$card.jsonl" \
+                         --timeout 180 | tail -12
+    log "layer-sparse sim"; ist run suites/layer-sparse.yaml --backend sim --jobs 4 \
+                         --out "$out/r/layer-sparse-sim-$card.jsonl" --timeout 180 | tail -12
+    log steady;        ist run suites/steady-layer-sparse.yaml --out "$out/r/steady-layer-sparse-$card.jsonl" \
+                         --timeout 400 | tail -8
+    python3 scripts/steady_check.py "$out/r/steady-layer-sparse-$card.jsonl" | tail -12
+    ;;
+*)  echo "usage: scripts/gpu_session.sh A|B|C|D|E|F|G"; exit 2 ;;
 esac
 tar -C "$out" -czf "$out/results-$1.tgz" r
 log done
