@@ -214,8 +214,11 @@ def test_a_mismatch_names_every_value_sorted_and_a_side_without_the_field():
     base = [_memory_row(gpu=g) for g in gpus]
     for i, r in enumerate(base):
         r["case"]["seq_len"] = 100 + i
-    with pytest.raises(UsageError, match=r"gpu \['A', 'B', 'C', 'F', 'G', 'H'\] vs \['Z'\]"):
-        compare_rows(base, [_memory_row(gpu="Z")])
+    cur = [_memory_row(gpu=g.lower()) for g in reversed(gpus)]
+    for i, r in enumerate(cur):
+        r["case"]["seq_len"] = 100 + i
+    with pytest.raises(UsageError, match=r"gpu \['A', 'B', 'C', 'F', 'G', 'H'\] vs \['a', 'b', 'c', 'f', 'g', 'h'\]"):
+        compare_rows(base, cur)
     bare = _memory_row()
     del bare["provenance"]["torch"]
     with pytest.raises(UsageError, match=r"torch \[\] vs \['2.11.0'\]"):
@@ -296,3 +299,23 @@ def test_findings_dump_as_indented_json_one_per_entry():
     cmp = compare_rows([_memory_row()], [_memory_row(activations=20 * GiB)])
     text = dumps(cmp)
     assert json.loads(text) == [f.__dict__ for f in cmp.findings] and '\n  "figure": "steady activations"' in text
+
+
+def test_busy_time_alone_is_compared_when_a_side_has_one_step_sample():
+    one = _time_row(seed=3)
+    one["time"]["steps_ms"] = one["time"]["steps_ms"][:1]
+    figures = _outcomes(compare_rows([_time_row()], [one]))
+    assert figures["GPU busy backward ms"] == "unchanged" and "wall step ms (median)" not in figures
+
+
+def test_the_wall_note_gives_the_significant_sides_p_value():
+    th = Thresholds(wall_factor=1.10, p_value=0.02)
+    cmp = compare_rows([_wall(BASE_STEPS)], [_wall([2 * s for s in BASE_STEPS])], th)
+    assert next(f.note for f in cmp.findings if f.figure == "wall step ms (median)") == "x2.000, U-test p=0.014"
+
+
+def test_a_case_that_fails_now_carries_its_error_in_the_note():
+    err = {**_memory_row(), "status": "error", "error": "RuntimeError: boom"}
+    cmp = compare_rows([_memory_row(), _memory_row(backend="sim")], [err, _memory_row(backend="sim")],
+                       allow_mismatch=True)
+    assert next(f.note for f in cmp.findings if f.figure == "status") == "RuntimeError: boom"
