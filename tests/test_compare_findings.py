@@ -319,3 +319,24 @@ def test_a_case_that_fails_now_carries_its_error_in_the_note():
     cmp = compare_rows([_memory_row(), _memory_row(backend="sim")], [err, _memory_row(backend="sim")],
                        allow_mismatch=True)
     assert next(f.note for f in cmp.findings if f.figure == "status") == "RuntimeError: boom"
+
+
+def test_a_comparison_fails_on_a_missing_case_unless_told_and_its_verdict_says_why():
+    from ist_bench.compare import Comparison, Finding
+
+    missing = Finding("memory: llama-7b lora [cuda]", "memory", "case", "missing")
+    regressed = Finding("memory: llama-7b lora [cuda]", "memory", "steady activations", "regressed", 1, 2)
+    assert Comparison([missing]).failed and Comparison([missing]).verdict().startswith("MISSING CASES (exit 1")
+    assert not Comparison([missing], allow_missing=True).failed
+    assert Comparison([regressed]).verdict() == "REGRESSION (exit 1)"
+
+
+def test_sim_bytes_are_exact_one_byte_more_is_a_regression():
+    base, cur = _memory_row(backend="sim", gpu=None), _memory_row(backend="sim", gpu=None, activations=14 * GiB + 1)
+    assert _outcomes(compare_rows([base], [cur]))["steady activations"] == "regressed"
+
+
+def test_cuda_memory_exactly_the_tolerance_lower_is_unchanged():
+    th = Thresholds(memory_pct=0.0, memory_floor=64 << 20)
+    cmp = compare_rows([_memory_row(activations=10 * GiB)], [_memory_row(activations=10 * GiB - (64 << 20))], th)
+    assert _outcomes(cmp)["steady activations"] == "unchanged"
