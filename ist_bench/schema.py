@@ -172,7 +172,7 @@ class SuiteSpec(BaseModel):
     def _empty_is_default(cls, data):
         # `defaults:` with nothing after it is YAML's null: the same as leaving the key out
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (v is None and k in ("defaults", "grid", "cases", "exclude"))}
+            data = {k: v for k, v in data.items() if not (v is None and k in ("defaults", "grid", "cases", "exclude"))}
         return data
 
     @model_validator(mode="after")
