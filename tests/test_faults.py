@@ -18,8 +18,8 @@ N = 30
 
 
 def _suite(tmp_path: Path, n: int = N) -> Path:
-    """n tiny sim cases (seeds); case 5 runs against 1 MiB and must OOM; case 9 is slow enough to be
-    killed mid-step."""
+    """n tiny sim cases (seeds); case 5 runs against 1 MiB and must OOM; case 9 is killed in its first
+    backward pass (IST_BENCH_FAULTS below)."""
     cases = [{"seed": i} for i in range(n)]
     if n == N:
         cases[5]["capacity"] = "1MiB"
