@@ -62,13 +62,19 @@ def build(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
-def of_kind(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
-    return frame[frame["kind"] == kind].reset_index(drop=True)
+def select(frame: pd.DataFrame, kind: str, backend: str | None = None, ok: bool = False) -> pd.DataFrame:
+    """The frame's cells of one kind (of one backend; only those that finished)."""
+    keep = frame["kind"] == kind
+    if backend is not None:
+        keep &= frame["backend"] == backend
+    if ok:
+        keep &= frame["status"] == "ok"
+    return frame[keep]
 
 
 def csv_view(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     """One kind's cells with the CSV's columns (an optional one only where some cell has it)."""
-    sub = of_kind(frame, kind)
+    sub = select(frame, kind)
     cols = [c for c in (MEMORY_CSV if kind == "memory" else TIME_CSV) if c not in OPTIONAL or sub[c].notna().any()]
     out = sub[cols]
     return out.astype({c: float for c in INTEGER if c in out and out[c].isna().any()})   # as pandas reads NaN

@@ -13,8 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ist_bench.report.cells import column  # noqa: E402
-from ist_bench.report.frame import MODEL_ORDER, column_key, unit_free  # noqa: E402
-from ist_bench.report.tables import memory_cells  # noqa: E402
+from ist_bench.report.frame import MODEL_ORDER, column_key, select, unit_free  # noqa: E402
 from ist_bench.results import model_label  # noqa: E402
 from ist_bench.safeio import save_figure  # noqa: E402
 
@@ -34,7 +33,7 @@ def _save(fig, path) -> str:
 
 def breakdown(frame, backend: str, path) -> str | None:
     """Stacked bars: what is live at the steady step's peak, per model x method (+ policy)."""
-    sub = memory_cells(frame, backend, ok=True)
+    sub = select(frame, "memory", backend, ok=True)
     sub = sub[sub["at peak: weights (GiB)"].notna()]
     if sub.empty:
         return None
@@ -81,7 +80,7 @@ def savings(table, path, figure: str = "allocated peak (GiB)", backend: str = ""
 
 def step_time(frame, path) -> str | None:
     """Stacked bars: mean ms per iteration in each phase (importance forwards spread over iterations)."""
-    ok = frame[(frame["kind"] == "time") & (frame["status"] == "ok")]
+    ok = select(frame, "time", ok=True)
     if ok.empty:
         return None
     names = list(ok["column"])

@@ -49,7 +49,7 @@ def _render(paths: list[str], out: Path, card: str) -> list[str]:
     scaled = scale.scale_frame(sharded)
     written: list[str] = []
     cells = frame.build(rows)            # every table and plot below is a function of this one frame
-    memory = tables.memory_cells(cells)
+    memory = frame.select(cells, "memory")
     times = frame.csv_view(cells, "time")
     md = [f"# ist-bench report: {out.name}", "", _sources(paths, everything, len(cells) + len(scaled)), ""]
     tex = [f"% ist-bench report {out.name}; paper values from: {tables.PAPER['source']}", ""]
@@ -69,7 +69,7 @@ def _render(paths: list[str], out: Path, card: str) -> list[str]:
             tables.transposed(tables.table1(cells, backend, FIGURE, ratio=False, unchecked=unchecked)),
             f"Training memory in GiB, {backend}" + (f" on {gpu}" if gpu else "") + ", " + _lengths(memory, backend) +
             f": ours ({WHAT[backend]}) / the paper's Table 1 (printed as GB, read as GiB). Weights: the base model's."))
-        here = tables.memory_cells(cells, backend)
+        here = frame.select(cells, "memory", backend)
         legacy = here[here["seed's median as typical"] == True]   # noqa: E712 (the column holds NaN too)
         if len(legacy):
             md += ["### The typical step", "", f"Not shown: in {len(legacy)} cell{'s' if len(legacy) > 1 else ''} with a layer-selection policy "
@@ -234,7 +234,7 @@ def _claim(sv: pd.DataFrame, cells: pd.DataFrame, backend: str) -> str:
 
 def _top_modules(cells: pd.DataFrame, backend: str) -> str:
     lines = []
-    sub = tables.memory_cells(cells, backend, ok=True)
+    sub = frame.select(cells, "memory", backend, ok=True)
     for _, r in sub[(sub["model"] == "llama-7b") & sub["top activations"].notna()].iterrows():
         items = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in list(r["top activations"].items())[:3])
         lines.append(f"- {r['column']}: {items}")

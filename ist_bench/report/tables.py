@@ -13,10 +13,16 @@ import math
 
 import pandas as pd
 
-from ist_bench.report.cells import KNOB_DEFAULTS, column  # noqa: F401  (re-exported)
-from ist_bench.report.frame import FIGURES, METHOD_ORDER, MODEL_ORDER, PAPER, column_key, csv_view, unit_free
-
-GiB = 1 << 30
+from ist_bench.report.frame import (
+    FIGURES,
+    METHOD_ORDER,
+    MODEL_ORDER,
+    PAPER,
+    column_key,
+    csv_view,
+    select,
+    unit_free,
+)
 
 
 def _paper(model: str, col: str):
@@ -45,21 +51,11 @@ def _weights_cell(weights: list[float], paper, ratio: bool) -> str:
 UNCHECKED = "\u2020"   # a dagger: a sim/cpu figure whose cell no GPU validation covers
 
 
-def memory_cells(frame: pd.DataFrame, backend: str | None = None, ok: bool = False) -> pd.DataFrame:
-    """The frame's memory cells (of one backend; only those that finished)."""
-    keep = frame["kind"] == "memory"
-    if backend is not None:
-        keep &= frame["backend"] == backend
-    if ok:
-        keep &= frame["status"] == "ok"
-    return frame[keep]
-
-
 def table1(frame: pd.DataFrame, backend: str, figure: str = "allocated peak (GiB)", ratio: bool = True,
            unchecked=lambda model, col: False) -> pd.DataFrame:
     """Rows = models, columns = weights and each method/policy, cells 'ours / paper (ratio)'; a cell
     for which `unchecked(model, column)` holds carries UNCHECKED after our figure."""
-    sub = memory_cells(frame, backend)
+    sub = select(frame, "memory", backend)
     if sub.empty:
         return pd.DataFrame()
     models = [m for m in MODEL_ORDER if m in set(sub["model"])] + sorted(set(sub["model"]) - set(MODEL_ORDER))
@@ -92,8 +88,8 @@ def figure_match(frame: pd.DataFrame) -> pd.DataFrame:
     """For each of our figures and backend: over the cells the paper also has, the mean ratio ours /
     paper and the mean |ratio - 1|. The smallest error is the figure the paper most likely printed."""
     recs = []
-    for backend in sorted(set(memory_cells(frame)["backend"])):
-        sub = memory_cells(frame, backend, ok=True)
+    for backend in sorted(set(select(frame, "memory")["backend"])):
+        sub = select(frame, "memory", backend, ok=True)
         for name in FIGURES:
             ratios = [r[name] / p for _, r in sub.iterrows()
                       if isinstance(p := _paper(r["model"], r["column"]), (int, float)) and pd.notna(r[name])]
@@ -107,7 +103,7 @@ def figure_match(frame: pd.DataFrame) -> pd.DataFrame:
 def savings(frame: pd.DataFrame, backend: str, figure: str = "allocated peak (GiB)") -> pd.DataFrame:
     """The memory a policy saves against its method without selection, ours and the paper's: on the
     whole peak, and on the peak above the weights (what training adds)."""
-    sub = memory_cells(frame, backend, ok=True)
+    sub = select(frame, "memory", backend, ok=True)
     recs = []
     for _, r in sub.iterrows():
         label, _, knobs = r["column"].partition(" ")
@@ -143,7 +139,8 @@ TABLE13_ROWS = (("forward ms / iter", "forward ms (mean)", "forward_ms"),
 def table13(frame: pd.DataFrame, model: str = "llama-7b", ratio: bool = True) -> pd.DataFrame:
     """Rows = the paper's three lines, columns = LoRA, LISA, LoRA+IST (ours / paper (ratio)); without
     the ratio (LaTeX), short row labels and the paper's column names only."""
-    sub = frame[(frame["kind"] == "time") & (frame["model"] == model) & (frame["status"] == "ok")]
+    sub = select(frame, "time", ok=True)
+    sub = sub[sub["model"] == model]
     paper = PAPER["table13"]["columns"]
     picks = {"lora": sub[sub["column"] == "lora"],
              "lisa": sub[sub["column"].str.contains(r"\+lisa", regex=True)],
