@@ -32,6 +32,9 @@ class LISA(SelectionPolicy):
     def n_active(self) -> int:
         return min(self.settings.gamma, self.n_layers)
 
+    p = None   # the layers' draw probabilities: uniform (OWS weighs them by outlier ratio)
+
     def select(self, step: int) -> list[int]:
         period = step // self.settings.interval
-        return sorted(rng(self.seed, period).choice(self.n_layers, size=self.n_active, replace=False).tolist())
+        return sorted(rng(self.seed, period).choice(self.n_layers, size=self.n_active, replace=False,
+                                                     p=self.p).tolist())

@@ -16,30 +16,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from ist_bench.errors import UsageError
-from ist_bench.selection.base import SelectionPolicy, at_least, rng
+from ist_bench.selection.base import at_least
+from ist_bench.selection.lisa import LISA, LISASettings
 
 
 @dataclass
-class OWSSettings:
-    gamma: int = 2              # layers trained at once
-    interval: int = 20          # steps between re-draws
+class OWSSettings(LISASettings):   # gamma and interval as LISA's
     threshold: float = 7.0      # M: a weight is an outlier above M x its layer's mean |w| (OWL's M)
     probabilities: str = ""     # a JSON file: one non-negative number per layer (a real model's ratios)
 
     def check(self, policy: str) -> None:
-        at_least(policy, "gamma", self.gamma, 1)
-        at_least(policy, "interval", self.interval, 1)
+        super().check(policy)
         at_least(policy, "threshold", self.threshold, 1.0)
 
 
-class OWS(SelectionPolicy):
+class OWS(LISA):
     name = "ows"
     description = "OwLore's outlier-weighted sampling: gamma layers drawn by outlier ratio every `interval` steps"
     Settings = OWSSettings
-
-    @property
-    def n_active(self) -> int:
-        return min(self.settings.gamma, self.n_layers)
 
     def setup(self) -> None:
         self.p = self._from_file(self.n_layers) if self.settings.probabilities else self._outlier_ratios()
@@ -77,11 +71,6 @@ class OWS(SelectionPolicy):
             ratios.append(outliers / total)
         p = np.array(ratios, dtype=float)
         return p / p.sum() if p.sum() > 0 else np.full(self.n_layers, 1 / self.n_layers)
-
-    def select(self, step: int) -> list[int]:
-        period = step // self.settings.interval
-        return sorted(rng(self.seed, period).choice(self.n_layers, size=self.n_active, replace=False,
-                                                     p=self.p).tolist())
 
     def typical_weights(self) -> np.ndarray | None:
         """P(lowest drawn layer = m) under weighted draws without replacement: exact from the ordered draws
